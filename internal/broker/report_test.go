@@ -115,7 +115,6 @@ func TestReportsBatched(t *testing.T) {
 	})
 }
 
-
 // Garbage is dropped with a counter, nothing is written, and an MQTT 3.1.1
 // connection stays up (its QoS 1 PUBACK arrives).
 func TestMalformedReports(t *testing.T) {
