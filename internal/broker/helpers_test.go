@@ -213,6 +213,7 @@ func (c *v3) waitLost(t testing.TB) {
 // v5 is a paho MQTT 5 client.
 type v5 struct {
 	*paho5.Client
+	conn         net.Conn
 	msgs         chan *paho5.Publish
 	disconnected chan *paho5.Disconnect
 }
@@ -222,7 +223,7 @@ func (e *env) connect5(clientID, user, pass string, mod ...func(*paho5.Connect))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	c := &v5{msgs: make(chan *paho5.Publish, 100), disconnected: make(chan *paho5.Disconnect, 1)}
+	c := &v5{conn: conn, msgs: make(chan *paho5.Publish, 100), disconnected: make(chan *paho5.Disconnect, 1)}
 	c.Client = paho5.NewClient(paho5.ClientConfig{
 		Conn: conn,
 		OnPublishReceived: []func(paho5.PublishReceived) (bool, error){func(pr paho5.PublishReceived) (bool, error) {
