@@ -81,7 +81,14 @@ func TestSecretFromFile(t *testing.T) {
 // TestGracefulShutdown holds a request open while otad shuts down: the
 // request completes and is stored; new connections are refused.
 func TestGracefulShutdown(t *testing.T) {
-	a := startApp(t, "sqlite", nil)
+	active := make(chan struct{}, 1)
+	a := startApp(t, "sqlite", nil, func(a *app) {
+		a.httpSrv.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateActive {
+				active <- struct{}{}
+			}
+		}
+	})
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("POST", a.HTTPURL()+"/v1/products", pr)
 	req.Header.Set("Authorization", "Bearer "+testToken)
@@ -94,7 +101,12 @@ func TestGracefulShutdown(t *testing.T) {
 		}
 		done <- resp
 	}()
-	pw.Write([]byte(`{"id": "SLOW000001", `)) // the server now has the request in flight
+	pw.Write([]byte(`{"id": "SLOW000001", `))
+	select { // the server is reading the request
+	case <-active:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the request never became active")
+	}
 
 	closed := make(chan error, 1)
 	go func() { closed <- a.Close(context.Background()) }()
