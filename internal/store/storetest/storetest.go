@@ -29,6 +29,11 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"Firmware", testFirmware},
 		{"Token", testToken},
 		{"Verbatim", testVerbatim},
+		{"DevicePresenceNode", testDevicePresenceNode},
+		{"JobCreate", testJobCreate},
+		{"JobLifecycle", testJobLifecycle},
+		{"JobExecutionClaim", testJobExecutionClaim},
+		{"JobExecutionClaimConcurrent", testJobExecutionClaimConcurrent},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
