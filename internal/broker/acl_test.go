@@ -140,7 +140,8 @@ func TestNoRetainedMessages(t *testing.T) {
 }
 
 // A Will on the device's own report topic is accepted, never retained, and
-// recorded like a report when the connection drops.
+// recorded like a report when the connection drops, before the device is
+// recorded offline.
 func TestWillRecorded(t *testing.T) {
 	e := newEnv(t, "sqlite")
 	d := e.device("will")
@@ -148,6 +149,8 @@ func TestWillRecorded(t *testing.T) {
 	c, _, err := e.connect5(d.clientID, user, pass, func(cp *paho5.Connect) {
 		cp.WillMessage = &paho5.WillMessage{Topic: d.reportTopic(), QoS: 1, Retain: true,
 			Payload: []byte(`{"type":"report_progress","report":{"progress":{"state":"fail","result_code":"-5","result_msg":"lost"},"version":"2.0"}}`)}
+		delay := uint32(3600) // a delayed Will is sent at once all the same
+		cp.WillProperties = &paho5.WillProperties{WillDelayInterval: &delay}
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -160,6 +163,7 @@ func TestWillRecorded(t *testing.T) {
 	if evs := e.reportEvents(d); len(evs) != 1 || evs[0].State != ota.ProgressFail {
 		t.Fatalf("history %+v", evs)
 	}
+	eventually(t, "device offline", func() bool { return !e.get(d).Online })
 	if n := e.retained(); n != 0 {
 		t.Fatalf("%d retained messages", n)
 	}

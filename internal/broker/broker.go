@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,6 +65,11 @@ type Options struct {
 	// closes.
 	OnReport func(ctx context.Context, r ota.Report)
 
+	// Node names this otad replica in the devices' presence
+	// (DevicePresenceParams.Node); the engine must claim work for the same
+	// name. Default: the host name.
+	Node string
+
 	// Registerer receives the broker's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now returns the current time; default ota.Now. Tests move it.
@@ -95,6 +101,9 @@ func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = ota.Now
 	}
+	if o.Node == "" {
+		o.Node, _ = os.Hostname()
+	}
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it;
@@ -123,7 +132,6 @@ type Broker struct {
 
 	ctx     context.Context
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup
 	started atomic.Bool
 	closed  atomic.Bool
 }
@@ -261,7 +269,6 @@ func (b *Broker) Close() error {
 	for _, l := range b.listeners {
 		l.wait()
 	}
-	b.wg.Wait() // Wills being written
 	b.cancel()
 	b.rec.stop()
 	b.presence.stop(5 * time.Second)

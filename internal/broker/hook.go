@@ -88,6 +88,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if err := login.Check(d, now); err != nil {
 		return h.refuse(cl, ota.AuthReason(err), u.ProductID, u.DeviceName, err)
 	}
+	// A delayed Will would be sent from mochi's event loop, where the
+	// store must not be waited on: send it when the connection ends.
+	cl.Properties.Will.WillDelayInterval = 0
 	dc.sess.Store(&session{
 		productID:   u.ProductID,
 		deviceName:  u.DeviceName,
@@ -146,7 +149,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		return
 	}
 	h.b.log.Debug("device connected", "product_id", s.productID, "device", s.deviceName, "protocol", cl.Properties.ProtocolVersion, "remote", cl.Net.Remote)
-	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: true, At: h.b.opts.Now()})
+	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: true, Node: h.b.opts.Node, At: h.b.opts.Now()})
 }
 
 // OnDisconnect records the device offline unless a newer connection has
@@ -170,7 +173,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 		return
 	}
 	h.b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "error", err)
-	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, At: h.b.opts.Now()})
+	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, Node: h.b.opts.Node, At: h.b.opts.Now()})
 }
 
 // OnACLCheck lets a device publish only to its report topic and subscribe
@@ -323,8 +326,9 @@ func (h *hook) OnWill(_ *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 }
 
 // OnWillSent records a device's Will as a report, like any other message on
-// its report topic. Nobody waits for an acknowledgement, so it is written
-// in the background.
+// its report topic. It runs on the connection's goroutine before
+// OnDisconnect, so the report is written before the device is recorded
+// offline.
 func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	s := sessionOf(cl.Net.Conn)
 	if s == nil {
@@ -336,21 +340,17 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		h.b.log.Warn("will dropped", "product_id", s.productID, "device", s.deviceName, "error", ota.ErrorMessage(err))
 		return
 	}
-	h.b.wg.Add(1)
-	go func() {
-		defer h.b.wg.Done()
-		ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
-		defer cancel()
-		if err := h.b.rec.record(ctx, r); err != nil {
-			h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
-			h.b.log.Error("will not stored", "product_id", s.productID, "device", s.deviceName, "error", err)
-			return
-		}
-		h.b.metrics.reports.WithLabelValues(r.Type).Inc()
-		if h.b.opts.OnReport != nil {
-			h.b.opts.OnReport(h.b.ctx, r)
-		}
-	}()
+	ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
+	defer cancel()
+	if err := h.b.rec.record(ctx, r); err != nil {
+		h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
+		h.b.log.Error("will not stored", "product_id", s.productID, "device", s.deviceName, "error", err)
+		return
+	}
+	h.b.metrics.reports.WithLabelValues(r.Type).Inc()
+	if h.b.opts.OnReport != nil {
+		h.b.opts.OnReport(h.b.ctx, r)
+	}
 }
 
 // OnPacketEncode tells MQTT 5 devices the broker's limits in CONNACK.
