@@ -1,0 +1,174 @@
+// Command brokerd runs otad's MQTT broker alone over a real store, for
+// bench/mqtt.sh: it provisions N devices (writing their credentials for
+// otasim), serves MQTT and Prometheus metrics on loopback, and on SIGUSR1
+// collects garbage and prints memory figures, so RSS can be read at rest.
+//
+//	brokerd -postgres postgres://... -provision 10000 -devices-out devices.csv
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/otad/otad/internal/broker"
+	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/postgres"
+	"github.com/otad/otad/internal/store/sqlite"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "brokerd:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	pgURL := flag.String("postgres", "", "PostgreSQL URL")
+	sqlitePath := flag.String("sqlite", "", "SQLite file (when no -postgres)")
+	provision := flag.Int("provision", 0, "create this many devices of a new product")
+	devicesOut := flag.String("devices-out", "devices.csv", "where to write the provisioned devices' credentials")
+	addr := flag.String("addr", "127.0.0.1:0", "MQTT listen address")
+	metricsAddr := flag.String("metrics-addr", "127.0.0.1:0", "Prometheus metrics listen address")
+	writers := flag.Int("writers", 0, "report writer transactions in flight (0: broker default)")
+	batch := flag.Int("batch", 0, "most reports per transaction (0: broker default)")
+	flag.Parse()
+	if *provision < 0 || *provision > 50000 {
+		return errors.New("-provision must be 0 to 50000")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	var store ota.Store
+	switch {
+	case *pgURL != "":
+		s, err := postgres.Open(ctx, *pgURL)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Migrate(ctx); err != nil {
+			return err
+		}
+		store = s
+	case *sqlitePath != "":
+		s, err := sqlite.Open(ctx, *sqlitePath)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Migrate(ctx); err != nil {
+			return err
+		}
+		store = s
+	default:
+		return errors.New("-postgres or -sqlite is required")
+	}
+	defer store.Close()
+
+	if *provision > 0 {
+		if err := provisionDevices(ctx, store, *provision, *devicesOut); err != nil {
+			return err
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	b, err := broker.New(log, store, broker.Options{Addr: *addr, Registerer: reg, Node: "bench", ReportWriters: *writers, ReportBatch: *batch})
+	if err != nil {
+		return err
+	}
+	if err := b.Start(ctx); err != nil {
+		return err
+	}
+	defer b.Close()
+
+	ml, err := net.Listen("tcp", *metricsAddr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ml)
+	defer srv.Close()
+
+	fmt.Printf("ADDR=%s\nMETRICS=%s\nPID=%d\n", b.Addr(), ml.Addr(), os.Getpid())
+
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-usr1:
+			runtime.GC()
+			debug.FreeOSMemory()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			fmt.Printf("MEM heap_inuse=%d stack_inuse=%d sys=%d goroutines=%d\n",
+				ms.HeapInuse, ms.StackInuse, ms.Sys, runtime.NumGoroutine())
+		}
+	}
+}
+
+func provisionDevices(ctx context.Context, store ota.Store, n int, out string) error {
+	p := &ota.Product{ID: ota.NewProductID(), Name: "bench"}
+	if err := store.ProductCreate(ctx, p); err != nil {
+		return err
+	}
+	devs := make([]*ota.Device, n)
+	for i := range devs {
+		devs[i] = &ota.Device{ProductID: p.ID, Name: fmt.Sprintf("sim-%05d", i), Secret: ota.NewDeviceSecret()}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				if err := store.DeviceCreate(ctx, devs[i]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	w.Write([]string{"product_id", "device_name", "secret"})
+	for _, d := range devs {
+		w.Write([]string{d.ProductID, d.Name, d.Secret})
+	}
+	w.Flush()
+	if err := errors.Join(w.Error(), f.Close()); err != nil {
+		return err
+	}
+	return nil
+}

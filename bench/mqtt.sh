@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Benchmarks otad's MQTT broker against a plain mosquitto, with the same
+# generator (cmd/otasim) in the same run, everything on 127.0.0.1:
+#
+#   idle:        N devices (default 10000) connected, authenticated and
+#                subscribed; connections held and RSS per idle device.
+#   throughput:  TP_DEVICES devices each sending TP_REPORTS QoS 1 reports
+#                one after the other (PUBACK awaited); for otad each report
+#                is durable in PostgreSQL (fsync on) before its PUBACK,
+#                mosquitto stores nothing (the raw ceiling).
+#
+# Usage: bench/mqtt.sh            (N=10000 TP_DEVICES=500 TP_REPORTS=40 HOLD=15)
+# Needs PostgreSQL server binaries and mosquitto (apt-get install postgresql
+# mosquitto); it starts and stops its own instances in a temp dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-10000}
+TP_DEVICES=${TP_DEVICES:-500}
+TP_REPORTS=${TP_REPORTS:-40}
+HOLD=${HOLD:-15}
+if [ "$N" -gt 20000 ] || [ "$TP_DEVICES" -gt "$N" ] || [ "$TP_REPORTS" -gt 1000 ] || [ "$HOLD" -gt 300 ] || [ "$HOLD" -lt 10 ]; then
+	echo "bench: N<=20000, TP_DEVICES<=N, TP_REPORTS<=1000, 10<=HOLD<=300" >&2
+	exit 2
+fi
+
+WORK=$(mktemp -d /tmp/otad-bench.XXXXXX)
+PG_BIN=""
+PIDS=()
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+cleanup() {
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
+		as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1
+	fi
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+# wait_line FILE PATTERN: waits (up to 10 minutes) for a line in FILE.
+wait_line() {
+	for _ in $(seq 1 6000); do
+		grep -q "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	log "timed out waiting for '$2' in $1"; cat "$1" >&2; return 1
+}
+json() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]])' "$1" "$2"; }
+metric() { # metric PORT NAME: sums a Prometheus metric's samples
+	python3 - "$1" "$2" <<'EOF'
+import sys, urllib.request
+body = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode()
+print(sum(float(l.split()[-1]) for l in body.splitlines() if l.startswith(sys.argv[2] + " ") or l.startswith(sys.argv[2] + "{")))
+EOF
+}
+
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 1000)) ]; then
+	log "open files limit $(ulimit -n) is too low for N=$N"; exit 1
+fi
+
+log "building otasim and brokerd"
+go build -o "$WORK/otasim" ./cmd/otasim
+go build -o "$WORK/brokerd" ./bench/brokerd
+
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -n "$PG_BIN" ] || { log "PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { log "mosquitto not found (apt-get install mosquitto)"; exit 1; }
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+
+mkdir -p "$WORK/pg"
+if [ "$(id -u)" = 0 ]; then chown postgres "$WORK" "$WORK/pg"; fi
+PG_PORT=$(free_port)
+as_postgres "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
+# Durable settings: fsync and synchronous_commit stay on.
+as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -w -l "$WORK/pg/log" \
+	-o "-h 127.0.0.1 -p $PG_PORT -k $WORK/pg -c max_connections=100" start >/dev/null
+PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+log "postgres on 127.0.0.1:$PG_PORT (fsync on)"
+
+log "provisioning $N devices; starting otad's broker"
+"$WORK/brokerd" -postgres "$PG_URL" -provision "$N" -devices-out "$WORK/devices.csv" >"$WORK/brokerd.out" 2>"$WORK/brokerd.err" &
+PIDS+=($!)
+BROKERD=$!
+wait_line "$WORK/brokerd.out" '^PID='
+OTAD_ADDR=$(sed -n 's/^ADDR=//p' "$WORK/brokerd.out")
+OTAD_PORT=${OTAD_ADDR##*:}
+METRICS_PORT=$(sed -n 's/^METRICS=.*://p' "$WORK/brokerd.out")
+
+MOSQ_PORT=$(free_port)
+cat >"$WORK/mosquitto.conf" <<EOF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+max_connections -1
+persistence false
+log_dest stderr
+log_type error
+EOF
+"$MOSQUITTO" -c "$WORK/mosquitto.conf" 2>"$WORK/mosquitto.err" &
+PIDS+=($!)
+MOSQ=$!
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MOSQ_PORT") 2>/dev/null && break; sleep 0.1; done
+
+# idle TARGET_NAME ADDR PORT PID EXTRA_FLAGS...: holds N devices, prints
+# "connected held rss_before_kib rss_after_kib".
+idle() {
+	local name=$1 addr=$2 port=$3 pid=$4; shift 4
+	local out="$WORK/idle-$name.json"
+	if [ "$pid" = "$BROKERD" ]; then kill -USR1 "$BROKERD"; wait_line "$WORK/brokerd.out" '^MEM'; fi
+	local before; before=$(rss_kib "$pid")
+	"$WORK/otasim" -broker "$addr" -devices "$WORK/devices.csv" -n "$N" -hold "${HOLD}s" "$@" >"$out" &
+	local sim=$!
+	PIDS+=($sim)
+	wait_line "$out" '"phase":"holding"'
+	sleep 3 # let the broker settle before reading its memory
+	if [ "$pid" = "$BROKERD" ]; then
+		kill -USR1 "$BROKERD"
+		for _ in $(seq 1 100); do [ "$(grep -c '^MEM' "$WORK/brokerd.out")" -ge 2 ] && break; sleep 0.1; done
+		sleep 1
+	fi
+	local held after connected
+	held=$(established "$port")
+	after=$(rss_kib "$pid")
+	wait "$sim"
+	connected=$(json "$(grep '"phase":"connected"' "$out")" connected)
+	echo "$connected $held $before $after"
+}
+
+throughput() {
+	local name=$1 addr=$2; shift 2
+	local out="$WORK/tp-$name.json"
+	"$WORK/otasim" -broker "$addr" -devices "$WORK/devices.csv" -n "$TP_DEVICES" -reports "$TP_REPORTS" "$@" >"$out"
+	grep '"phase":"reported"' "$out"
+}
+
+log "otad: $N idle devices"
+read -r O_CONN O_HELD O_RSS0 O_RSS1 < <(idle otad "$OTAD_ADDR" "$OTAD_PORT" "$BROKERD")
+log "otad: waiting for presence writes to drain"
+for _ in $(seq 1 1200); do
+	[ "$(metric "$METRICS_PORT" otad_mqtt_presence_pending)" = "0.0" ] && break
+	sleep 0.5
+done
+log "otad: throughput, $TP_DEVICES devices x $TP_REPORTS QoS 1 reports, stored in PostgreSQL before PUBACK"
+O_TP=$(throughput otad "$OTAD_ADDR")
+O_BATCH_SUM=$(metric "$METRICS_PORT" otad_mqtt_report_batch_size_sum)
+O_BATCH_N=$(metric "$METRICS_PORT" otad_mqtt_report_batch_size_count)
+
+log "mosquitto: $N idle devices"
+read -r M_CONN M_HELD M_RSS0 M_RSS1 < <(idle mosquitto "127.0.0.1:$MOSQ_PORT" "$MOSQ_PORT" "$MOSQ" -expect-rsp=false)
+log "mosquitto: throughput"
+M_TP=$(throughput mosquitto "127.0.0.1:$MOSQ_PORT" -expect-rsp=false)
+
+O_RATE=$(json "$O_TP" reports_per_second)
+M_RATE=$(json "$M_TP" reports_per_second)
+python3 - <<EOF
+n = $N
+def per(b, a): return (a - b) / n
+print()
+print("MQTT benchmark, %d devices, %s cores, $(date -u +%FT%TZ)" % (n, "$(nproc)"))
+print("%-34s %14s %14s" % ("", "otad", "mosquitto"))
+print("%-34s %14d %14d" % ("devices connected (authenticated)", $O_CONN, $M_CONN))
+print("%-34s %14d %14d" % ("connections held (ss, established)", $O_HELD, $M_HELD))
+print("%-34s %14d %14d" % ("RSS before, KiB", $O_RSS0, $M_RSS0))
+print("%-34s %14d %14d" % ("RSS with devices idle, KiB", $O_RSS1, $M_RSS1))
+print("%-34s %14.1f %14.1f" % ("RSS per idle device, KiB", per($O_RSS0, $O_RSS1), per($M_RSS0, $M_RSS1)))
+print("%-34s %14.0f %14.0f" % ("QoS 1 reports/s ($TP_DEVICES devices)", $O_RATE, $M_RATE))
+print("%-34s %14s %14s" % ("p50 / p99 PUBACK ms", "$(json "$O_TP" p50_ms) / $(json "$O_TP" p99_ms)", "$(json "$M_TP" p50_ms) / $(json "$M_TP" p99_ms)"))
+print("%-34s %14.1f %14s" % ("reports per transaction (mean)", $O_BATCH_SUM / max($O_BATCH_N, 1), "-"))
+print("%-34s %13.0f%%" % ("otad stored / mosquitto raw", 100.0 * $O_RATE / $M_RATE))
+EOF
