@@ -47,7 +47,7 @@ func TestAuth(t *testing.T) {
 		{"expiry never (2^63-1)", signed(ok, "9223372036854775807", ota.SignHMACSHA1), "", ""},
 		{"will on own report topic", good, ok.reportTopic(), ""},
 
-		{"bad signature", withPass(good, "00"+good.pass[2:]), "", ota.AuthBadSignature},
+		{"bad signature", withPass(good, corrupt(good.pass)), "", ota.AuthBadSignature},
 		{"other device's secret", login{ok.clientID, good.user, signed(other, hour, ota.SignHMACSHA256).pass}, "", ota.AuthBadSignature},
 		{"unknown algorithm", withPass(good, good.pass[:64]+";hmacmd5"), "", ota.AuthBadPassword},
 		{"no password", withPass(good, ""), "", ota.AuthBadPassword},
@@ -139,7 +139,7 @@ func TestTakeover(t *testing.T) {
 	first := e.mustConnect3(d)
 	user, pass := d.creds(t)
 
-	if _, code, err := e.connect3(4, d.clientID, user, "00"+pass[2:]); err == nil || code != 5 {
+	if _, code, err := e.connect3(4, d.clientID, user, corrupt(pass)); err == nil || code != 5 {
 		t.Fatalf("takeover with a bad signature: code %d err %v", code, err)
 	}
 	if _, code, err := e.connect3(4, d.clientID, "x", "y"); err == nil || code != 5 {

@@ -390,3 +390,12 @@ func mosquitto(t testing.TB, name string) string {
 	}
 	return p
 }
+
+// corrupt returns a password whose signature differs from pass in its first
+// hex digit.
+func corrupt(pass string) string {
+	if pass[0] == '0' {
+		return "1" + pass[1:]
+	}
+	return "0" + pass[1:]
+}
