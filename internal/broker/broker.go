@@ -279,7 +279,8 @@ func (b *Broker) Close() error {
 // device's update topic at QoS 1. It fails with EINVALID or ETOOLARGE when
 // the message cannot be encoded for devices, and with EUNAVAILABLE when the
 // device is not connected and subscribed to its update topic. A nil error
-// means the message was queued on the device's connection.
+// means the message was queued on the device's connection; a device that
+// has left 64 messages unacknowledged gets no more (EUNAVAILABLE).
 func (b *Broker) Publish(ctx context.Context, productID, deviceName string, msg any) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -295,6 +296,12 @@ func (b *Broker) Publish(ctx context.Context, productID, deviceName string, msg 
 	}
 	if _, ok := cl.State.Subscriptions.Get(topic); !ok {
 		return ota.Errorf(ota.EUNAVAILABLE, "device is not subscribed to its update topic")
+	}
+	// mochi would drop the message without a word past this many
+	// unacknowledged QoS 1 messages.
+	if n := cl.State.Inflight.Len(); n >= int(b.server.Options.Capabilities.MaximumInflight) {
+		b.metrics.downlinksDropped.Inc()
+		return ota.Errorf(ota.EUNAVAILABLE, "device has not acknowledged its last %d messages", n)
 	}
 	if err := b.server.Publish(topic, payload, false, 1); err != nil {
 		return fmt.Errorf("publish to device: %w", err)

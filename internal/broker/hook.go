@@ -41,7 +41,7 @@ var provided = []byte{
 	mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 	mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
 	mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnWill, mqtt.OnWillSent,
-	mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnSubscribe,
+	mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnPublishDropped,
 }
 
 func (h *hook) Provides(b byte) bool { return bytes.IndexByte(provided, b) >= 0 }
@@ -351,6 +351,13 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if h.b.opts.OnReport != nil {
 		h.b.opts.OnReport(h.b.ctx, r)
 	}
+}
+
+// OnPublishDropped counts messages to a device that mochi dropped because
+// the device's write queue was full (it is not reading).
+func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.metrics.downlinksDropped.Inc()
+	h.b.log.Warn("message to device dropped: write queue full", "client_id", clip(cl.ID), "topic", clip(pk.TopicName))
 }
 
 // OnPacketEncode tells MQTT 5 devices the broker's limits in CONNACK.

@@ -8,16 +8,17 @@ import (
 )
 
 type metrics struct {
-	refused         *prometheus.CounterVec
-	aclDenied       *prometheus.CounterVec
-	reports         *prometheus.CounterVec
-	dropped         *prometheus.CounterVec
-	downlinks       *prometheus.CounterVec
-	connectTimeouts prometheus.Counter
-	batchSize       prometheus.Histogram
-	commitSeconds   prometheus.Histogram
-	presencePending prometheus.Gauge
-	presenceErrors  prometheus.Counter
+	refused          *prometheus.CounterVec
+	aclDenied        *prometheus.CounterVec
+	reports          *prometheus.CounterVec
+	dropped          *prometheus.CounterVec
+	downlinks        *prometheus.CounterVec
+	downlinksDropped prometheus.Counter
+	connectTimeouts  prometheus.Counter
+	batchSize        prometheus.Histogram
+	commitSeconds    prometheus.Histogram
+	presencePending  prometheus.Gauge
+	presenceErrors   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
@@ -42,6 +43,10 @@ func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
 			Name: "otad_mqtt_downlinks_total",
 			Help: "Messages published to devices, by type.",
 		}, []string{"type"}),
+		downlinksDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otad_mqtt_downlinks_dropped_total",
+			Help: "Messages to devices dropped because the device's write queue was full.",
+		}),
 		connectTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otad_mqtt_connect_timeouts_total",
 			Help: "Connections closed for not sending CONNECT in time.",
@@ -79,7 +84,7 @@ func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
 	})
 	var errs []error
 	for _, c := range []prometheus.Collector{m.refused, m.aclDenied, m.reports, m.dropped, m.downlinks,
-		m.connectTimeouts, m.batchSize, m.commitSeconds, m.presencePending, m.presenceErrors, clients} {
+		m.downlinksDropped, m.connectTimeouts, m.batchSize, m.commitSeconds, m.presencePending, m.presenceErrors, clients} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

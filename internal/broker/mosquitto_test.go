@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/otad/otad/internal/ota"
 )
@@ -154,4 +157,36 @@ func TestNotifierPublish(t *testing.T) {
 	case <-time.After(deadline):
 		t.Fatal("mosquitto_sub got nothing")
 	}
+}
+
+// A device that stops acknowledging is not sent more than 64 messages; the
+// caller is told instead of the message vanishing.
+func TestNotifierPublishUnacknowledged(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	d := e.device("mute")
+	user, pass := d.creds(t)
+	c, _, err := e.connect3(4, d.clientID, user, pass, func(o *paho.ClientOptions) { o.SetAutoAckDisabled(true) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.mustSubscribe(t, d.updateTopic(), 1)
+	ctx := context.Background()
+	for i := range 64 {
+		if err := e.broker.Publish(ctx, d.ProductID, d.Name, ota.NewReportVersionRsp("1.0."+strconv.Itoa(i))); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	if err := e.broker.Publish(ctx, d.ProductID, d.Name, ota.NewReportVersionRsp("1.1.0")); !ota.IsCode(err, ota.EUNAVAILABLE) {
+		t.Fatalf("65th unacknowledged message: %v", err)
+	}
+	if n := counter(e.broker.metrics.downlinksDropped); n != 1 {
+		t.Fatalf("dropped counter %v", n)
+	}
+	// Once the device acknowledges, messages flow again.
+	for range 64 {
+		c.next(t).Ack()
+	}
+	eventually(t, "acks processed", func() bool {
+		return e.broker.Publish(ctx, d.ProductID, d.Name, ota.NewReportVersionRsp("1.2.0")) == nil
+	})
 }
