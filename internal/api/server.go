@@ -28,6 +28,8 @@ type Config struct {
 	Store  ota.Store
 	// Notifier disconnects deleted and disabled devices; nil when no broker runs.
 	Notifier ota.Notifier
+	// Jobs creates and cancels upgrade jobs.
+	Jobs Jobs
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
@@ -38,6 +40,7 @@ type Server struct {
 	log      *slog.Logger
 	store    ota.Store
 	notifier ota.Notifier
+	jobs     Jobs
 	gatherer prometheus.Gatherer
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
@@ -50,6 +53,7 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger.With("component", "api"),
 		store:    cfg.Store,
 		notifier: cfg.Notifier,
+		jobs:     cfg.Jobs,
 		gatherer: cfg.Gatherer,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otad_http_requests_total",
@@ -103,6 +107,13 @@ func (s *Server) routes() chi.Router {
 					r.Patch("/{name}", s.deviceUpdate)
 					r.Delete("/{name}", s.deviceDelete)
 					r.Get("/{name}/events", s.deviceEvents)
+				})
+				r.Route("/jobs", func(r chi.Router) {
+					r.Post("/", s.jobCreate)
+					r.Get("/", s.jobList)
+					r.Get("/{id}", s.jobGet)
+					r.Get("/{id}/devices", s.jobDevices)
+					r.Post("/{id}/cancel", s.jobCancel)
 				})
 			})
 		})
