@@ -143,7 +143,7 @@ func TestReportSurvivesSIGKILL(t *testing.T) {
 
 	d := &device{Device: dev, clientID: ota.ClientID(dev.ProductID, dev.Name)}
 	user, pass := d.creds(t)
-	o := paho.NewClientOptions().AddBroker("tcp://"+addr).SetClientID(d.clientID).
+	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(d.clientID).
 		SetUsername(user).SetPassword(pass).SetAutoReconnect(false).SetConnectTimeout(deadline)
 	c := paho.NewClient(o)
 	if tok := c.Connect(); !tok.WaitTimeout(deadline) || tok.Error() != nil {
