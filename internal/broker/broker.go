@@ -64,6 +64,10 @@ type Options struct {
 	// closes.
 	OnReport func(ctx context.Context, r ota.Report)
 
+	// Node names this otad replica in the devices' presence, so that the
+	// replica holding a device's connection is the one that notifies it.
+	Node string
+
 	// Registerer receives the broker's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now returns the current time; default ota.Now. Tests move it.

@@ -146,7 +146,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		return
 	}
 	h.b.log.Debug("device connected", "product_id", s.productID, "device", s.deviceName, "protocol", cl.Properties.ProtocolVersion, "remote", cl.Net.Remote)
-	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: true, At: h.b.opts.Now()})
+	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: true, Node: h.b.opts.Node, At: h.b.opts.Now()})
 }
 
 // OnDisconnect records the device offline unless a newer connection has
@@ -170,7 +170,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 		return
 	}
 	h.b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "error", err)
-	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, At: h.b.opts.Now()})
+	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, Node: h.b.opts.Node, At: h.b.opts.Now()})
 }
 
 // OnACLCheck lets a device publish only to its report topic and subscribe
