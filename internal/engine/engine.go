@@ -122,6 +122,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
+// RunOnce does every kind of due work once, as each tick of Run does.
+func (e *Engine) RunOnce(ctx context.Context) error { return e.pass(ctx) }
+
 // pass does every kind of due work once.
 func (e *Engine) pass(ctx context.Context) error {
 	now := e.cfg.Now()
