@@ -76,3 +76,6 @@ func PageLimit(n int) int {
 	}
 	return n
 }
+
+// Now returns the current time as stores keep it: UTC, whole microseconds.
+func Now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }

@@ -57,7 +57,7 @@ CREATE TABLE firmware (
 
 CREATE TABLE jobs (
     id               text PRIMARY KEY,
-    product_id       text NOT NULL,
+    product_id       text NOT NULL REFERENCES products (id) ON DELETE CASCADE,
     firmware_version text NOT NULL,
     status           text NOT NULL,
     timeout_seconds  integer NOT NULL,
@@ -66,8 +66,7 @@ CREATE TABLE jobs (
     max_per_minute   integer NOT NULL DEFAULT 0,
     start_at         text,
     created_at       text NOT NULL,
-    completed_at     text,
-    FOREIGN KEY (product_id, firmware_version) REFERENCES firmware (product_id, version)
+    completed_at     text
 );
 
 CREATE INDEX jobs_product ON jobs (product_id, created_at);

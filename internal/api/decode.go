@@ -1,0 +1,126 @@
+package api
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// maxJSONBody caps every JSON request body.
+const maxJSONBody = 64 << 10
+
+// decodeJSON reads exactly one JSON object into v, refusing unknown fields,
+// wrong types, trailing data and bodies over maxJSONBody.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && mt != "application/merge-patch+json") {
+			return ota.Errorf(ota.EINVALID, "content type must be application/json")
+		}
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if err := dec.Decode(&struct{}{}); err != io.EOF {
+		if err != nil {
+			if tooLarge := jsonError(err); ota.IsCode(tooLarge, ota.ETOOLARGE) {
+				return tooLarge
+			}
+		}
+		return ota.Errorf(ota.EINVALID, "request body must hold exactly one JSON object")
+	}
+	return nil
+}
+
+func jsonError(err error) error {
+	var maxErr *http.MaxBytesError
+	var syntaxErr *json.SyntaxError
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &maxErr):
+		return ota.Errorf(ota.ETOOLARGE, "request body is larger than %d bytes", maxErr.Limit)
+	case errors.Is(err, io.EOF):
+		return ota.Errorf(ota.EINVALID, "request body is empty")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return ota.Errorf(ota.EINVALID, "request body is truncated JSON")
+	case errors.As(err, &syntaxErr):
+		return ota.Errorf(ota.EINVALID, "malformed JSON at byte %d", syntaxErr.Offset)
+	case errors.As(err, &typeErr):
+		if typeErr.Field != "" {
+			return ota.Errorf(ota.EINVALID, "field %q must be of type %s", typeErr.Field, typeErr.Type)
+		}
+		return ota.Errorf(ota.EINVALID, "request body must be a JSON object")
+	default:
+		// Unknown fields come back as a plain error from encoding/json.
+		return ota.Errorf(ota.EINVALID, "invalid JSON: %s", trimJSONPrefix(err.Error()))
+	}
+}
+
+func trimJSONPrefix(s string) string {
+	const p = "json: "
+	if len(s) > len(p) && s[:len(p)] == p {
+		return s[len(p):]
+	}
+	return s
+}
+
+// page is one page of a list answer.
+type page[T any] struct {
+	Items      []T    `json:"items"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+// pageParams reads ?limit= and ?cursor= (an opaque key from next_cursor).
+func pageParams(r *http.Request) (after string, limit int, err error) {
+	limit = ota.DefaultPageLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > ota.MaxPageLimit {
+			return "", 0, ota.Errorf(ota.EINVALID, "limit must be a number from 1 to %d", ota.MaxPageLimit)
+		}
+		limit = n
+	}
+	if c := r.URL.Query().Get("cursor"); c != "" {
+		b, err := base64.RawURLEncoding.DecodeString(c)
+		if err != nil || len(b) == 0 || len(b) > 256 {
+			return "", 0, ota.Errorf(ota.EINVALID, "cursor is not one this server handed out")
+		}
+		after = string(b)
+	}
+	return after, limit, nil
+}
+
+// newPage builds a page answer; key gives the cursor of the last item.
+// A full page gets a next cursor; a short one is the last.
+func newPage[T any](items []T, limit int, key func(T) string) page[T] {
+	p := page[T]{Items: items}
+	if p.Items == nil {
+		p.Items = []T{}
+	}
+	if len(items) == limit && limit > 0 {
+		p.NextCursor = base64.RawURLEncoding.EncodeToString([]byte(key(items[len(items)-1])))
+	}
+	return p
+}
+
+func boolParam(r *http.Request, name string) (*bool, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return nil, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return nil, ota.Errorf(ota.EINVALID, "%s must be true or false", name)
+	}
+	return &b, nil
+}
+
+

@@ -1,0 +1,184 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+type deviceCreateRequest struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+}
+
+// deviceCreated is the one answer that shows a device's secret.
+type deviceCreated struct {
+	*ota.Device
+	Secret string `json:"secret"`
+}
+
+// deviceDetail is a device with its most recent history.
+type deviceDetail struct {
+	*ota.Device
+	Events []*ota.DeviceEvent `json:"events"`
+}
+
+// deviceHistoryInDetail is how many events GET …/devices/{name} includes.
+const deviceHistoryInDetail = 20
+
+func (s *Server) deviceCreate(w http.ResponseWriter, r *http.Request) {
+	var req deviceCreateRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	p, err := s.product(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d := &ota.Device{ProductID: p.ID, Name: req.Name, Version: req.Version, Secret: ota.NewDeviceSecret()}
+	if err := d.Validate(); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.store.DeviceCreate(r.Context(), d); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/products/"+p.ID+"/devices/"+d.Name)
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: d.Secret})
+}
+
+func (s *Server) deviceList(w http.ResponseWriter, r *http.Request) {
+	p, err := s.product(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	after, limit, err := pageParams(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	params := ota.DeviceListParams{ProductID: p.ID, After: after, Limit: limit, Version: r.URL.Query().Get("version")}
+	if params.Version != "" {
+		if err := ota.ValidateVersion(params.Version); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	if params.Online, err = boolParam(r, "online"); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ds, err := s.store.DeviceList(r.Context(), params)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, newPage(ds, limit, func(d *ota.Device) string { return d.Name }))
+}
+
+// device loads the device named in the path.
+func (s *Server) device(r *http.Request) (*ota.Device, error) {
+	pid, name := chi.URLParam(r, "pid"), chi.URLParam(r, "name")
+	if err := ota.ValidateProductID(pid); err != nil {
+		return nil, err
+	}
+	if err := ota.ValidateDeviceName(name); err != nil {
+		return nil, err
+	}
+	return s.store.DeviceGet(r.Context(), pid, name)
+}
+
+func (s *Server) deviceGet(w http.ResponseWriter, r *http.Request) {
+	d, err := s.device(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	evs, err := s.store.DeviceEventList(r.Context(), ota.DeviceEventListParams{ProductID: d.ProductID, DeviceName: d.Name, Limit: deviceHistoryInDetail})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, deviceDetail{Device: d, Events: evs})
+}
+
+type deviceUpdateRequest struct {
+	Disabled *bool `json:"disabled"`
+}
+
+// deviceUpdate enables or disables a device. Disabling closes its MQTT
+// session at once.
+func (s *Server) deviceUpdate(w http.ResponseWriter, r *http.Request) {
+	var req deviceUpdateRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, err := s.device(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Disabled != nil {
+		if err := s.store.DeviceSetDisabled(r.Context(), d.ProductID, d.Name, *req.Disabled); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		d.Disabled = *req.Disabled
+		if d.Disabled && s.notifier != nil {
+			s.notifier.Disconnect(d.ProductID, d.Name)
+		}
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) deviceDelete(w http.ResponseWriter, r *http.Request) {
+	d, err := s.device(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.store.DeviceDelete(r.Context(), d.ProductID, d.Name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if s.notifier != nil {
+		s.notifier.Disconnect(d.ProductID, d.Name)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) deviceEvents(w http.ResponseWriter, r *http.Request) {
+	d, err := s.device(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	after, limit, err := pageParams(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	// Event cursors are event IDs: history pages go from newest to oldest.
+	var before int64
+	if after != "" {
+		if before, err = strconv.ParseInt(after, 10, 64); err != nil || before <= 0 {
+			s.writeError(w, r, ota.Errorf(ota.EINVALID, "cursor is not one this server handed out"))
+			return
+		}
+	}
+	evs, err := s.store.DeviceEventList(r.Context(), ota.DeviceEventListParams{ProductID: d.ProductID, DeviceName: d.Name, Before: before, Limit: limit})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, newPage(evs, limit, func(e *ota.DeviceEvent) string { return strconv.FormatInt(e.ID, 10) }))
+}

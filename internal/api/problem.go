@@ -1,0 +1,82 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// statusOf maps every ota error code to its HTTP status; the one table.
+var statusOf = map[string]int{
+	ota.EINVALID:      http.StatusBadRequest,
+	ota.ENOTFOUND:     http.StatusNotFound,
+	ota.ECONFLICT:     http.StatusConflict,
+	ota.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	ota.EUNAUTHORIZED: http.StatusUnauthorized,
+	ota.EFORBIDDEN:    http.StatusForbidden,
+	ota.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	ota.EINTERNAL:     http.StatusInternalServerError,
+}
+
+// Problem is an RFC 9457 problem detail with otad's stable code.
+type Problem struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail"`
+	Code     string `json:"code"`
+	Instance string `json:"instance,omitempty"`
+	// Extra carries structured detail, such as conflicting devices.
+	Extra any `json:"extra,omitempty"`
+}
+
+// writeError answers err as problem+json. Only internal errors are logged:
+// the others are the caller's doing and are told to the caller.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := ota.ErrorCode(err)
+	status, ok := statusOf[code]
+	if !ok {
+		status = http.StatusInternalServerError
+	}
+	if code == ota.EINTERNAL || code == ota.EUNAVAILABLE {
+		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	var extra any
+	var oe *ota.Error
+	if errors.As(err, &oe) {
+		extra = oe.Detail
+	}
+	writeProblem(w, Problem{
+		Type:     "https://otad.dev/problems/" + code,
+		Title:    http.StatusText(status),
+		Status:   status,
+		Detail:   ota.ErrorMessage(err),
+		Code:     code,
+		Instance: r.URL.Path,
+		Extra:    extra,
+	})
+}
+
+func writeProblem(w http.ResponseWriter, p Problem) {
+	if p.Status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="otad"`)
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(p.Status)
+	json.NewEncoder(w).Encode(p)
+}
+
+// writeJSON answers v as JSON with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		slog.Default().Debug("write response", "err", err)
+	}
+}

@@ -1,0 +1,174 @@
+// Package api is otad's console REST API: products, devices, firmware and
+// jobs under /v1, bearer-token auth, problem+json errors, the OpenAPI
+// document, health, readiness and Prometheus metrics.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// Config is what the API needs from the rest of otad.
+type Config struct {
+	Logger *slog.Logger
+	Store  ota.Store
+	// Notifier disconnects deleted and disabled devices; nil when no broker runs.
+	Notifier ota.Notifier
+	// Registry receives the API's metrics; Gatherer serves /metrics.
+	Registry prometheus.Registerer
+	Gatherer prometheus.Gatherer
+}
+
+// Server serves the console API.
+type Server struct {
+	log      *slog.Logger
+	store    ota.Store
+	notifier ota.Notifier
+	gatherer prometheus.Gatherer
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	router   chi.Router
+}
+
+// New builds the API server and registers its metrics.
+func New(cfg Config) (*Server, error) {
+	s := &Server{
+		log:      cfg.Logger.With("component", "api"),
+		store:    cfg.Store,
+		notifier: cfg.Notifier,
+		gatherer: cfg.Gatherer,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otad_http_requests_total",
+			Help: "HTTP requests served, by method, route pattern and status code.",
+		}, []string{"method", "route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "otad_http_request_duration_seconds",
+			Help:    "HTTP request latency, by method and route pattern.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"method", "route"}),
+	}
+	for _, c := range []prometheus.Collector{s.requests, s.latency} {
+		if err := cfg.Registry.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	s.router = s.routes()
+	return s, nil
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) routes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer, s.measure)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, ota.Errorf(ota.ENOTFOUND, "no such resource"))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, Problem{Type: "https://otad.dev/problems/method_not_allowed", Title: "Method Not Allowed",
+			Status: http.StatusMethodNotAllowed, Detail: r.Method + " is not allowed here", Code: "method_not_allowed", Instance: r.URL.Path})
+	})
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(s.authenticate)
+		r.Get("/openapi.json", s.openAPIJSON)
+		r.Get("/openapi.yaml", s.openAPIYAML)
+		r.Route("/products", func(r chi.Router) {
+			r.Post("/", s.productCreate)
+			r.Get("/", s.productList)
+			r.Route("/{pid}", func(r chi.Router) {
+				r.Get("/", s.productGet)
+				r.Route("/devices", func(r chi.Router) {
+					r.Post("/", s.deviceCreate)
+					r.Get("/", s.deviceList)
+					r.Get("/{name}", s.deviceGet)
+					r.Patch("/{name}", s.deviceUpdate)
+					r.Delete("/{name}", s.deviceDelete)
+					r.Get("/{name}/events", s.deviceEvents)
+				})
+			})
+		})
+	})
+	return r
+}
+
+// measure counts requests and their latency by route pattern, never by
+// raw path, so that label cardinality stays bounded.
+func (s *Server) measure(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r)
+		route := "unmatched"
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+			route = rc.RoutePattern()
+		}
+		status := ww.Status()
+		if status == 0 {
+			status = http.StatusOK
+		}
+		s.requests.WithLabelValues(r.Method, route, http.StatusText(status)).Inc()
+		s.latency.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// HashToken returns the stored form of an API token.
+func HashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// authenticate requires a valid bearer token. Every refusal looks the same,
+// so a caller learns nothing about which tokens exist.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		token = strings.TrimSpace(token)
+		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" || len(token) > 512 {
+			s.writeError(w, r, ota.Errorf(ota.EUNAUTHORIZED, "a valid bearer token is required"))
+			return
+		}
+		hash := HashToken(token)
+		t, err := s.store.TokenGetByHash(r.Context(), hash)
+		if err != nil && !ota.IsCode(err, ota.ENOTFOUND) {
+			s.writeError(w, r, err)
+			return
+		}
+		if t == nil || subtle.ConstantTimeCompare([]byte(t.Hash), []byte(hash)) != 1 {
+			s.writeError(w, r, ota.Errorf(ota.EUNAUTHORIZED, "a valid bearer token is required"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.writeError(w, r, &ota.Error{Code: ota.EUNAVAILABLE, Message: "database unreachable"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}

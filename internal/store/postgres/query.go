@@ -1,0 +1,302 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// ProductCreate stores a new product; its ID must be free.
+func (s *Store) ProductCreate(ctx context.Context, p *ota.Product) error {
+	if p.CreatedAt.IsZero() {
+		p.CreatedAt = ota.Now()
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO products (id, name, description, created_at) VALUES ($1, $2, $3, $4)`,
+		p.ID, p.Name, p.Description, p.CreatedAt)
+	return interpretError(err, "product")
+}
+
+func (s *Store) ProductGet(ctx context.Context, id string) (*ota.Product, error) {
+	var p ota.Product
+	err := s.pool.QueryRow(ctx, `SELECT id, name, description, created_at FROM products WHERE id = $1`, id).
+		Scan(&p.ID, &p.Name, &p.Description, &p.CreatedAt)
+	if err != nil {
+		return nil, interpretError(err, "product")
+	}
+	p.CreatedAt = utc(p.CreatedAt)
+	return &p, nil
+}
+
+func (s *Store) ProductList(ctx context.Context, params ota.ProductListParams) ([]*ota.Product, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, name, description, created_at FROM products WHERE id > $1 ORDER BY id LIMIT $2`,
+		params.After, ota.PageLimit(params.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("list products: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Product, error) {
+		var p ota.Product
+		err := row.Scan(&p.ID, &p.Name, &p.Description, &p.CreatedAt)
+		p.CreatedAt = utc(p.CreatedAt)
+		return &p, err
+	})
+}
+
+const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled,
+	upgrade_version, upgrade_state, upgrade_percent, upgrade_result_code, upgrade_result_msg, upgrade_updated_at, created_at`
+
+func scanDevice(row pgx.Row) (*ota.Device, error) {
+	var d ota.Device
+	var uv, us, um *string
+	var up, uc *int
+	var ut *pgTime
+	err := row.Scan(&d.ProductID, &d.Name, &d.Secret, &d.Version, &d.Online, &d.LastSeenAt, &d.Disabled,
+		&uv, &us, &up, &uc, &um, &ut, &d.CreatedAt)
+	if err != nil {
+		return nil, err
+	}
+	d.CreatedAt = utc(d.CreatedAt)
+	d.LastSeenAt = utcPtr(d.LastSeenAt)
+	if us != nil {
+		d.Upgrade = &ota.UpgradeProgress{Version: deref(uv), State: *us, Percent: derefInt(up),
+			ResultCode: derefInt(uc), ResultMsg: deref(um)}
+		if ut != nil {
+			d.Upgrade.UpdatedAt = utc(*ut)
+		}
+	}
+	return &d, nil
+}
+
+func (s *Store) DeviceCreate(ctx context.Context, d *ota.Device) error {
+	if d.CreatedAt.IsZero() {
+		d.CreatedAt = ota.Now()
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, d.CreatedAt)
+	return interpretError(err, "device")
+}
+
+func (s *Store) DeviceGet(ctx context.Context, productID, name string) (*ota.Device, error) {
+	d, err := scanDevice(s.pool.QueryRow(ctx, `SELECT `+deviceColumns+` FROM devices WHERE product_id = $1 AND name = $2`, productID, name))
+	if err != nil {
+		return nil, interpretError(err, "device")
+	}
+	return d, nil
+}
+
+func (s *Store) DeviceList(ctx context.Context, params ota.DeviceListParams) ([]*ota.Device, error) {
+	where := []string{"product_id = $1", "name > $2"}
+	args := []any{params.ProductID, params.After}
+	if params.Version != "" {
+		args = append(args, params.Version)
+		where = append(where, fmt.Sprintf("version = $%d", len(args)))
+	}
+	if params.Online != nil {
+		args = append(args, *params.Online)
+		where = append(where, fmt.Sprintf("online = $%d", len(args)))
+	}
+	args = append(args, ota.PageLimit(params.Limit))
+	q := `SELECT ` + deviceColumns + ` FROM devices WHERE ` + strings.Join(where, " AND ") +
+		fmt.Sprintf(` ORDER BY name LIMIT $%d`, len(args))
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Device, error) { return scanDevice(row) })
+}
+
+func (s *Store) DeviceDelete(ctx context.Context, productID, name string) error {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM devices WHERE product_id = $1 AND name = $2`, productID, name)
+	if err != nil {
+		return fmt.Errorf("delete device: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ota.Errorf(ota.ENOTFOUND, "device not found")
+	}
+	return nil
+}
+
+func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE devices SET disabled = $3 WHERE product_id = $1 AND name = $2`, productID, name, disabled)
+	if err != nil {
+		return fmt.Errorf("set device disabled: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ota.Errorf(ota.ENOTFOUND, "device not found")
+	}
+	return nil
+}
+
+func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) error {
+	typ := ota.EventDisconnected
+	if p.Online {
+		typ = ota.EventConnected
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, last_seen_at = $4 WHERE product_id = $1 AND name = $2`,
+			p.ProductID, p.DeviceName, p.Online, p.At.UTC())
+		if err != nil {
+			return fmt.Errorf("device presence: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "device not found")
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES ($1, $2, $3, $4)`,
+			p.ProductID, p.DeviceName, typ, p.At.UTC())
+		return interpretError(err, "device event")
+	})
+}
+
+func (s *Store) DeviceReportsRecord(ctx context.Context, reports []ota.Report) error {
+	if len(reports) == 0 {
+		return nil
+	}
+	batch := &pgx.Batch{}
+	for _, r := range reports {
+		at := r.At.UTC()
+		// The event is inserted only while the device exists, so a report
+		// racing a delete is dropped rather than failing the whole batch.
+		batch.Queue(`INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
+			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND name = $2)`,
+			r.ProductID, r.DeviceName, r.Type, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg, at)
+		switch r.Type {
+		case ota.EventReportVersion:
+			batch.Queue(`UPDATE devices SET version = $3, online = true, last_seen_at = $4 WHERE product_id = $1 AND name = $2`,
+				r.ProductID, r.DeviceName, r.Version, at)
+		case ota.EventReportProgress:
+			batch.Queue(`UPDATE devices SET online = true, last_seen_at = $3, upgrade_version = $4, upgrade_state = $5,
+				upgrade_percent = CASE WHEN $6::integer IS NOT NULL THEN $6::integer
+					WHEN $5 = 'done' THEN 100
+					WHEN upgrade_version = $4 THEN upgrade_percent ELSE 0 END,
+				upgrade_result_code = COALESCE($7, 0), upgrade_result_msg = $8, upgrade_updated_at = $3
+				WHERE product_id = $1 AND name = $2`,
+				r.ProductID, r.DeviceName, at, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg)
+		}
+	}
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return fmt.Errorf("record reports: %w", interpretError(err, "report"))
+		}
+		return nil
+	})
+}
+
+func (s *Store) DeviceEventList(ctx context.Context, p ota.DeviceEventListParams) ([]*ota.DeviceEvent, error) {
+	before := p.Before
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, product_id, device_name, type, version, state, percent, result_code, result_msg, created_at
+		FROM device_events WHERE product_id = $1 AND device_name = $2 AND id < $3 ORDER BY id DESC LIMIT $4`,
+		p.ProductID, p.DeviceName, before, ota.PageLimit(p.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("list device events: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.DeviceEvent, error) {
+		var e ota.DeviceEvent
+		err := row.Scan(&e.ID, &e.ProductID, &e.DeviceName, &e.Type, &e.Version, &e.State, &e.Percent, &e.ResultCode, &e.ResultMsg, &e.CreatedAt)
+		e.CreatedAt = utc(e.CreatedAt)
+		return &e, err
+	})
+}
+
+const firmwareColumns = `product_id, version, size, md5, sha256, description, blob_key, created_at`
+
+func scanFirmware(row pgx.Row) (*ota.Firmware, error) {
+	var f ota.Firmware
+	err := row.Scan(&f.ProductID, &f.Version, &f.Size, &f.MD5, &f.SHA256, &f.Description, &f.BlobKey, &f.CreatedAt)
+	f.CreatedAt = utc(f.CreatedAt)
+	return &f, err
+}
+
+func (s *Store) FirmwareCreate(ctx context.Context, f *ota.Firmware) error {
+	if f.CreatedAt.IsZero() {
+		f.CreatedAt = ota.Now()
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO firmware (`+firmwareColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		f.ProductID, f.Version, f.Size, f.MD5, f.SHA256, f.Description, f.BlobKey, f.CreatedAt)
+	return interpretError(err, "firmware version")
+}
+
+func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ota.Firmware, error) {
+	f, err := scanFirmware(s.pool.QueryRow(ctx, `SELECT `+firmwareColumns+` FROM firmware WHERE product_id = $1 AND version = $2`, productID, version))
+	if err != nil {
+		return nil, interpretError(err, "firmware")
+	}
+	return f, nil
+}
+
+func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*ota.Firmware, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+firmwareColumns+` FROM firmware WHERE product_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
+		p.ProductID, p.After, ota.PageLimit(p.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("list firmware: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Firmware, error) { return scanFirmware(row) })
+}
+
+func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// Lock the row so a job created concurrently waits for the outcome.
+		var key string
+		if err := tx.QueryRow(ctx, `SELECT blob_key FROM firmware WHERE product_id = $1 AND version = $2 FOR UPDATE`, productID, version).Scan(&key); err != nil {
+			return interpretError(err, "firmware")
+		}
+		var active bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM jobs WHERE product_id = $1 AND firmware_version = $2 AND status IN ($3, $4))`,
+			productID, version, ota.JobScheduled, ota.JobRunning).Scan(&active); err != nil {
+			return fmt.Errorf("delete firmware: %w", err)
+		}
+		if active {
+			return ota.Errorf(ota.ECONFLICT, "firmware %s is used by an active job", version)
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM firmware WHERE product_id = $1 AND version = $2`, productID, version)
+		return interpretError(err, "firmware")
+	})
+}
+
+func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
+	if t.CreatedAt.IsZero() {
+		t.CreatedAt = ota.Now()
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES ($1, $2, $3, $4)`, t.ID, t.Name, t.Hash, t.CreatedAt)
+	return interpretError(err, "token")
+}
+
+func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {
+	var t ota.APIToken
+	err := s.pool.QueryRow(ctx, `SELECT id, name, hash, created_at FROM api_tokens WHERE hash = $1`, hash).Scan(&t.ID, &t.Name, &t.Hash, &t.CreatedAt)
+	if err != nil {
+		return nil, interpretError(err, "token")
+	}
+	t.CreatedAt = utc(t.CreatedAt)
+	return &t, nil
+}
+
+func (s *Store) TokenCount(ctx context.Context) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM api_tokens`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count tokens: %w", err)
+	}
+	return n, nil
+}
+
+type pgTime = time.Time
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+func derefInt(n *int) int {
+	if n == nil {
+		return 0
+	}
+	return *n
+}

@@ -1,0 +1,309 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+type scanner interface{ Scan(dest ...any) error }
+
+// collect scans every row with scan and closes rows.
+func collect[T any](rows *sql.Rows, err error, what string, scan func(scanner) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	return out, nil
+}
+
+// execOne runs a statement that must touch exactly one row.
+func (s *Store) execOne(ctx context.Context, what, q string, args ...any) error {
+	res, err := s.write.ExecContext(ctx, q, args...)
+	if err != nil {
+		return interpretError(err, what)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ota.Errorf(ota.ENOTFOUND, "%s not found", what)
+	}
+	return nil
+}
+
+// inTx runs fn in a write transaction.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return interpretError(err, "transaction")
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return interpretError(tx.Commit(), "transaction")
+}
+
+func scanProduct(row scanner) (*ota.Product, error) {
+	var p ota.Product
+	err := row.Scan(&p.ID, &p.Name, &p.Description, sqlTime{&p.CreatedAt})
+	return &p, err
+}
+
+func (s *Store) ProductCreate(ctx context.Context, p *ota.Product) error {
+	if p.CreatedAt.IsZero() {
+		p.CreatedAt = ota.Now()
+	}
+	_, err := s.write.ExecContext(ctx, `INSERT INTO products (id, name, description, created_at) VALUES (?, ?, ?, ?)`,
+		p.ID, p.Name, p.Description, fmtTime(p.CreatedAt))
+	return interpretError(err, "product")
+}
+
+func (s *Store) ProductGet(ctx context.Context, id string) (*ota.Product, error) {
+	p, err := scanProduct(s.read.QueryRowContext(ctx, `SELECT id, name, description, created_at FROM products WHERE id = ?`, id))
+	if err != nil {
+		return nil, interpretError(err, "product")
+	}
+	return p, nil
+}
+
+func (s *Store) ProductList(ctx context.Context, params ota.ProductListParams) ([]*ota.Product, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT id, name, description, created_at FROM products WHERE id > ? ORDER BY id LIMIT ?`,
+		params.After, ota.PageLimit(params.Limit))
+	return collect(rows, err, "products", scanProduct)
+}
+
+const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled,
+	upgrade_version, upgrade_state, upgrade_percent, upgrade_result_code, upgrade_result_msg, upgrade_updated_at, created_at`
+
+func scanDevice(row scanner) (*ota.Device, error) {
+	var d ota.Device
+	var uv, us, um sql.NullString
+	var up, uc sql.NullInt64
+	var ut *time.Time
+	err := row.Scan(&d.ProductID, &d.Name, &d.Secret, &d.Version, &d.Online, sqlTimePtr{&d.LastSeenAt}, &d.Disabled,
+		&uv, &us, &up, &uc, &um, sqlTimePtr{&ut}, sqlTime{&d.CreatedAt})
+	if err != nil {
+		return nil, err
+	}
+	if us.Valid {
+		d.Upgrade = &ota.UpgradeProgress{Version: uv.String, State: us.String, Percent: int(up.Int64),
+			ResultCode: int(uc.Int64), ResultMsg: um.String}
+		if ut != nil {
+			d.Upgrade.UpdatedAt = *ut
+		}
+	}
+	return &d, nil
+}
+
+func (s *Store) DeviceCreate(ctx context.Context, d *ota.Device) error {
+	if d.CreatedAt.IsZero() {
+		d.CreatedAt = ota.Now()
+	}
+	_, err := s.write.ExecContext(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
+		VALUES (?, ?, ?, ?, ?, ?)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, fmtTime(d.CreatedAt))
+	return interpretError(err, "device")
+}
+
+func (s *Store) DeviceGet(ctx context.Context, productID, name string) (*ota.Device, error) {
+	d, err := scanDevice(s.read.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE product_id = ? AND name = ?`, productID, name))
+	if err != nil {
+		return nil, interpretError(err, "device")
+	}
+	return d, nil
+}
+
+func (s *Store) DeviceList(ctx context.Context, params ota.DeviceListParams) ([]*ota.Device, error) {
+	where := []string{"product_id = ?", "name > ?"}
+	args := []any{params.ProductID, params.After}
+	if params.Version != "" {
+		where = append(where, "version = ?")
+		args = append(args, params.Version)
+	}
+	if params.Online != nil {
+		where = append(where, "online = ?")
+		args = append(args, *params.Online)
+	}
+	args = append(args, ota.PageLimit(params.Limit))
+	rows, err := s.read.QueryContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE `+strings.Join(where, " AND ")+` ORDER BY name LIMIT ?`, args...)
+	return collect(rows, err, "devices", scanDevice)
+}
+
+func (s *Store) DeviceDelete(ctx context.Context, productID, name string) error {
+	return s.execOne(ctx, "device", `DELETE FROM devices WHERE product_id = ? AND name = ?`, productID, name)
+}
+
+func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error {
+	return s.execOne(ctx, "device", `UPDATE devices SET disabled = ? WHERE product_id = ? AND name = ?`, disabled, productID, name)
+}
+
+func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) error {
+	typ := ota.EventDisconnected
+	if p.Online {
+		typ = ota.EventConnected
+	}
+	at := fmtTime(p.At)
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET online = ?, last_seen_at = ? WHERE product_id = ? AND name = ?`,
+			p.Online, at, p.ProductID, p.DeviceName)
+		if err != nil {
+			return interpretError(err, "device")
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "device not found")
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES (?, ?, ?, ?)`,
+			p.ProductID, p.DeviceName, typ, at)
+		return interpretError(err, "device event")
+	})
+}
+
+func (s *Store) DeviceReportsRecord(ctx context.Context, reports []ota.Report) error {
+	if len(reports) == 0 {
+		return nil
+	}
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, r := range reports {
+			at := fmtTime(r.At)
+			// The event is inserted only while the device exists, so a
+			// report racing a delete is dropped rather than failing the batch.
+			if _, err := tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
+				SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM devices WHERE product_id = ?1 AND name = ?2)`,
+				r.ProductID, r.DeviceName, r.Type, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg, at); err != nil {
+				return fmt.Errorf("record report: %w", interpretError(err, "report"))
+			}
+			var err error
+			switch r.Type {
+			case ota.EventReportVersion:
+				_, err = tx.ExecContext(ctx, `UPDATE devices SET version = ?3, online = 1, last_seen_at = ?4 WHERE product_id = ?1 AND name = ?2`,
+					r.ProductID, r.DeviceName, r.Version, at)
+			case ota.EventReportProgress:
+				_, err = tx.ExecContext(ctx, `UPDATE devices SET online = 1, last_seen_at = ?3, upgrade_version = ?4, upgrade_state = ?5,
+					upgrade_percent = CASE WHEN ?6 IS NOT NULL THEN ?6
+						WHEN ?5 = 'done' THEN 100
+						WHEN upgrade_version = ?4 THEN upgrade_percent ELSE 0 END,
+					upgrade_result_code = COALESCE(?7, 0), upgrade_result_msg = ?8, upgrade_updated_at = ?3
+					WHERE product_id = ?1 AND name = ?2`,
+					r.ProductID, r.DeviceName, at, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg)
+			}
+			if err != nil {
+				return fmt.Errorf("record report: %w", interpretError(err, "report"))
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) DeviceEventList(ctx context.Context, p ota.DeviceEventListParams) ([]*ota.DeviceEvent, error) {
+	before := p.Before
+	if before <= 0 {
+		before = 1<<63 - 1
+	}
+	rows, err := s.read.QueryContext(ctx, `SELECT id, product_id, device_name, type, version, state, percent, result_code, result_msg, created_at
+		FROM device_events WHERE product_id = ? AND device_name = ? AND id < ? ORDER BY id DESC LIMIT ?`,
+		p.ProductID, p.DeviceName, before, ota.PageLimit(p.Limit))
+	return collect(rows, err, "device events", func(row scanner) (*ota.DeviceEvent, error) {
+		var e ota.DeviceEvent
+		var pct, code sql.NullInt64
+		err := row.Scan(&e.ID, &e.ProductID, &e.DeviceName, &e.Type, &e.Version, &e.State, &pct, &code, &e.ResultMsg, sqlTime{&e.CreatedAt})
+		if pct.Valid {
+			n := int(pct.Int64)
+			e.Percent = &n
+		}
+		if code.Valid {
+			n := int(code.Int64)
+			e.ResultCode = &n
+		}
+		return &e, err
+	})
+}
+
+const firmwareColumns = `product_id, version, size, md5, sha256, description, blob_key, created_at`
+
+func scanFirmware(row scanner) (*ota.Firmware, error) {
+	var f ota.Firmware
+	err := row.Scan(&f.ProductID, &f.Version, &f.Size, &f.MD5, &f.SHA256, &f.Description, &f.BlobKey, sqlTime{&f.CreatedAt})
+	return &f, err
+}
+
+func (s *Store) FirmwareCreate(ctx context.Context, f *ota.Firmware) error {
+	if f.CreatedAt.IsZero() {
+		f.CreatedAt = ota.Now()
+	}
+	_, err := s.write.ExecContext(ctx, `INSERT INTO firmware (`+firmwareColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		f.ProductID, f.Version, f.Size, f.MD5, f.SHA256, f.Description, f.BlobKey, fmtTime(f.CreatedAt))
+	return interpretError(err, "firmware version")
+}
+
+func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ota.Firmware, error) {
+	f, err := scanFirmware(s.read.QueryRowContext(ctx, `SELECT `+firmwareColumns+` FROM firmware WHERE product_id = ? AND version = ?`, productID, version))
+	if err != nil {
+		return nil, interpretError(err, "firmware")
+	}
+	return f, nil
+}
+
+func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*ota.Firmware, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT `+firmwareColumns+` FROM firmware WHERE product_id = ? AND version > ? ORDER BY version LIMIT ?`,
+		p.ProductID, p.After, ota.PageLimit(p.Limit))
+	return collect(rows, err, "firmware", scanFirmware)
+}
+
+func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		var active int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM jobs WHERE product_id = ? AND firmware_version = ? AND status IN (?, ?)`,
+			productID, version, ota.JobScheduled, ota.JobRunning).Scan(&active); err != nil {
+			return fmt.Errorf("delete firmware: %w", err)
+		}
+		if active > 0 {
+			return ota.Errorf(ota.ECONFLICT, "firmware %s is used by an active job", version)
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM firmware WHERE product_id = ? AND version = ?`, productID, version)
+		if err != nil {
+			return interpretError(err, "firmware")
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "firmware not found")
+		}
+		return nil
+	})
+}
+
+func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
+	if t.CreatedAt.IsZero() {
+		t.CreatedAt = ota.Now()
+	}
+	_, err := s.write.ExecContext(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES (?, ?, ?, ?)`, t.ID, t.Name, t.Hash, fmtTime(t.CreatedAt))
+	return interpretError(err, "token")
+}
+
+func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {
+	var t ota.APIToken
+	err := s.read.QueryRowContext(ctx, `SELECT id, name, hash, created_at FROM api_tokens WHERE hash = ?`, hash).Scan(&t.ID, &t.Name, &t.Hash, sqlTime{&t.CreatedAt})
+	if err != nil {
+		return nil, interpretError(err, "token")
+	}
+	return &t, nil
+}
+
+func (s *Store) TokenCount(ctx context.Context) (int, error) {
+	var n int
+	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM api_tokens`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count tokens: %w", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,376 @@
+// Package storetest is the contract suite every ota.Store implementation
+// passes. Each store method starts life as a case here; both drivers run it
+// through Run.
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// Run runs every contract case against fresh stores made by newStore.
+func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
+	cases := []struct {
+		name string
+		fn   func(t *testing.T, s ota.Store)
+	}{
+		{"Product", testProduct},
+		{"ProductList", testProductList},
+		{"Device", testDevice},
+		{"DeviceList", testDeviceList},
+		{"DeviceDelete", testDeviceDelete},
+		{"DevicePresence", testDevicePresence},
+		{"DeviceReportsRecord", testDeviceReportsRecord},
+		{"Firmware", testFirmware},
+		{"Token", testToken},
+		{"Verbatim", testVerbatim},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			c.fn(t, newStore(t))
+		})
+	}
+}
+
+func ctx(t *testing.T) context.Context { return t.Context() }
+
+func wantCode(t *testing.T, err error, code string) {
+	t.Helper()
+	if got := ota.ErrorCode(err); got != code {
+		t.Fatalf("error = %v (code %q), want code %q", err, got, code)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// MustProduct creates a product with a fresh ID.
+func MustProduct(t testing.TB, s ota.Store) *ota.Product {
+	t.Helper()
+	p := &ota.Product{ID: ota.NewProductID(), Name: "thermostat"}
+	if err := s.ProductCreate(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// MustDevice creates a device of product pid.
+func MustDevice(t testing.TB, s ota.Store, pid, name string) *ota.Device {
+	t.Helper()
+	d := &ota.Device{ProductID: pid, Name: name, Secret: ota.NewDeviceSecret()}
+	if err := s.DeviceCreate(context.Background(), d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func testProduct(t *testing.T, s ota.Store) {
+	p := &ota.Product{ID: "ABCDEF1234", Name: "Lamp", Description: "a lamp"}
+	must(t, s.ProductCreate(ctx(t), p))
+	if p.CreatedAt.IsZero() || p.CreatedAt.Location() != time.UTC {
+		t.Fatalf("CreatedAt = %v, want set in UTC", p.CreatedAt)
+	}
+	got, err := s.ProductGet(ctx(t), "ABCDEF1234")
+	must(t, err)
+	if !reflect.DeepEqual(got, p) {
+		t.Fatalf("ProductGet = %+v, want %+v", got, p)
+	}
+	wantCode(t, s.ProductCreate(ctx(t), &ota.Product{ID: "ABCDEF1234", Name: "again"}), ota.ECONFLICT)
+	_, err = s.ProductGet(ctx(t), "NOPE000000")
+	wantCode(t, err, ota.ENOTFOUND)
+}
+
+func testProductList(t *testing.T, s ota.Store) {
+	var want []string
+	for i := range 7 {
+		id := fmt.Sprintf("P%09d", i)
+		want = append(want, id)
+		must(t, s.ProductCreate(ctx(t), &ota.Product{ID: id, Name: "n"}))
+	}
+	var got []string
+	after := ""
+	for range 10 {
+		page, err := s.ProductList(ctx(t), ota.ProductListParams{After: after, Limit: 3})
+		must(t, err)
+		if len(page) > 3 {
+			t.Fatalf("page of %d, limit 3", len(page))
+		}
+		for _, p := range page {
+			got = append(got, p.ID)
+		}
+		if len(page) < 3 {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("paged list = %v, want %v", got, want)
+	}
+	empty, err := s.ProductList(ctx(t), ota.ProductListParams{After: "ZZZZZZZZZZ"})
+	must(t, err)
+	if empty == nil || len(empty) != 0 {
+		t.Fatalf("list past the end = %#v, want empty non-nil", empty)
+	}
+}
+
+func testDevice(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	d := &ota.Device{ProductID: p.ID, Name: "dev-1:a@b.c_d", Secret: ota.NewDeviceSecret(), Version: "1.0.0"}
+	must(t, s.DeviceCreate(ctx(t), d))
+	got, err := s.DeviceGet(ctx(t), p.ID, d.Name)
+	must(t, err)
+	if !reflect.DeepEqual(got, d) {
+		t.Fatalf("DeviceGet = %+v, want %+v", got, d)
+	}
+	wantCode(t, s.DeviceCreate(ctx(t), &ota.Device{ProductID: p.ID, Name: d.Name, Secret: ota.NewDeviceSecret()}), ota.ECONFLICT)
+	wantCode(t, s.DeviceCreate(ctx(t), &ota.Device{ProductID: "NOPE000000", Name: "x", Secret: ota.NewDeviceSecret()}), ota.ENOTFOUND)
+	_, err = s.DeviceGet(ctx(t), p.ID, "missing")
+	wantCode(t, err, ota.ENOTFOUND)
+
+	must(t, s.DeviceSetDisabled(ctx(t), p.ID, d.Name, true))
+	got, err = s.DeviceGet(ctx(t), p.ID, d.Name)
+	must(t, err)
+	if !got.Disabled {
+		t.Fatal("device not disabled")
+	}
+	wantCode(t, s.DeviceSetDisabled(ctx(t), p.ID, "missing", true), ota.ENOTFOUND)
+}
+
+func testDeviceList(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	other := MustProduct(t, s)
+	MustDevice(t, s, other.ID, "not-mine")
+	for i := range 5 {
+		v := "1.0.0"
+		if i%2 == 1 {
+			v = "2.0.0"
+		}
+		must(t, s.DeviceCreate(ctx(t), &ota.Device{ProductID: p.ID, Name: fmt.Sprintf("d%d", i), Secret: ota.NewDeviceSecret(), Version: v}))
+	}
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d3", Online: true, At: ota.Now()}))
+
+	names := func(params ota.DeviceListParams) []string {
+		t.Helper()
+		params.ProductID = p.ID
+		ds, err := s.DeviceList(ctx(t), params)
+		must(t, err)
+		out := []string{}
+		for _, d := range ds {
+			out = append(out, d.Name)
+		}
+		return out
+	}
+	on, off := true, false
+	for _, c := range []struct {
+		params ota.DeviceListParams
+		want   []string
+	}{
+		{ota.DeviceListParams{}, []string{"d0", "d1", "d2", "d3", "d4"}},
+		{ota.DeviceListParams{Limit: 2}, []string{"d0", "d1"}},
+		{ota.DeviceListParams{After: "d1", Limit: 2}, []string{"d2", "d3"}},
+		{ota.DeviceListParams{Version: "2.0.0"}, []string{"d1", "d3"}},
+		{ota.DeviceListParams{Version: "2.0.0", After: "d1"}, []string{"d3"}},
+		{ota.DeviceListParams{Online: &on}, []string{"d3"}},
+		{ota.DeviceListParams{Online: &off, Version: "2.0.0"}, []string{"d1"}},
+		{ota.DeviceListParams{Version: "9"}, []string{}},
+	} {
+		if got := names(c.params); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("DeviceList(%+v) = %v, want %v", c.params, got, c.want)
+		}
+	}
+}
+
+func testDeviceDelete(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	MustDevice(t, s, p.ID, "gone")
+	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{{ProductID: p.ID, DeviceName: "gone", Type: ota.EventReportVersion, Version: "1", At: ota.Now()}}))
+	must(t, s.DeviceDelete(ctx(t), p.ID, "gone"))
+	wantCode(t, s.DeviceDelete(ctx(t), p.ID, "gone"), ota.ENOTFOUND)
+	_, err := s.DeviceGet(ctx(t), p.ID, "gone")
+	wantCode(t, err, ota.ENOTFOUND)
+	// A device created again under the same name starts with no history.
+	MustDevice(t, s, p.ID, "gone")
+	evs, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "gone"})
+	must(t, err)
+	if len(evs) != 0 {
+		t.Fatalf("history of a re-created device = %+v, want empty", evs)
+	}
+}
+
+func testDevicePresence(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	MustDevice(t, s, p.ID, "d")
+	t1 := ota.Now().Add(-time.Minute)
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d", Online: true, At: t1}))
+	d, err := s.DeviceGet(ctx(t), p.ID, "d")
+	must(t, err)
+	if !d.Online || d.LastSeenAt == nil || !d.LastSeenAt.Equal(t1) {
+		t.Fatalf("after connect: online=%v last_seen=%v, want true %v", d.Online, d.LastSeenAt, t1)
+	}
+	t2 := ota.Now()
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d", Online: false, At: t2}))
+	d, err = s.DeviceGet(ctx(t), p.ID, "d")
+	must(t, err)
+	if d.Online || !d.LastSeenAt.Equal(t2) {
+		t.Fatalf("after disconnect: online=%v last_seen=%v", d.Online, d.LastSeenAt)
+	}
+	evs, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "d"})
+	must(t, err)
+	if len(evs) != 2 || evs[0].Type != ota.EventDisconnected || evs[1].Type != ota.EventConnected {
+		t.Fatalf("events = %+v, want disconnected then connected (newest first)", evs)
+	}
+	wantCode(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "missing", Online: true, At: t2}), ota.ENOTFOUND)
+}
+
+func intp(n int) *int { return &n }
+
+func testDeviceReportsRecord(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	MustDevice(t, s, p.ID, "a")
+	MustDevice(t, s, p.ID, "b")
+	now := ota.Now()
+	reports := []ota.Report{
+		{ProductID: p.ID, DeviceName: "a", Type: ota.EventReportVersion, Version: "1.0.0", At: now},
+		{ProductID: p.ID, DeviceName: "ghost", Type: ota.EventReportVersion, Version: "1.0.0", At: now},
+		{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDownloading, Percent: intp(49), ResultCode: intp(0), At: now},
+		{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressBurning, ResultCode: intp(0), At: now.Add(time.Second)},
+	}
+	must(t, s.DeviceReportsRecord(ctx(t), reports))
+	must(t, s.DeviceReportsRecord(ctx(t), nil))
+
+	a, err := s.DeviceGet(ctx(t), p.ID, "a")
+	must(t, err)
+	if a.Version != "1.0.0" || !a.Online || a.LastSeenAt == nil || !a.LastSeenAt.Equal(now) || a.Upgrade != nil {
+		t.Fatalf("device a = %+v", a)
+	}
+	b, err := s.DeviceGet(ctx(t), p.ID, "b")
+	must(t, err)
+	want := &ota.UpgradeProgress{Version: "1.1.0", State: ota.ProgressBurning, Percent: 49, UpdatedAt: now.Add(time.Second)}
+	if !reflect.DeepEqual(b.Upgrade, want) {
+		t.Fatalf("device b upgrade = %+v, want %+v (percent kept from downloading)", b.Upgrade, want)
+	}
+	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress,
+		Version: "1.1.0", State: ota.ProgressFail, ResultCode: intp(-4), ResultMsg: "time_out", At: now.Add(2 * time.Second)}}))
+	b, err = s.DeviceGet(ctx(t), p.ID, "b")
+	must(t, err)
+	if b.Upgrade.State != ota.ProgressFail || b.Upgrade.ResultCode != -4 || b.Upgrade.ResultMsg != "time_out" {
+		t.Fatalf("device b upgrade after fail = %+v", b.Upgrade)
+	}
+
+	evs, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "b"})
+	must(t, err)
+	if len(evs) != 3 {
+		t.Fatalf("events of b = %d, want 3", len(evs))
+	}
+	first := evs[2]
+	if first.Type != ota.EventReportProgress || first.State != ota.ProgressDownloading || first.Percent == nil || *first.Percent != 49 ||
+		first.ResultCode == nil || *first.ResultCode != 0 || first.Version != "1.1.0" || !first.CreatedAt.Equal(now) {
+		t.Fatalf("oldest event of b = %+v", first)
+	}
+	if evs[1].Percent != nil {
+		t.Fatalf("burning event percent = %v, want none", *evs[1].Percent)
+	}
+	older, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "b", Before: evs[0].ID, Limit: 1})
+	must(t, err)
+	if len(older) != 1 || older[0].ID != evs[1].ID {
+		t.Fatalf("page before %d = %+v", evs[0].ID, older)
+	}
+	ghost, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "ghost"})
+	must(t, err)
+	if len(ghost) != 0 {
+		t.Fatalf("events of an unknown device were stored: %+v", ghost)
+	}
+}
+
+func testFirmware(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	f := &ota.Firmware{ProductID: p.ID, Version: "1.0.1", Size: 31242, MD5: "cc03e747a6afbbcbf8be7668acfebee5",
+		SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", Description: "fixes", BlobKey: p.ID + "/1.0.1/x"}
+	must(t, s.FirmwareCreate(ctx(t), f))
+	got, err := s.FirmwareGet(ctx(t), p.ID, "1.0.1")
+	must(t, err)
+	if !reflect.DeepEqual(got, f) {
+		t.Fatalf("FirmwareGet = %+v, want %+v", got, f)
+	}
+	dup := *f
+	dup.BlobKey = "other"
+	wantCode(t, s.FirmwareCreate(ctx(t), &dup), ota.ECONFLICT)
+	nf := *f
+	nf.ProductID = "NOPE000000"
+	wantCode(t, s.FirmwareCreate(ctx(t), &nf), ota.ENOTFOUND)
+	must(t, s.FirmwareCreate(ctx(t), &ota.Firmware{ProductID: p.ID, Version: "1.0.2", BlobKey: "k2"}))
+	list, err := s.FirmwareList(ctx(t), ota.FirmwareListParams{ProductID: p.ID})
+	must(t, err)
+	if len(list) != 2 || list[0].Version != "1.0.1" || list[1].Version != "1.0.2" {
+		t.Fatalf("FirmwareList = %+v", list)
+	}
+	list, err = s.FirmwareList(ctx(t), ota.FirmwareListParams{ProductID: p.ID, After: "1.0.1"})
+	must(t, err)
+	if len(list) != 1 || list[0].Version != "1.0.2" {
+		t.Fatalf("FirmwareList after 1.0.1 = %+v", list)
+	}
+	must(t, s.FirmwareDelete(ctx(t), p.ID, "1.0.1"))
+	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "1.0.1"), ota.ENOTFOUND)
+	_, err = s.FirmwareGet(ctx(t), p.ID, "1.0.1")
+	wantCode(t, err, ota.ENOTFOUND)
+}
+
+func testToken(t *testing.T, s ota.Store) {
+	n, err := s.TokenCount(ctx(t))
+	must(t, err)
+	if n != 0 {
+		t.Fatalf("TokenCount = %d on a new store", n)
+	}
+	tok := &ota.APIToken{ID: "t1", Name: "bootstrap", Hash: "ab12"}
+	must(t, s.TokenCreate(ctx(t), tok))
+	got, err := s.TokenGetByHash(ctx(t), "ab12")
+	must(t, err)
+	if !reflect.DeepEqual(got, tok) {
+		t.Fatalf("TokenGetByHash = %+v, want %+v", got, tok)
+	}
+	_, err = s.TokenGetByHash(ctx(t), "ffff")
+	wantCode(t, err, ota.ENOTFOUND)
+	wantCode(t, s.TokenCreate(ctx(t), &ota.APIToken{ID: "t2", Name: "x", Hash: "ab12"}), ota.ECONFLICT)
+	n, err = s.TokenCount(ctx(t))
+	must(t, err)
+	if n != 1 {
+		t.Fatalf("TokenCount = %d, want 1", n)
+	}
+}
+
+// testVerbatim stores strings that would break naive SQL and reads them back.
+func testVerbatim(t *testing.T, s ota.Store) {
+	evil := []string{
+		`'); DROP TABLE products; --`,
+		`" OR 1=1 --`,
+		`Robert'); DELETE FROM devices WHERE ('a'='a`,
+		`\'; SELECT pg_sleep(10); --`,
+		"日本語 🙂 ?1 $1 %s",
+	}
+	for i, e := range evil {
+		id := fmt.Sprintf("EVIL%06d", i)
+		must(t, s.ProductCreate(ctx(t), &ota.Product{ID: id, Name: e, Description: e}))
+		got, err := s.ProductGet(ctx(t), id)
+		must(t, err)
+		if got.Name != e || got.Description != e {
+			t.Fatalf("stored %q, read %q", e, got.Name)
+		}
+	}
+	list, err := s.ProductList(ctx(t), ota.ProductListParams{})
+	must(t, err)
+	if len(list) != len(evil) {
+		t.Fatalf("%d products after injection attempts, want %d", len(list), len(evil))
+	}
+	_, err = s.DeviceGet(ctx(t), "EVIL000000", `x' OR '1'='1`)
+	wantCode(t, err, ota.ENOTFOUND)
+}
