@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/otad/otad/internal/ota"
@@ -80,6 +81,9 @@ type page[T any] struct {
 
 // pageParams reads ?limit= and ?cursor= (an opaque key from next_cursor).
 func pageParams(r *http.Request) (after string, limit int, err error) {
+	if _, err := url.ParseQuery(r.URL.RawQuery); err != nil {
+		return "", 0, ota.Errorf(ota.EINVALID, "malformed query string")
+	}
 	limit = ota.DefaultPageLimit
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -156,7 +157,7 @@ func (s *Server) measure(next http.Handler) http.Handler {
 		if status == 0 {
 			status = http.StatusOK
 		}
-		s.requests.WithLabelValues(r.Method, route, http.StatusText(status)).Inc()
+		s.requests.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
 		s.latency.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
 	})
 }

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestHealthAndMetrics(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	a.do("GET", "/healthz", nil, "Authorization", "").wantStatus(t, 200)
+	a.do("GET", "/readyz", nil, "Authorization", "").wantStatus(t, 200)
+	a.do("GET", "/v1/products", nil).wantStatus(t, 200)
+	resp, err := http.Get(a.HTTPURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	if _, err := ioCopy(&b, resp); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`otad_http_requests_total{code="200",method="GET",route="/v1/products"} 1`,
+		`otad_http_request_duration_seconds_count{method="GET",route="/readyz"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, b.String())
+		}
+	}
+}
+
+func TestOpenAPIServed(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	var doc map[string]any
+	r := a.do("GET", "/v1/openapi.json", nil)
+	r.wantStatus(t, 200)
+	r.decode(t, &doc)
+	if doc["openapi"] != "3.0.3" || doc["paths"] == nil {
+		t.Fatalf("openapi.json = %.200s", r.body)
+	}
+	a.do("GET", "/v1/openapi.yaml", nil).wantStatus(t, 200)
+	a.do("GET", "/v1/openapi.json", nil, "Authorization", "").wantProblem(t, 401, "unauthorized")
+}
+
+func TestAuth(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	for _, h := range []string{"", "Bearer", "Bearer ", "Basic " + testToken, "Bearer wrong-token", "Bearer " + testToken + "x", "bearer" + testToken} {
+		r := a.do("GET", "/v1/products", nil, "Authorization", h)
+		p := r.wantProblem(t, 401, "unauthorized")
+		if p["detail"] != "a valid bearer token is required" {
+			t.Errorf("401 detail %q reveals more than needed", p["detail"])
+		}
+		if r.Header.Get("WWW-Authenticate") == "" {
+			t.Error("401 without WWW-Authenticate")
+		}
+	}
+	a.do("POST", "/v1/products", map[string]string{"name": "x"}, "Authorization", "Bearer nope").wantProblem(t, 401, "unauthorized")
+	r := a.do("GET", "/v1/products", nil)
+	var page struct{ Items []any }
+	r.decode(t, &page)
+	if len(page.Items) != 0 {
+		t.Fatal("an unauthorized create stored a product")
+	}
+	// The scheme is case-insensitive (RFC 7235).
+	a.do("GET", "/v1/products", nil, "Authorization", "bearer "+testToken).wantStatus(t, 200)
+}
+
+func TestBootstrapTokenPrintedOnce(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"OTAD_API_TOKEN": "", "OTAD_DATA_DIR": dir}
+	first := startApp(t, "sqlite", env)
+	out := first.stdout.String()
+	i := strings.Index(out, "otad_")
+	if i < 0 {
+		t.Fatalf("first start printed no token: %q", out)
+	}
+	token := strings.Fields(out[i:])[0]
+	first.do("GET", "/v1/products", nil, "Authorization", "Bearer "+token).wantStatus(t, 200)
+	first.Close(t.Context())
+	second := startApp(t, "sqlite", env)
+	if strings.Contains(second.stdout.String(), "otad_") {
+		t.Fatalf("second start printed a token again: %q", second.stdout.String())
+	}
+	second.do("GET", "/v1/products", nil, "Authorization", "Bearer "+token).wantStatus(t, 200)
+}
+
+func TestProducts(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		a := startApp(t, engine, nil)
+		var p map[string]any
+		r := a.do("POST", "/v1/products", map[string]string{"id": "LAMP000001", "name": "Lamp", "description": "a lamp"})
+		r.wantStatus(t, 201)
+		r.decode(t, &p)
+		if p["id"] != "LAMP000001" || p["name"] != "Lamp" || r.Header.Get("Location") != "/v1/products/LAMP000001" {
+			t.Fatalf("created %v (Location %q)", p, r.Header.Get("Location"))
+		}
+		r = a.do("POST", "/v1/products", map[string]string{"name": "generated"})
+		r.wantStatus(t, 201)
+		r.decode(t, &p)
+		gen, _ := p["id"].(string)
+		if len(gen) != 10 || strings.Trim(gen, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") != "" {
+			t.Fatalf("generated id %q", gen)
+		}
+		a.do("GET", "/v1/products/LAMP000001", nil).wantStatus(t, 200)
+		a.do("GET", "/v1/products/"+gen, nil).wantStatus(t, 200)
+		a.do("GET", "/v1/products/NOPE000000", nil).wantProblem(t, 404, "not_found")
+		a.do("GET", "/v1/products/lamp000001", nil).wantProblem(t, 400, "invalid")
+		a.do("POST", "/v1/products", map[string]string{"id": "LAMP000001", "name": "again"}).wantProblem(t, 409, "conflict")
+
+		// Pagination walks every product exactly once.
+		for i := range 5 {
+			a.do("POST", "/v1/products", map[string]string{"id": "PAGE00000" + string(rune('0'+i)), "name": "p"}).wantStatus(t, 201)
+		}
+		seen := map[string]bool{}
+		cursor := ""
+		for pages := 0; ; pages++ {
+			if pages > 10 {
+				t.Fatal("pagination does not end")
+			}
+			var page struct {
+				Items      []map[string]any `json:"items"`
+				NextCursor string           `json:"next_cursor"`
+			}
+			a.do("GET", "/v1/products?limit=2&cursor="+url.QueryEscape(cursor), nil).decode(t, &page)
+			for _, it := range page.Items {
+				id := it["id"].(string)
+				if seen[id] {
+					t.Fatalf("product %s listed twice", id)
+				}
+				seen[id] = true
+			}
+			if page.NextCursor == "" {
+				break
+			}
+			cursor = page.NextCursor
+		}
+		if len(seen) != 7 {
+			t.Fatalf("listed %d products, want 7", len(seen))
+		}
+		a.do("GET", "/v1/products?limit=0", nil).wantProblem(t, 400, "invalid")
+		a.do("GET", "/v1/products?limit=abc", nil).wantProblem(t, 400, "invalid")
+		a.do("GET", "/v1/products?cursor=%%%", nil).wantProblem(t, 400, "invalid")
+		a.do("GET", "/v1/products?cursor=!!!", nil).wantProblem(t, 400, "invalid")
+	})
+}
+
+func TestProductBadInput(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	for _, c := range []struct {
+		name, body string
+		status     int
+		code       string
+	}{
+		{"malformed", `{"name": "x"`, 400, "invalid"},
+		{"not json", `hello`, 400, "invalid"},
+		{"empty", ``, 400, "invalid"},
+		{"array", `[]`, 400, "invalid"},
+		{"unknown field", `{"name": "x", "color": "red"}`, 400, "invalid"},
+		{"wrong type", `{"name": 5}`, 400, "invalid"},
+		{"two objects", `{"name": "x"}{"name": "y"}`, 400, "invalid"},
+		{"lowercase id", `{"id": "abcdefghij", "name": "x"}`, 400, "invalid"},
+		{"short id", `{"id": "ABC", "name": "x"}`, 400, "invalid"},
+		{"id with quote", `{"id": "ABCDEFGHI'", "name": "x"}`, 400, "invalid"},
+		{"no name", `{"id": "ABCDEFGHIJ"}`, 400, "invalid"},
+		{"control chars", `{"name": "a\u0000b"}`, 400, "invalid"},
+		{"long name", `{"name": "` + strings.Repeat("n", 129) + `"}`, 400, "invalid"},
+		{"oversized", `{"name": "x", "description": "` + strings.Repeat("d", 70<<10) + `"}`, 413, "too_large"},
+	} {
+		t.Log(c.name)
+		a.do("POST", "/v1/products", c.body).wantProblem(t, c.status, c.code)
+	}
+	a.do("POST", "/v1/products", `{"name": "x"}`, "Content-Type", "text/plain").wantProblem(t, 400, "invalid")
+	var page struct{ Items []any }
+	a.do("GET", "/v1/products", nil).decode(t, &page)
+	if len(page.Items) != 0 {
+		t.Fatalf("bad input stored %d products", len(page.Items))
+	}
+}
+
+func TestInjectionStoredVerbatim(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		a := startApp(t, engine, nil)
+		evil := `x'); DROP TABLE devices; --`
+		a.do("POST", "/v1/products", map[string]string{"id": "EVIL000001", "name": evil, "description": `" OR 1=1; --`}).wantStatus(t, 201)
+		var p map[string]any
+		a.do("GET", "/v1/products/EVIL000001", nil).decode(t, &p)
+		if p["name"] != evil {
+			t.Fatalf("name read back as %q", p["name"])
+		}
+		a.do("POST", "/v1/products/EVIL000001/devices", map[string]string{"name": "d1'--"}).wantProblem(t, 400, "invalid")
+		a.do("POST", "/v1/products/EVIL000001/devices", map[string]string{"name": "d1", "version": "1.0'; DROP TABLE x;--"}).wantProblem(t, 400, "invalid")
+		a.do("GET", "/v1/products/EVIL000001/devices?version="+url.QueryEscape("' OR '1'='1"), nil).wantProblem(t, 400, "invalid")
+		a.do("POST", "/v1/products/EVIL000001/devices", map[string]string{"name": "d1"}).wantStatus(t, 201)
+		a.do("GET", "/v1/products/EVIL000001/devices/d1", nil).wantStatus(t, 200)
+	})
+}
+
+func ioCopy(b *strings.Builder, resp *http.Response) (int64, error) { return io.Copy(b, resp.Body) }

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/otad/otad/internal/api"
+	"github.com/otad/otad/internal/store/testdb"
+)
+
+const testToken = "test-token-0123456789abcdef"
+
+// testApp is a real otad on :0 ports with a temp data dir.
+type testApp struct {
+	*app
+	t      *testing.T
+	stdout *bytes.Buffer
+}
+
+// startApp starts otad on the given engine with extra environment.
+func startApp(t *testing.T, engine string, env map[string]string) *testApp {
+	t.Helper()
+	vars := map[string]string{
+		"OTAD_HTTP_ADDR": "127.0.0.1:0",
+		"OTAD_MQTT_ADDR": "127.0.0.1:0",
+		"OTAD_DATA_DIR":  t.TempDir(),
+		"OTAD_API_TOKEN": testToken,
+		"OTAD_LOG_LEVEL": "warn",
+	}
+	if engine == "postgres" {
+		vars["OTAD_DATABASE_URL"] = testdb.PostgresURL(t)
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := parseConfig("otad", nil, func(k string) string { return vars[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &bytes.Buffer{}
+	a, err := newApp(t.Context(), cfg, cfg.logger(testWriter{t}), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(t.Context()); err != nil {
+		a.Close(context.Background())
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := a.Close(context.Background()); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return &testApp{app: a, t: t, stdout: out}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+var openAPIRouter = sync.OnceValues(func() (routers.Router, error) {
+	doc, err := api.LoadOpenAPI()
+	if err != nil {
+		return nil, err
+	}
+	if err := doc.Validate(context.Background()); err != nil {
+		return nil, fmt.Errorf("openapi document invalid: %w", err)
+	}
+	return legacy.NewRouter(doc)
+})
+
+// response is an answer read whole.
+type response struct {
+	*http.Response
+	body []byte
+}
+
+func (r response) decode(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("decode %s: %v", r.body, err)
+	}
+}
+
+// problem decodes a problem+json answer and checks status and code.
+func (r response) wantProblem(t *testing.T, status int, code string) map[string]any {
+	t.Helper()
+	if r.StatusCode != status {
+		t.Fatalf("status %d, want %d; body %s", r.StatusCode, status, r.body)
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("content type %q, want application/problem+json", ct)
+	}
+	var p map[string]any
+	r.decode(t, &p)
+	if p["code"] != code {
+		t.Fatalf("problem code %v, want %q: %s", p["code"], code, r.body)
+	}
+	return p
+}
+
+func (r response) wantStatus(t *testing.T, status int) {
+	t.Helper()
+	if r.StatusCode != status {
+		t.Fatalf("status %d, want %d; body %s", r.StatusCode, status, r.body)
+	}
+}
+
+// do sends a request with the test token (unless headers say otherwise)
+// and validates both the request and the response against the OpenAPI
+// document, so the document and the code cannot drift apart.
+func (a *testApp) do(method, path string, body any, headers ...string) response {
+	a.t.Helper()
+	var raw []byte
+	switch b := body.(type) {
+	case nil:
+	case string:
+		raw = []byte(b)
+	case []byte:
+		raw = b
+	default:
+		var err error
+		if raw, err = json.Marshal(b); err != nil {
+			a.t.Fatal(err)
+		}
+	}
+	req, err := http.NewRequestWithContext(a.t.Context(), method, a.HTTPURL()+path, bytes.NewReader(raw))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		if headers[i+1] == "" {
+			req.Header.Del(headers[i])
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.validate(req, raw, resp, got)
+	return response{resp, got}
+}
+
+func (a *testApp) validate(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
+	a.t.Helper()
+	router, err := openAPIRouter()
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	vreq := req.Clone(context.Background())
+	vreq.Body = io.NopCloser(bytes.NewReader(reqBody))
+	route, pathParams, err := router.FindRoute(vreq)
+	if err != nil {
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+			return // an undocumented path is expected to be refused
+		}
+		a.t.Fatalf("%s %s is not in the OpenAPI document: %v", req.Method, req.URL.Path, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: vreq, PathParams: pathParams, Route: route,
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc}}
+	// Requests are checked only when the server accepted them: tests send
+	// malformed requests on purpose, and those must be refused.
+	if resp.StatusCode < 400 {
+		if err := openapi3filter.ValidateRequest(context.Background(), in); err != nil {
+			a.t.Fatalf("accepted request does not match the OpenAPI document: %v", err)
+		}
+	}
+	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
+		Body: io.NopCloser(bytes.NewReader(respBody)), Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+	if err := openapi3filter.ValidateResponse(context.Background(), out); err != nil {
+		a.t.Fatalf("response to %s %s does not match the OpenAPI document: %v", req.Method, req.URL.Path, err)
+	}
+}
+
+// forEachEngine runs fn once on SQLite and once on PostgreSQL.
+func forEachEngine(t *testing.T, fn func(t *testing.T, engine string)) {
+	for _, engine := range testdb.Engines {
+		t.Run(engine, func(t *testing.T) {
+			t.Parallel()
+			fn(t, engine)
+		})
+	}
+}

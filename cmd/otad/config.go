@@ -1,0 +1,159 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is otad's whole configuration. Every field is a flag whose default
+// comes from an OTAD_* environment variable; secrets can also come from a
+// file named by the variable with a _FILE suffix.
+type Config struct {
+	HTTPAddr        string
+	MQTTAddr        string
+	DataDir         string
+	DatabaseURL     string
+	S3Bucket        string
+	S3Endpoint      string
+	S3PathStyle     bool
+	PublicURL       string
+	APIToken        string
+	LogLevel        string
+	LogFormat       string
+	ShutdownTimeout time.Duration
+}
+
+// configVar is one OTAD_* setting bound to a flag.
+type configVar struct {
+	Env     string // OTAD_HTTP_ADDR
+	Flag    string // http-addr
+	Default string
+	Usage   string
+	Secret  bool // may also be read from the file named by Env_FILE
+}
+
+// vars lists every OTAD_* setting; the README's configuration reference is
+// checked against it by a test.
+func (c *Config) vars() []struct {
+	configVar
+	ptr any
+} {
+	return []struct {
+		configVar
+		ptr any
+	}{
+		{configVar{"OTAD_HTTP_ADDR", "http-addr", ":8080", "console API, health and metrics listen address", false}, &c.HTTPAddr},
+		{configVar{"OTAD_MQTT_ADDR", "mqtt-addr", ":1883", "device MQTT listen address", false}, &c.MQTTAddr},
+		{configVar{"OTAD_DATA_DIR", "data-dir", "./data", "directory of the SQLite file and local firmware files", false}, &c.DataDir},
+		{configVar{"OTAD_DATABASE_URL", "database-url", "", "postgres://… selects PostgreSQL; empty uses SQLite in the data dir", true}, &c.DatabaseURL},
+		{configVar{"OTAD_S3_BUCKET", "s3-bucket", "", "S3 bucket for firmware; empty stores firmware in the data dir", false}, &c.S3Bucket},
+		{configVar{"OTAD_S3_ENDPOINT", "s3-endpoint", "", "S3-compatible endpoint URL; empty uses AWS", false}, &c.S3Endpoint},
+		{configVar{"OTAD_S3_PATH_STYLE", "s3-path-style", "false", "address the bucket in the path, as most S3-compatible servers need", false}, &c.S3PathStyle},
+		{configVar{"OTAD_PUBLIC_URL", "public-url", "", "base URL devices download firmware from; derived from the HTTP address when empty", false}, &c.PublicURL},
+		{configVar{"OTAD_API_TOKEN", "api-token", "", "console API bearer token; when empty and none exists, one is generated and printed once", true}, &c.APIToken},
+		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
+		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
+		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
+	}
+}
+
+// parseConfig reads flags, with defaults from the environment via getenv.
+func parseConfig(name string, args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+	c := &Config{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	for _, v := range c.vars() {
+		def := v.Default
+		if e := getenv(v.Env); e != "" {
+			def = e
+		} else if v.Secret {
+			if file := getenv(v.Env + "_FILE"); file != "" {
+				b, err := os.ReadFile(file)
+				if err != nil {
+					return nil, fmt.Errorf("%s_FILE: %w", v.Env, err)
+				}
+				def = strings.TrimSpace(string(b))
+			}
+		}
+		usage := v.Usage + " (" + v.Env + ")"
+		switch p := v.ptr.(type) {
+		case *string:
+			fs.StringVar(p, v.Flag, def, usage)
+		case *bool:
+			b, err := strconv.ParseBool(def)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not true or false", v.Env, def)
+			}
+			fs.BoolVar(p, v.Flag, b, usage)
+		case *time.Duration:
+			d, err := time.ParseDuration(def)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not a duration such as 15s", v.Env, def)
+			}
+			fs.DurationVar(p, v.Flag, d, usage)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return c, c.Validate()
+}
+
+// Validate checks combinations of settings.
+func (c *Config) Validate() error {
+	if c.DatabaseURL != "" && !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") {
+		return fmt.Errorf("OTAD_DATABASE_URL must start with postgres:// (leave it empty for SQLite)")
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("OTAD_PUBLIC_URL must be an http:// or https:// URL")
+		}
+		if len(u.Hostname()) > 64 {
+			return fmt.Errorf("OTAD_PUBLIC_URL: host longer than 64 characters breaks device SDKs")
+		}
+	}
+	if c.DataDir == "" {
+		return fmt.Errorf("OTAD_DATA_DIR must not be empty")
+	}
+	if c.S3Endpoint != "" && c.S3Bucket == "" {
+		return fmt.Errorf("OTAD_S3_ENDPOINT is set but OTAD_S3_BUCKET is not")
+	}
+	if _, err := c.logLevel(); err != nil {
+		return err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("OTAD_LOG_FORMAT must be text or json")
+	}
+	if c.APIToken != "" && len(c.APIToken) < 16 {
+		return fmt.Errorf("OTAD_API_TOKEN must be at least 16 characters")
+	}
+	return nil
+}
+
+func (c *Config) logLevel() (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, fmt.Errorf("OTAD_LOG_LEVEL must be debug, info, warn or error")
+	}
+	return l, nil
+}
+
+func (c *Config) logger(w io.Writer) *slog.Logger {
+	level, _ := c.logLevel()
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
