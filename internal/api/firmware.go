@@ -21,6 +21,10 @@ import (
 // Whatever fails later leaves no object and no row.
 func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
+	if s.blobs == nil {
+		s.writeError(w, r, errNoBlobs)
+		return
+	}
 	p, err := s.product(r)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -132,6 +136,10 @@ func (s *Server) firmwareDelete(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if s.blobs == nil {
+		s.writeError(w, r, errNoBlobs)
+		return
+	}
 	if err := s.store.FirmwareDelete(r.Context(), f.ProductID, f.Version); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -172,3 +180,6 @@ func pathParam(r *http.Request, name string) (string, error) {
 	}
 	return u, nil
 }
+
+// errNoBlobs answers firmware writes on a server built without storage.
+var errNoBlobs = &ota.Error{Code: ota.EUNAVAILABLE, Message: "firmware storage is not configured"}
