@@ -226,9 +226,11 @@ type JobExecutionTransitionParams struct {
 // JobExecutionClaimParams picks queued executions of one job that are due
 // and whose device is online on Node, and marks them notified.
 type JobExecutionClaimParams struct {
-	JobID      string
-	Node       string
-	DeviceName string // only this device, when set
+	JobID string
+	Node  string
+	// DeviceName claims only this device, which the caller knows to be
+	// connected to it (it just reported): Node is not checked then.
+	DeviceName string
 	Limit      int
 	At         time.Time
 	Deadline   time.Time // when the attempt times out

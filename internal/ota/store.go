@@ -85,6 +85,10 @@ type Store interface {
 	// JobExecutionsExpired returns in-progress executions whose deadline has passed.
 	JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*JobExecution, error)
 
+	// SettingEnsure stores value under key unless the key is already set,
+	// and returns the stored value: the first replica to ask decides.
+	SettingEnsure(ctx context.Context, key, value string) (string, error)
+
 	// TokenCreate stores the hash of a console API token.
 	TokenCreate(ctx context.Context, t *APIToken) error
 	// TokenGetByHash finds a token by the SHA-256 of its secret.

@@ -108,3 +108,10 @@ CREATE TABLE api_tokens (
     hash       text NOT NULL UNIQUE,
     created_at timestamptz NOT NULL
 );
+
+-- Settings otad generates once and every replica shares, such as the
+-- download URL signing secret.
+CREATE TABLE settings (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);

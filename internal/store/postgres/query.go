@@ -378,3 +378,14 @@ func (s *Store) deviceReportsRecordSet(ctx context.Context, reports []ota.Report
 	}
 	return nil
 }
+
+func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+		return "", fmt.Errorf("ensure setting %s: %w", key, err)
+	}
+	var v string
+	if err := s.pool.QueryRow(ctx, `SELECT value FROM settings WHERE key = $1`, key).Scan(&v); err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
+}

@@ -269,7 +269,7 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 			SELECT x.job_id, x.device_name FROM job_executions x
 			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
 			WHERE x.job_id = ?1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= ?5)
-				AND d.online AND d.node = ?2 AND NOT d.disabled AND (?3 = '' OR x.device_name = ?3)
+				AND d.online AND NOT d.disabled AND ((?3 = '' AND d.node = ?2) OR x.device_name = ?3)
 			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
 			LIMIT ?4)
 		RETURNING `+execColumns, p.JobID, p.Node, p.DeviceName, p.Limit, at, fmtTime(p.Deadline))

@@ -316,3 +316,17 @@ func (s *Store) TokenCount(ctx context.Context) (int, error) {
 	}
 	return n, nil
 }
+
+func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {
+	var v string
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+			return interpretError(err, "setting")
+		}
+		return tx.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
+	})
+	if err != nil {
+		return "", fmt.Errorf("ensure setting %s: %w", key, err)
+	}
+	return v, nil
+}
