@@ -26,6 +26,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"DeviceDelete", testDeviceDelete},
 		{"DevicePresence", testDevicePresence},
 		{"DeviceReportsRecord", testDeviceReportsRecord},
+		{"DeviceReportsRecordManyDevices", testDeviceReportsRecordManyDevices},
 		{"Firmware", testFirmware},
 		{"Token", testToken},
 		{"Verbatim", testVerbatim},
@@ -295,6 +296,70 @@ func testDeviceReportsRecord(t *testing.T, s ota.Store) {
 	must(t, err)
 	if len(ghost) != 0 {
 		t.Fatalf("events of an unknown device were stored: %+v", ghost)
+	}
+}
+
+// testDeviceReportsRecordManyDevices records a batch with one report per
+// device, as the broker's group commit writes them (a driver may take a
+// set-based path for it), with the same outcome as one by one.
+func testDeviceReportsRecordManyDevices(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		MustDevice(t, s, p.ID, n)
+	}
+	now := ota.Now()
+	// d was downloading 1.1.0, e was downloading 1.0.9: the batch's reports
+	// without a percent keep d's and reset e's.
+	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{
+		{ProductID: p.ID, DeviceName: "d", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDownloading, Percent: intp(30), At: now},
+	}))
+	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{
+		{ProductID: p.ID, DeviceName: "e", Type: ota.EventReportProgress, Version: "1.0.9", State: ota.ProgressDownloading, Percent: intp(70), At: now},
+	}))
+	at := now.Add(time.Second)
+	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{
+		{ProductID: p.ID, DeviceName: "a", Type: ota.EventReportVersion, Version: "2.0.0", At: at},
+		{ProductID: p.ID, DeviceName: "ghost", Type: ota.EventReportVersion, Version: "2.0.0", At: at},
+		{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDownloading, Percent: intp(49), ResultCode: intp(0), At: at},
+		{ProductID: p.ID, DeviceName: "c", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDone, ResultCode: intp(0), At: at},
+		{ProductID: p.ID, DeviceName: "d", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressBurning, At: at},
+		{ProductID: p.ID, DeviceName: "e", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressFail, ResultCode: intp(-2), ResultMsg: "404", At: at},
+	}))
+	get := func(name string) *ota.Device {
+		d, err := s.DeviceGet(ctx(t), p.ID, name)
+		must(t, err)
+		if !d.Online || d.LastSeenAt == nil || !d.LastSeenAt.Equal(at) {
+			t.Fatalf("device %s: online %v last seen %v", name, d.Online, d.LastSeenAt)
+		}
+		return d
+	}
+	if a := get("a"); a.Version != "2.0.0" || a.Upgrade != nil {
+		t.Fatalf("device a = %+v", a)
+	}
+	for name, want := range map[string]ota.UpgradeProgress{
+		"b": {Version: "1.1.0", State: ota.ProgressDownloading, Percent: 49, UpdatedAt: at},
+		"c": {Version: "1.1.0", State: ota.ProgressDone, Percent: 100, UpdatedAt: at},
+		"d": {Version: "1.1.0", State: ota.ProgressBurning, Percent: 30, UpdatedAt: at},
+		"e": {Version: "1.1.0", State: ota.ProgressFail, Percent: 0, ResultCode: -2, ResultMsg: "404", UpdatedAt: at},
+	} {
+		if d := get(name); d.Upgrade == nil || *d.Upgrade != want {
+			t.Fatalf("device %s upgrade = %+v, want %+v", name, d.Upgrade, want)
+		}
+	}
+	for name, n := range map[string]int{"a": 1, "b": 1, "c": 1, "d": 2, "e": 2, "ghost": 0} {
+		evs, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: name})
+		must(t, err)
+		if len(evs) != n {
+			t.Fatalf("events of %s = %d, want %d", name, len(evs), n)
+		}
+		if n > 0 && !evs[0].CreatedAt.Equal(at) {
+			t.Fatalf("newest event of %s = %+v", name, evs[0])
+		}
+	}
+	e, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "e"})
+	must(t, err)
+	if e[0].State != ota.ProgressFail || e[0].ResultCode == nil || *e[0].ResultCode != -2 || e[0].ResultMsg != "404" || e[0].Percent != nil {
+		t.Fatalf("fail event of e = %+v", e[0])
 	}
 }
 
