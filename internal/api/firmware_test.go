@@ -46,7 +46,7 @@ const (
 // handler on their own loopback listeners, a real SQLite store and a real
 // blob backend.
 type fwServer struct {
-	t      *testing.T
+	t      testing.TB
 	url    string // console API
 	dlURL  string // download listener
 	store  *sqlite.Store
@@ -58,7 +58,7 @@ type fwServer struct {
 	finished chan string
 }
 
-func newFWServer(t *testing.T, be *firmwaretest.Backend, maxSize int64) *fwServer {
+func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServer {
 	t.Helper()
 	ctx := t.Context()
 	dbPath := filepath.Join(t.TempDir(), "otad.db")
@@ -107,7 +107,7 @@ func newFWServer(t *testing.T, be *firmwaretest.Backend, maxSize int64) *fwServe
 	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, dbPath: dbPath, be: be, signer: signer, finished: finished}
 }
 
-type testLogWriter struct{ t *testing.T }
+type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -178,7 +178,7 @@ var openAPIRouter = sync.OnceValues(func() (routers.Router, error) {
 	return legacy.NewRouter(doc)
 })
 
-func validateOpenAPI(t *testing.T, req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
+func validateOpenAPI(t testing.TB, req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
 	t.Helper()
 	router, err := openAPIRouter()
 	if err != nil {
