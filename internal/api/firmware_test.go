@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/otad/otad/internal/api"
+	"github.com/otad/otad/internal/firmware"
 	"github.com/otad/otad/internal/firmware/firmwaretest"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/sqlite"
@@ -688,4 +689,25 @@ func firmwareKeyInside(key string) error {
 		return fmt.Errorf("blob key %q is not one plain name under the product", key)
 	}
 	return nil
+}
+
+// TestFirmwareUploadStorageFails points the API at a bucket that does not
+// exist: the upload fails as the server's fault and leaves no row.
+func TestFirmwareUploadStorageFails(t *testing.T) {
+	cfg := firmwaretest.S3Config(t, 0)
+	cfg.Bucket += "-missing"
+	blobs, err := firmware.NewS3(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newFWServer(t, &firmwaretest.Backend{Name: "s3", Blobs: blobs}, 0)
+	for _, size := range []int{1000, 2*partSize + 1} { // one PutObject; a multipart upload
+		r := s.do("POST", "/v1/products/"+fwProduct+"/firmware?version=5.0", image(size, 13))
+		if r.status != 500 || r.problemCode(t) != "internal" {
+			t.Errorf("upload of %d bytes to a missing bucket: %d %s", size, r.status, r.body)
+		}
+	}
+	if _, err := s.store.FirmwareGet(t.Context(), fwProduct, "5.0"); !ota.IsCode(err, ota.ENOTFOUND) {
+		t.Errorf("a failed upload left a row: %v", err)
+	}
 }
