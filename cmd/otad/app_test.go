@@ -28,8 +28,9 @@ type testApp struct {
 	stdout *bytes.Buffer
 }
 
-// startApp starts otad on the given engine with extra environment.
-func startApp(t *testing.T, engine string, env map[string]string) *testApp {
+// startApp starts otad on the given engine with extra environment; before
+// is applied to the app before it starts listening.
+func startApp(t *testing.T, engine string, env map[string]string, before ...func(*app)) *testApp {
 	t.Helper()
 	vars := map[string]string{
 		"OTAD_HTTP_ADDR": "127.0.0.1:0",
@@ -52,6 +53,9 @@ func startApp(t *testing.T, engine string, env map[string]string) *testApp {
 	a, err := newApp(t.Context(), cfg, cfg.logger(testWriter{t}), out)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range before {
+		f(a)
 	}
 	if err := a.Start(t.Context()); err != nil {
 		a.Close(context.Background())

@@ -126,5 +126,3 @@ func boolParam(r *http.Request, name string) (*bool, error) {
 	}
 	return &b, nil
 }
-
-

@@ -28,6 +28,8 @@ type Config struct {
 	Store  ota.Store
 	// Notifier disconnects deleted and disabled devices; nil when no broker runs.
 	Notifier ota.Notifier
+	// Jobs creates and cancels upgrade jobs.
+	Jobs Jobs
 	// Blobs stores firmware images.
 	Blobs ota.Blobs
 	// MaxFirmwareSize limits one firmware image; <= 0 means
@@ -46,6 +48,7 @@ type Server struct {
 	log      *slog.Logger
 	store    ota.Store
 	notifier ota.Notifier
+	jobs     Jobs
 	blobs    ota.Blobs
 	gatherer prometheus.Gatherer
 
@@ -63,6 +66,7 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger.With("component", "api"),
 		store:    cfg.Store,
 		notifier: cfg.Notifier,
+		jobs:     cfg.Jobs,
 		blobs:    cfg.Blobs,
 		gatherer: cfg.Gatherer,
 
@@ -129,6 +133,13 @@ func (s *Server) routes() chi.Router {
 					r.Patch("/{name}", s.deviceUpdate)
 					r.Delete("/{name}", s.deviceDelete)
 					r.Get("/{name}/events", s.deviceEvents)
+				})
+				r.Route("/jobs", func(r chi.Router) {
+					r.Post("/", s.jobCreate)
+					r.Get("/", s.jobList)
+					r.Get("/{id}", s.jobGet)
+					r.Get("/{id}/devices", s.jobDevices)
+					r.Post("/{id}/cancel", s.jobCancel)
 				})
 				r.Route("/firmware", func(r chi.Router) {
 					r.Post("/", s.firmwareCreate)

@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestVersionAndMigrate(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"version"}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "otad dev\n" {
+		t.Fatalf("version printed %q", out.String())
+	}
+	dir := t.TempDir()
+	env := func(k string) string { return map[string]string{"OTAD_DATA_DIR": dir}[k] }
+	out.Reset()
+	if err := run(t.Context(), []string{"migrate"}, env, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "applied 0001_init.sql") {
+		t.Fatalf("first migrate printed %q", out.String())
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"migrate"}, env, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "database is up to date\n" {
+		t.Fatalf("second migrate printed %q", out.String())
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, c := range []struct {
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"OTAD_DATABASE_URL": "mysql://x"}, nil, "OTAD_DATABASE_URL"},
+		{map[string]string{"OTAD_S3_PATH_STYLE": "perhaps"}, nil, "OTAD_S3_PATH_STYLE"},
+		{map[string]string{"OTAD_SHUTDOWN_TIMEOUT": "soon"}, nil, "OTAD_SHUTDOWN_TIMEOUT"},
+		{map[string]string{"OTAD_LOG_LEVEL": "loud"}, nil, "OTAD_LOG_LEVEL"},
+		{map[string]string{"OTAD_PUBLIC_URL": "ftp://x"}, nil, "OTAD_PUBLIC_URL"},
+		{map[string]string{"OTAD_API_TOKEN": "short"}, nil, "OTAD_API_TOKEN"},
+		{map[string]string{"OTAD_S3_ENDPOINT": "http://127.0.0.1:9000"}, nil, "OTAD_S3_BUCKET"},
+		{nil, []string{"-no-such-flag"}, "no-such-flag"},
+		{nil, []string{"stray"}, "stray"},
+	} {
+		err := run(t.Context(), c.args, func(k string) string { return c.env[k] }, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("env %v args %v: error %v, want mention of %s", c.env, c.args, err, c.want)
+		}
+	}
+}
+
+func TestSecretFromFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(file, []byte("file-token-0123456789\n"), 0o600)
+	cfg, err := parseConfig("otad", nil, func(k string) string {
+		return map[string]string{"OTAD_API_TOKEN_FILE": file}[k]
+	}, io.Discard)
+	if err != nil || cfg.APIToken != "file-token-0123456789" {
+		t.Fatalf("token from file = %q, %v", cfg.APIToken, err)
+	}
+}
+
+// TestGracefulShutdown holds a request open while otad shuts down: the
+// request completes and is stored; new connections are refused.
+func TestGracefulShutdown(t *testing.T) {
+	active := make(chan struct{}, 1)
+	a := startApp(t, "sqlite", nil, func(a *app) {
+		a.httpSrv.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateActive {
+				active <- struct{}{}
+			}
+		}
+	})
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("POST", a.HTTPURL()+"/v1/products", pr)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Content-Type", "application/json")
+	done := make(chan *http.Response, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- resp
+	}()
+	pw.Write([]byte(`{"id": "SLOW000001", `))
+	select { // the server is reading the request
+	case <-active:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the request never became active")
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- a.Close(context.Background()) }()
+	waitFor(t, "listener to close", func() bool {
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(a.HTTPURL(), "http://"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a request was in flight")
+	default:
+	}
+	pw.Write([]byte(`"name": "finished during shutdown"}`))
+	pw.Close()
+	resp := <-done
+	if resp == nil || resp.StatusCode != 201 {
+		t.Fatalf("in-flight request: %v", resp)
+	}
+	resp.Body.Close()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond until it holds, failing after a generous deadline.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var buildOnce = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "otad-bin")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "otad")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", &buildError{string(out), err}
+	}
+	return bin, nil
+})
+
+type buildError struct {
+	out string
+	err error
+}
+
+func (e *buildError) Error() string { return e.err.Error() + ": " + e.out }
+
+// otadProcess is the real otad binary running as a child process.
+type otadProcess struct {
+	cmd     *exec.Cmd
+	httpURL string
+	stderr  *syncBuffer
+	exited  chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var configRow = regexp.MustCompile("^\\| `(OTAD_[A-Z0-9_]+)` \\| `-([a-z0-9-]+)` \\| *`?([^`|]*?)`? *\\|")
+
+var listenLine = regexp.MustCompile(`msg="console API listening".* addr=(\S+)`)
+
+// startProcess runs the otad binary with env and waits until it listens.
+func startProcess(t *testing.T, env map[string]string) *otadProcess {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &otadProcess{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.stderr.Write(append(sc.Bytes(), '\n'))
+			if m := listenLine.FindStringSubmatch(sc.Text()); m != nil {
+				addr <- m[1]
+			}
+		}
+		p.exited <- cmd.Wait()
+	}()
+	select {
+	case p.httpURL = <-addr:
+	case err := <-p.exited:
+		p.exited <- err
+		t.Fatalf("otad exited before listening: %v\n%s", err, p.stderr.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("otad did not listen within a minute:\n%s", p.stderr.String())
+	}
+	return p
+}
+
+func TestBinarySIGTERM(t *testing.T) {
+	p := startProcess(t, map[string]string{
+		"OTAD_HTTP_ADDR": "127.0.0.1:0", "OTAD_MQTT_ADDR": "127.0.0.1:0",
+		"OTAD_DATA_DIR": t.TempDir(), "OTAD_API_TOKEN": testToken,
+	})
+	resp, err := http.Get(p.httpURL + "/readyz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("otad exited with %v after SIGTERM:\n%s", err, p.stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("otad did not exit within a minute of SIGTERM")
+	}
+	if !strings.Contains(p.stderr.String(), "shutting down") {
+		t.Fatalf("no shutdown log:\n%s", p.stderr.String())
+	}
+}
+
+// TestREADMEConfigReference keeps the README's configuration table and the
+// settings otad reads saying the same thing.
+func TestREADMEConfigReference(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	start := strings.Index(readme, "<!-- config-reference")
+	end := strings.Index(readme, "<!-- end config-reference -->")
+	if start < 0 || end < start {
+		t.Fatal("README has no config-reference section")
+	}
+	rows := map[string]string{}
+	for _, line := range strings.Split(readme[start:end], "\n") {
+		if m := configRow.FindStringSubmatch(line); m != nil {
+			rows[m[1]] = m[2] + " " + strings.TrimSpace(m[3])
+		}
+	}
+	var c Config
+	for _, v := range c.vars() {
+		want := v.Flag + " " + v.Default
+		if got, ok := rows[v.Env]; !ok {
+			t.Errorf("README lacks %s", v.Env)
+		} else if got != want {
+			t.Errorf("README says %s is %q, code says %q", v.Env, got, want)
+		}
+		delete(rows, v.Env)
+	}
+	for env := range rows {
+		t.Errorf("README documents %s, which otad does not read", env)
+	}
+}
