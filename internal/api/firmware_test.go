@@ -54,12 +54,19 @@ type fwServer struct {
 	dbPath string
 	be     *firmwaretest.Backend
 	signer *ota.DownloadSigner
-	// finished receives every console request once its handler returned,
-	// so tests can wait for a server-side outcome without sleeping.
-	finished chan string
+	// finished and dlFinished receive every console and download request
+	// once its handler returned, so tests can wait for a server-side
+	// outcome without sleeping.
+	finished, dlFinished chan string
 }
 
 func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServer {
+	t.Helper()
+	return newFWServerWith(t, be, maxSize, nil)
+}
+
+// newFWServerWith lets a test adjust the download handler's configuration.
+func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, dlConfig func(*api.DownloadConfig)) *fwServer {
 	t.Helper()
 	ctx := t.Context()
 	dbPath := filepath.Join(t.TempDir(), "otad.db")
@@ -80,14 +87,25 @@ func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServe
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	var dl http.Handler
-	dlSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { dl.ServeHTTP(w, r) }))
+	dlFinished := make(chan string, 64)
+	dlSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dl.ServeHTTP(w, r)
+		select {
+		case dlFinished <- r.Method + " " + r.URL.Path:
+		default:
+		}
+	}))
 	t.Cleanup(dlSrv.Close)
 	signer, err := ota.NewDownloadSigner(dlSrv.URL, []byte("download-secret-for-tests-0123456789"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	d, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: st, Blobs: be.Blobs, Registry: reg})
+	dc := api.DownloadConfig{Logger: log, Signer: signer, Store: st, Blobs: be.Blobs, Registry: reg}
+	if dlConfig != nil {
+		dlConfig(&dc)
+	}
+	d, err := api.NewDownload(dc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +123,8 @@ func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServe
 		}
 	}))
 	t.Cleanup(ts.Close)
-	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, dbPath: dbPath, be: be, signer: signer, finished: finished}
+	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, dbPath: dbPath, be: be, signer: signer,
+		finished: finished, dlFinished: dlFinished}
 }
 
 type testLogWriter struct{ t testing.TB }
@@ -709,5 +728,65 @@ func TestFirmwareUploadStorageFails(t *testing.T) {
 	}
 	if _, err := s.store.FirmwareGet(t.Context(), fwProduct, "5.0"); !ota.IsCode(err, ota.ENOTFOUND) {
 		t.Errorf("a failed upload left a row: %v", err)
+	}
+}
+
+// recordingBlobs is the real backend, noting the ranges asked of it.
+type recordingBlobs struct {
+	ota.Blobs
+	mu     sync.Mutex
+	ranges [][2]int64
+}
+
+func (r *recordingBlobs) Open(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	r.mu.Lock()
+	r.ranges = append(r.ranges, [2]int64{offset, length})
+	r.mu.Unlock()
+	return r.Blobs.Open(ctx, key, offset, length)
+}
+
+// TestDownloadPassesRange checks that a ranged download asks the backend
+// for that range only, never for the whole image.
+func TestDownloadPassesRange(t *testing.T) {
+	firmwaretest.Run(t, func(t *testing.T, be *firmwaretest.Backend) {
+		rec := &recordingBlobs{Blobs: be.Blobs}
+		wrapped := *be
+		wrapped.Blobs = rec
+		s := newFWServer(t, &wrapped, 0)
+		data := image(partSize+100, 14)
+		f := s.upload("6.0", data)
+		u := s.signer.URL(f, time.Now().Add(time.Hour))
+		get(t, "GET", u, "Range", "bytes=1000-")
+		get(t, "GET", u, "Range", fmt.Sprintf("bytes=10-%d", len(data)))
+		get(t, "GET", u, "Range", "bytes=5-9")
+		get(t, "GET", u)
+		get(t, "HEAD", u)
+		want := [][2]int64{{1000, int64(len(data)) - 1000}, {10, int64(len(data)) - 10}, {5, 5}, {0, int64(len(data))}}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if !slices.Equal(rec.ranges, want) {
+			t.Errorf("backend asked for %v, want %v", rec.ranges, want)
+		}
+	})
+}
+
+// TestDownloadStalledClient checks that a device that stops reading gives
+// its connection back after the stall timeout instead of holding it.
+func TestDownloadStalledClient(t *testing.T) {
+	s := newFWServerWith(t, firmwaretest.Local(t), 0, func(c *api.DownloadConfig) { c.StallTimeout = 200 * time.Millisecond })
+	// Larger than what loopback socket buffers absorb.
+	f := s.upload("7.0", image(64<<20, 15))
+	u, _ := url.Parse(s.signer.URL(f, time.Now().Add(time.Hour)))
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", u.Path, u.Host)
+	// Read nothing; the handler must end on its own.
+	select {
+	case <-s.dlFinished:
+	case <-time.After(time.Minute): // a hang, not a synchronisation
+		t.Fatal("the download handler still waits for a client that stopped reading")
 	}
 }
