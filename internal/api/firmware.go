@@ -1,10 +1,12 @@
 package api
 
 import (
+	"io"
 	"mime"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -67,7 +69,10 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 	// One byte over the limit is enough to know; MaxBytesReader also makes
 	// the server close the connection instead of draining a huge body.
 	body := http.MaxBytesReader(w, r.Body, s.maxFirmwareSize+1)
-	res, err := ota.Ingest(ctx, s.blobs, body, ota.IngestParams{
+	// The server has no overall read timeout (an image may take hours on a
+	// slow link); instead every read must make progress in time.
+	stalled := &stallReader{r: body, rc: http.NewResponseController(w), timeout: s.uploadStall}
+	res, err := ota.Ingest(ctx, s.blobs, stalled, ota.IngestParams{
 		Key:     f.BlobKey,
 		MaxSize: s.maxFirmwareSize,
 		MD5:     q.Get("md5"),
@@ -183,3 +188,17 @@ func pathParam(r *http.Request, name string) (string, error) {
 
 // errNoBlobs answers firmware writes on a server built without storage.
 var errNoBlobs = &ota.Error{Code: ota.EUNAVAILABLE, Message: "firmware storage is not configured"}
+
+// stallReader gives every read of a request body its own deadline.
+type stallReader struct {
+	r       io.Reader
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	// Without deadline support (a wrapped writer that hides it), reads
+	// simply have none.
+	_ = s.rc.SetReadDeadline(time.Now().Add(s.timeout))
+	return s.r.Read(p)
+}

@@ -62,11 +62,12 @@ type fwServer struct {
 
 func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServer {
 	t.Helper()
-	return newFWServerWith(t, be, maxSize, nil)
+	return newFWServerWith(t, be, maxSize, nil, nil)
 }
 
-// newFWServerWith lets a test adjust the download handler's configuration.
-func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, dlConfig func(*api.DownloadConfig)) *fwServer {
+// newFWServerWith lets a test adjust the API's and the download handler's
+// configuration.
+func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, apiConfig func(*api.Config), dlConfig func(*api.DownloadConfig)) *fwServer {
 	t.Helper()
 	ctx := t.Context()
 	dbPath := filepath.Join(t.TempDir(), "otad.db")
@@ -110,7 +111,11 @@ func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, dlCo
 		t.Fatal(err)
 	}
 	dl = d
-	srv, err := api.New(api.Config{Logger: log, Store: st, Blobs: be.Blobs, MaxFirmwareSize: maxSize, Registry: reg, Gatherer: reg})
+	ac := api.Config{Logger: log, Store: st, Blobs: be.Blobs, MaxFirmwareSize: maxSize, Registry: reg, Gatherer: reg}
+	if apiConfig != nil {
+		apiConfig(&ac)
+	}
+	srv, err := api.New(ac)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,7 +544,7 @@ func (s *fwServer) waitFinished(what string) {
 
 func TestFirmwareUploadCutShort(t *testing.T) {
 	firmwaretest.Run(t, func(t *testing.T, be *firmwaretest.Backend) {
-		s := newFWServer(t, be, 0)
+		s := newFWServerWith(t, be, 0, func(c *api.Config) { c.UploadStallTimeout = 300 * time.Millisecond }, nil)
 		keep := s.upload("1.0.0", image(1000, 6))
 		<-s.finished
 		data := image(3*partSize, 7)
@@ -562,6 +567,11 @@ func TestFirmwareUploadCutShort(t *testing.T) {
 		conn = s.rawUpload("1.2", int64(len(data)), data[:2*partSize+5])
 		conn.Close()
 		s.waitFinished("POST")
+
+		// The client stops sending but keeps the connection open.
+		conn = s.rawUpload("1.3", int64(len(data)), data[:partSize+5])
+		s.waitFinished("POST")
+		conn.Close()
 
 		var page struct{ Items []ota.Firmware }
 		json.Unmarshal(s.do("GET", "/v1/products/"+fwProduct+"/firmware", nil).body, &page)
@@ -773,7 +783,7 @@ func TestDownloadPassesRange(t *testing.T) {
 // TestDownloadStalledClient checks that a device that stops reading gives
 // its connection back after the stall timeout instead of holding it.
 func TestDownloadStalledClient(t *testing.T) {
-	s := newFWServerWith(t, firmwaretest.Local(t), 0, func(c *api.DownloadConfig) { c.StallTimeout = 200 * time.Millisecond })
+	s := newFWServerWith(t, firmwaretest.Local(t), 0, nil, func(c *api.DownloadConfig) { c.StallTimeout = 200 * time.Millisecond })
 	// Larger than what loopback socket buffers absorb.
 	f := s.upload("7.0", image(64<<20, 15))
 	u, _ := url.Parse(s.signer.URL(f, time.Now().Add(time.Hour)))
