@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -799,4 +800,82 @@ func TestDownloadStalledClient(t *testing.T) {
 	case <-time.After(time.Minute): // a hang, not a synchronisation
 		t.Fatal("the download handler still waits for a client that stopped reading")
 	}
+}
+
+// form builds a multipart/form-data body from name, value pairs; a value
+// of type []byte becomes a file part.
+func form(t *testing.T, fields ...any) (body []byte, contentType string) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	for i := 0; i+1 < len(fields); i += 2 {
+		name := fields[i].(string)
+		switch v := fields[i+1].(type) {
+		case string:
+			mw.WriteField(name, v)
+		case []byte:
+			fw, err := mw.CreateFormFile(name, "fw.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fw.Write(v)
+		}
+	}
+	mw.Close()
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+func TestFirmwareUploadForm(t *testing.T) {
+	firmwaretest.Run(t, func(t *testing.T, be *firmwaretest.Backend) {
+		s := newFWServer(t, be, 0)
+		data := image(2*partSize+3, 16)
+		base := "/v1/products/" + fwProduct + "/firmware"
+		body, ct := form(t, "version", "8.0", "description", "from a form", "md5", hexMD5(data), "file", data)
+		r := s.do("POST", base, body, "Content-Type", ct)
+		if r.status != 201 {
+			t.Fatalf("form upload: %d %s", r.status, r.body)
+		}
+		var f ota.Firmware
+		json.Unmarshal(r.body, &f)
+		if f.Version != "8.0" || f.Description != "from a form" || f.Size != int64(len(data)) || f.SHA256 != hexSHA256(data) {
+			t.Errorf("form upload answered %+v", f)
+		}
+		row, _ := s.store.FirmwareGet(t.Context(), fwProduct, "8.0")
+		if dl := get(t, "GET", s.signer.URL(row, time.Now().Add(time.Hour))); !bytes.Equal(dl.body, data) {
+			t.Error("the image uploaded by form does not download byte for byte")
+		}
+		// The version may come in the query instead.
+		body, ct = form(t, "file", data[:100])
+		if r := s.do("POST", base+"?version=8.0.1", body, "Content-Type", ct); r.status != 201 {
+			t.Errorf("form with the version in the query: %d %s", r.status, r.body)
+		}
+
+		for _, c := range []struct {
+			name  string
+			query string
+			parts []any
+		}{
+			{"file before the version", "", []any{"file", data[:100], "version", "8.1"}},
+			{"part after the file", "", []any{"version", "8.1", "file", data, "description", "late"}},
+			{"md5 mismatch", "", []any{"version", "8.1", "md5", hexMD5(data[:5]), "file", data}},
+			{"query and form differ", "?version=8.1", []any{"version", "8.2", "file", data[:100]}},
+			{"unknown field", "", []any{"version", "8.1", "color", "red", "file", data[:100]}},
+			{"no file", "", []any{"version", "8.1"}},
+			{"empty file", "", []any{"version", "8.1", "file", []byte{}}},
+			{"long field", "", []any{"description", strings.Repeat("d", 5000), "version", "8.1", "file", data[:100]}},
+		} {
+			body, ct := form(t, c.parts...)
+			if r := s.do("POST", base+c.query, body, "Content-Type", ct); r.status != 400 || r.problemCode(t) != "invalid" {
+				t.Errorf("%s: %d %s, want 400 invalid", c.name, r.status, r.body)
+			}
+		}
+		var page struct{ Items []ota.Firmware }
+		json.Unmarshal(s.do("GET", base, nil).body, &page)
+		if len(page.Items) != 2 {
+			t.Errorf("after refused forms the list is %+v, want 8.0 and 8.0.1", page.Items)
+		}
+		if left := be.Leftovers(t); len(left) != 2 {
+			t.Errorf("after refused forms storage holds %v, want the two stored images", left)
+		}
+	})
 }
