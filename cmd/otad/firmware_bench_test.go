@@ -1,7 +1,8 @@
-package api_test
+package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -19,8 +20,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/otad/otad/internal/firmware"
 	"github.com/otad/otad/internal/firmware/firmwaretest"
+	"github.com/otad/otad/internal/ota"
 )
+
+const benchProduct = "BENCH00001"
 
 // benchSize is the image the benchmark moves; OTAD_BENCH_SIZE_MIB changes it.
 func benchSize(b *testing.B) int64 {
@@ -57,23 +62,53 @@ func (g *genReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// BenchmarkFirmwareS3 moves one image (256 MiB) through otad's firmware
-// stack (the real console API and download handler on loopback listeners,
-// SQLite, the S3 backend) and, in the same run, directly with the AWS SDK
-// to the same versitygw: upload with manager.Uploader at otad's part size
-// and concurrency, download with one GetObject. It reports MB/s for each,
-// for each, the CPU seconds this process spent per transfer (client
-// included), and for otad's upload the growth of the process's peak RSS
-// over its RSS before (the client's share included: a 64 KiB buffer).
-// Client, otad and versitygw share the machine's cores.
+// BenchmarkFirmwareS3 moves one image (256 MiB) through a running otad
+// (the whole daemon in this process, on loopback listeners, SQLite, the S3
+// backend) and, back to back in the same run, directly with the AWS SDK to
+// the same versitygw: upload with manager.Uploader at otad's part size and
+// concurrency, download with one GetObject. It reports MB/s for each, the
+// CPU seconds this process spent per transfer (client included), and for
+// otad's upload the growth of the process's peak RSS over its RSS before
+// (the client's share included: a 64 KiB buffer). Client, otad and
+// versitygw share the machine's cores.
 //
-//	./scripts/test.sh -run '^$' -bench FirmwareS3 -benchtime 5x ./internal/api/
+//	./scripts/test.sh -run '^$' -bench FirmwareS3 -benchtime 5x ./cmd/otad/
 func BenchmarkFirmwareS3(b *testing.B) {
 	size := benchSize(b)
-	be := firmwaretest.S3(b, 0)
-	s := newFWServer(b, be, 0)
+	env := s3Env(b)
+	bucket := env["OTAD_S3_BUCKET"]
+	vars := map[string]string{
+		"OTAD_HTTP_ADDR": "127.0.0.1:0",
+		"OTAD_MQTT_ADDR": "127.0.0.1:0",
+		"OTAD_DATA_DIR":  b.TempDir(),
+		"OTAD_API_TOKEN": testToken,
+		"OTAD_LOG_LEVEL": "warn",
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := parseConfig("otad", nil, func(k string) string { return vars[k] }, io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx := b.Context()
-	directUp := manager.NewUploader(be.Client, func(u *manager.Uploader) {
+	a, err := newApp(ctx, cfg, cfg.logger(io.Discard), io.Discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := a.Start(ctx); err != nil {
+		a.Close(context.Background())
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { a.Close(context.Background()) })
+	base := a.HTTPURL()
+	if err := a.store.ProductCreate(ctx, &ota.Product{ID: benchProduct, Name: "bench"}); err != nil {
+		b.Fatal(err)
+	}
+
+	s3c := firmwaretest.Client(firmware.S3Config{Endpoint: env["OTAD_S3_ENDPOINT"], Region: os.Getenv("AWS_REGION"),
+		AccessKeyID: os.Getenv("AWS_ACCESS_KEY_ID"), SecretAccessKey: os.Getenv("AWS_SECRET_ACCESS_KEY")})
+	directUp := manager.NewUploader(s3c, func(u *manager.Uploader) {
 		u.PartSize = 5 << 20 // the backend's defaults
 		u.Concurrency = 4
 	})
@@ -81,9 +116,9 @@ func BenchmarkFirmwareS3(b *testing.B) {
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true, WriteBufferSize: 64 << 10, ReadBufferSize: 64 << 10}}
 
 	uploadOtad := func(b *testing.B, version string) {
-		req, _ := http.NewRequestWithContext(ctx, "POST", s.url+"/v1/products/"+fwProduct+"/firmware?version="+url.QueryEscape(version), newGen(size))
+		req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/products/"+benchProduct+"/firmware?version="+url.QueryEscape(version), newGen(size))
 		req.ContentLength = size
-		req.Header.Set("Authorization", "Bearer "+fwToken)
+		req.Header.Set("Authorization", "Bearer "+testToken)
 		req.Header.Set("Content-Type", "application/octet-stream")
 		resp, err := client.Do(req)
 		if err != nil {
@@ -118,19 +153,23 @@ func BenchmarkFirmwareS3(b *testing.B) {
 			otad += time.Since(start)
 			otadCPU += cpuSeconds() - c0
 			growth = max(growth, peakRSS(b)-before)
-			if r := s.do("DELETE", "/v1/products/"+fwProduct+"/firmware/"+url.PathEscape(version), nil); r.status != 204 {
-				b.Fatalf("delete: %d", r.status)
+			del, _ := http.NewRequestWithContext(ctx, "DELETE", base+"/v1/products/"+benchProduct+"/firmware/"+url.PathEscape(version), nil)
+			del.Header.Set("Authorization", "Bearer "+testToken)
+			if resp, err := client.Do(del); err != nil || resp.StatusCode != 204 {
+				b.Fatalf("delete: %v %v", resp, err)
+			} else {
+				resp.Body.Close()
 			}
 
 			key := "direct-" + version
 			c0 = cpuSeconds()
 			start = time.Now()
-			if _, err := directUp.Upload(ctx, &s3.PutObjectInput{Bucket: &be.Bucket, Key: &key, Body: newGen(size)}); err != nil {
+			if _, err := directUp.Upload(ctx, &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: newGen(size)}); err != nil {
 				b.Fatal(err)
 			}
 			direct += time.Since(start)
 			directCPU += cpuSeconds() - c0
-			be.Client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &be.Bucket, Key: &key})
+			s3c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: &key})
 		}
 		report(b, size, otad, direct)
 		b.ReportMetric(otadCPU/float64(b.N), "otad-cpu-s")
@@ -140,11 +179,11 @@ func BenchmarkFirmwareS3(b *testing.B) {
 
 	// One image for both downloads, stored through otad.
 	uploadOtad(b, "bench-download")
-	row, err := s.store.FirmwareGet(ctx, fwProduct, "bench-download")
+	row, err := a.store.FirmwareGet(ctx, benchProduct, "bench-download")
 	if err != nil {
 		b.Fatal(err)
 	}
-	dlURL := s.signer.URL(row, time.Now().Add(time.Hour))
+	dlURL := downloadURL(b, a, row, time.Now().Add(time.Hour))
 
 	b.Run("download", func(b *testing.B) {
 		var otad, direct time.Duration
@@ -162,7 +201,7 @@ func BenchmarkFirmwareS3(b *testing.B) {
 			otad += time.Since(start)
 
 			start = time.Now()
-			out, err := be.Client.GetObject(ctx, &s3.GetObjectInput{Bucket: &be.Bucket, Key: &row.BlobKey})
+			out, err := s3c.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: &row.BlobKey})
 			if err != nil {
 				b.Fatal(err)
 			}
