@@ -140,6 +140,10 @@ func (w testLogWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// testClient waits for the server's answer to "Expect: 100-continue"
+// however loaded the machine, so a refused body is never sent.
+var testClient = &http.Client{Transport: &http.Transport{ExpectContinueTimeout: time.Minute}}
+
 type result struct {
 	status int
 	header http.Header
@@ -183,7 +187,7 @@ func (s *fwServer) do(method, path string, body any, headers ...string) result {
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s %s: %v", method, path, err)
 	}
