@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -52,7 +51,6 @@ type fwServer struct {
 	url    string // console API
 	dlURL  string // download listener
 	store  *sqlite.Store
-	dbPath string
 	be     *firmwaretest.Backend
 	signer *ota.DownloadSigner
 	// finished and dlFinished receive every console and download request
@@ -71,8 +69,7 @@ func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServe
 func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, apiConfig func(*api.Config), dlConfig func(*api.DownloadConfig)) *fwServer {
 	t.Helper()
 	ctx := t.Context()
-	dbPath := filepath.Join(t.TempDir(), "otad.db")
-	st, err := sqlite.Open(ctx, dbPath)
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "otad.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +126,7 @@ func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, apiC
 		}
 	}))
 	t.Cleanup(ts.Close)
-	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, dbPath: dbPath, be: be, signer: signer,
+	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, be: be, signer: signer,
 		finished: finished, dlFinished: dlFinished}
 }
 
@@ -658,13 +655,13 @@ func TestFirmwareDelete(t *testing.T) {
 		s := newFWServer(t, be, 0)
 		f := s.upload("4.0", image(5000, 10))
 		inUse := s.upload("4.1", image(5000, 11))
-		db, err := sql.Open("sqlite", s.dbPath+"?_pragma=busy_timeout(5000)")
-		if err != nil {
+		ctx := t.Context()
+		if err := s.store.DeviceCreate(ctx, &ota.Device{ProductID: fwProduct, Name: "lamp1", Secret: ota.NewDeviceSecret()}); err != nil {
 			t.Fatal(err)
 		}
-		defer db.Close()
-		if _, err := db.Exec(`INSERT INTO jobs (id, product_id, firmware_version, status, timeout_seconds, max_retries, created_at)
-			VALUES ('job1', ?, '4.1', 'running', 600, 0, ?)`, fwProduct, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		job := &ota.Job{ID: "job1", ProductID: fwProduct, FirmwareVersion: "4.1", Status: ota.JobRunning,
+			Targets: ota.JobTargets{Devices: []string{"lamp1"}}, TimeoutSeconds: 600}
+		if err := s.store.JobCreate(ctx, job); err != nil {
 			t.Fatal(err)
 		}
 		base := "/v1/products/" + fwProduct + "/firmware/"
