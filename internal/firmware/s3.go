@@ -184,6 +184,36 @@ func (s *S3) cleanup(ctx context.Context, key string, uploadErr error) {
 	}
 }
 
+// AbortStaleUploads aborts the bucket's multipart uploads started before
+// before and returns how many it aborted. Put aborts its own on failure,
+// but not when the process dies half way; their parts cost storage while
+// invisible. Call it at startup with a cut-off far beyond any real upload
+// (a day), as replicas may be uploading right now.
+func (s *S3) AbortStaleUploads(ctx context.Context, before time.Time) (int, error) {
+	in := &s3.ListMultipartUploadsInput{Bucket: &s.bucket}
+	aborted := 0
+	for {
+		out, err := s.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return aborted, fmt.Errorf("s3 list multipart uploads: %w", err)
+		}
+		for _, u := range out.Uploads {
+			if u.Initiated == nil || !u.Initiated.Before(before) {
+				continue
+			}
+			_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: u.Key, UploadId: u.UploadId})
+			if err != nil && !isS3Code(err, "NoSuchUpload") {
+				return aborted, fmt.Errorf("s3 abort multipart upload: %w", err)
+			}
+			aborted++
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return aborted, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
+}
+
 // Open returns up to length bytes of key from offset (length < 0: to the
 // end) with a ranged GetObject; a range past the end yields fewer bytes or
 // none. A missing key is ENOTFOUND, an invalid key or a negative offset
