@@ -35,6 +35,9 @@ type Config struct {
 	// MaxFirmwareSize limits one firmware image; <= 0 means
 	// ota.DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
+	// UploadStallTimeout is how long a firmware upload may send nothing
+	// before it is dropped (and leaves nothing behind); default 2m.
+	UploadStallTimeout time.Duration
 	// Download, when set, also serves firmware downloads at /{token} (see
 	// NewDownload), for when the public URL points at this listener.
 	Download http.Handler
@@ -53,6 +56,7 @@ type Server struct {
 	gatherer prometheus.Gatherer
 
 	maxFirmwareSize int64
+	uploadStall     time.Duration
 	download        http.Handler
 
 	requests *prometheus.CounterVec
@@ -71,6 +75,7 @@ func New(cfg Config) (*Server, error) {
 		gatherer: cfg.Gatherer,
 
 		maxFirmwareSize: cfg.MaxFirmwareSize,
+		uploadStall:     cfg.UploadStallTimeout,
 		download:        cfg.Download,
 
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -85,6 +90,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.maxFirmwareSize <= 0 {
 		s.maxFirmwareSize = ota.DefaultMaxFirmwareSize
+	}
+	if s.uploadStall <= 0 {
+		s.uploadStall = 2 * time.Minute
 	}
 	for _, c := range []prometheus.Collector{s.requests, s.latency} {
 		if err := cfg.Registry.Register(c); err != nil {
