@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -20,6 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/otad/otad/internal/api"
+	"github.com/otad/otad/internal/broker"
+	"github.com/otad/otad/internal/engine"
+	"github.com/otad/otad/internal/firmware"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/postgres"
 	"github.com/otad/otad/internal/store/sqlite"
@@ -50,50 +54,150 @@ type app struct {
 	log    *slog.Logger
 	stdout io.Writer
 	store  migratingStore
+	blobs  ota.Blobs
 	reg    *prometheus.Registry
+	node   string
 
-	httpLn  net.Listener
-	httpSrv *http.Server
+	httpLn, downloadLn   net.Listener
+	httpSrv, downloadSrv *http.Server
+	broker               *broker.Broker
+	engine               *engine.Engine
+	publicURL            string
 
+	cancel context.CancelFunc
 	failed chan error
 	wg     sync.WaitGroup
 }
 
-// newApp opens the store, migrates it and builds every component. Nothing
-// listens until Start.
-func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer) (*app, error) {
-	a := &app{cfg: cfg, log: log, stdout: stdout, reg: prometheus.NewRegistry(), failed: make(chan error, 4)}
+// newApp opens the store, migrates it, binds the HTTP listeners and builds
+// every component. Nothing is served until Start.
+func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
+	a := &app{cfg: cfg, log: log, stdout: stdout, reg: prometheus.NewRegistry(), failed: make(chan error, 4), node: nodeName()}
+	defer func() {
+		if err != nil {
+			a.closeResources()
+		}
+	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	st, err := openStore(ctx, cfg)
-	if err != nil {
+	if a.store, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
-	a.store = st
-	applied, err := st.Migrate(ctx)
+	applied, err := a.store.Migrate(ctx)
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	for _, m := range applied {
 		log.Info("applied migration", "component", "store", "name", m)
 	}
 	if err := a.bootstrapToken(ctx); err != nil {
-		st.Close()
 		return nil, err
 	}
-	apiSrv, err := api.New(api.Config{Logger: log, Store: st, Registry: a.reg, Gatherer: a.reg})
+	if a.blobs, err = openBlobs(ctx, cfg, log); err != nil {
+		return nil, err
+	}
+	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return nil, fmt.Errorf("http listen: %w", err)
+	}
+	if cfg.DownloadAddr != "" {
+		if a.downloadLn, err = net.Listen("tcp", cfg.DownloadAddr); err != nil {
+			return nil, fmt.Errorf("download listen: %w", err)
+		}
+	}
+	a.publicURL = cfg.PublicURL
+	if a.publicURL == "" {
+		ln := a.httpLn
+		if a.downloadLn != nil {
+			ln = a.downloadLn
+		}
+		a.publicURL = "http://" + dialable(ln.Addr().String())
+		log.Warn("OTAD_PUBLIC_URL is not set: devices are sent download URLs under "+a.publicURL+", which only this machine reaches", "component", "download")
+	}
+	secret, err := a.store.SettingEnsure(ctx, "download_secret", randomSecret())
 	if err != nil {
-		st.Close()
 		return nil, err
 	}
-	a.httpSrv = &http.Server{
-		Handler:           apiSrv,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.With("component", "http").Handler(), slog.LevelWarn),
+	signer, err := ota.NewDownloadSigner(strings.TrimSuffix(a.publicURL, "/"), []byte(secret))
+	if err != nil {
+		return nil, fmt.Errorf("OTAD_PUBLIC_URL: %w", err)
+	}
+	download, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: a.store, Blobs: a.blobs, Registry: a.reg})
+	if err != nil {
+		return nil, err
+	}
+
+	// The broker tells the engine of every durable report; the engine
+	// notifies devices through the broker.
+	var tlsConfig *tls.Config
+	if cfg.MQTTTLSAddr != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.MQTTTLSCert, cfg.MQTTTLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("mqtt tls: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	var eng *engine.Engine
+	a.broker, err = broker.New(log, a.store, broker.Options{
+		Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTTLSAddr, TLSConfig: tlsConfig, Node: a.node, Registerer: a.reg,
+		OnReport: func(ctx context.Context, r ota.Report) { eng.HandleReport(ctx, r) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	eng, err = engine.New(engine.Config{Logger: log, Store: a.store, Notifier: a.broker, URLs: signer, Node: a.node, Registerer: a.reg})
+	if err != nil {
+		return nil, err
+	}
+	a.engine = eng
+
+	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Notifier: a.broker, Jobs: eng, Blobs: a.blobs,
+		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg})
+	if err != nil {
+		return nil, err
+	}
+	a.httpSrv = a.newHTTPServer(apiSrv, "http")
+	if a.downloadLn != nil {
+		a.downloadSrv = a.newHTTPServer(download, "download")
 	}
 	return a, nil
+}
+
+func (a *app) newHTTPServer(h http.Handler, component string) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(a.log.With("component", component).Handler(), slog.LevelWarn),
+	}
+}
+
+// openBlobs opens the S3 bucket when one is configured, else the firmware
+// directory under the data dir.
+func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (ota.Blobs, error) {
+	if cfg.S3Bucket == "" {
+		return firmware.NewLocal(filepath.Join(cfg.DataDir, "firmware"))
+	}
+	s3, err := firmware.NewS3(ctx, firmware.S3Config{Bucket: cfg.S3Bucket, Endpoint: cfg.S3Endpoint, PathStyle: cfg.S3PathStyle, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("s3: %w", err)
+	}
+	if err := s3.Ping(ctx); err != nil {
+		return nil, fmt.Errorf("s3 bucket %s: %w", cfg.S3Bucket, err)
+	}
+	return s3, nil
+}
+
+// nodeName names this process among replicas: host name and a random
+// suffix, new at every start.
+func nodeName() string {
+	host, _ := os.Hostname()
+	return host + "-" + randomID()[:8]
+}
+
+func randomSecret() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // bootstrapToken makes sure the console API can be used: the configured
@@ -131,23 +235,40 @@ func randomID() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// Start opens the listeners and serves.
+// Start serves: HTTP, downloads, the MQTT broker and the job engine.
 func (a *app) Start(ctx context.Context) error {
-	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("http listen: %w", err)
+	if err := a.broker.Start(ctx); err != nil {
+		return err
 	}
-	a.httpLn = ln
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	a.serve(a.httpSrv, a.httpLn, "http")
 	a.log.Info("console API listening", "component", "http", "addr", a.HTTPURL())
+	if a.downloadSrv != nil {
+		a.serve(a.downloadSrv, a.downloadLn, "download")
+		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
+	}
+	a.log.Info("devices download firmware from", "component", "download", "public_url", a.publicURL)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		if err := a.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.failed <- fmt.Errorf("http: %w", err)
-		}
+		a.engine.Run(runCtx)
 	}()
 	return nil
 }
+
+func (a *app) serve(srv *http.Server, ln net.Listener, name string) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.failed <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+// MQTTAddr is the address devices connect to.
+func (a *app) MQTTAddr() string { return dialable(a.broker.Addr()) }
 
 // Failed reports a component that stopped on its own.
 func (a *app) Failed() <-chan error { return a.failed }
@@ -173,18 +294,45 @@ func dialable(addr string) string {
 	return host + ":" + port
 }
 
-// Close stops accepting work, lets in-flight requests finish within ctx,
-// and closes the database last.
+// Close stops accepting work, lets in-flight requests and reports finish
+// within ctx, stops the engine and closes the database last.
 func (a *app) Close(ctx context.Context) error {
 	var errs []error
-	if a.httpLn != nil {
-		if err := a.httpSrv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	for _, srv := range []*http.Server{a.httpSrv, a.downloadSrv} {
+		if srv != nil {
+			if err := srv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			}
 		}
 	}
+	if a.broker != nil {
+		if err := a.broker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
+		}
+	}
+	if a.cancel != nil {
+		a.cancel()
+	}
 	a.wg.Wait()
-	if err := a.store.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close store: %w", err))
+	errs = append(errs, a.closeResources())
+	return errors.Join(errs...)
+}
+
+// closeResources closes what newApp opened.
+func (a *app) closeResources() error {
+	var errs []error
+	for _, ln := range []net.Listener{a.httpLn, a.downloadLn} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	if c, ok := a.blobs.(io.Closer); ok {
+		errs = append(errs, c.Close())
+	}
+	if a.store != nil {
+		if err := a.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -18,6 +18,11 @@ import (
 type Config struct {
 	HTTPAddr        string
 	MQTTAddr        string
+	MQTTTLSAddr     string
+	MQTTTLSCert     string
+	MQTTTLSKey      string
+	DownloadAddr    string
+	MaxFirmwareSize int64
 	DataDir         string
 	DatabaseURL     string
 	S3Bucket        string
@@ -51,6 +56,11 @@ func (c *Config) vars() []struct {
 	}{
 		{configVar{"OTAD_HTTP_ADDR", "http-addr", ":8080", "console API, health and metrics listen address", false}, &c.HTTPAddr},
 		{configVar{"OTAD_MQTT_ADDR", "mqtt-addr", ":1883", "device MQTT listen address", false}, &c.MQTTAddr},
+		{configVar{"OTAD_MQTT_TLS_ADDR", "mqtt-tls-addr", "", "device MQTT-over-TLS listen address, such as :8883; needs the certificate and key", false}, &c.MQTTTLSAddr},
+		{configVar{"OTAD_MQTT_TLS_CERT", "mqtt-tls-cert", "", "PEM certificate (chain) file of the TLS listener", false}, &c.MQTTTLSCert},
+		{configVar{"OTAD_MQTT_TLS_KEY", "mqtt-tls-key", "", "PEM private key file of the TLS listener", false}, &c.MQTTTLSKey},
+		{configVar{"OTAD_DOWNLOAD_ADDR", "download-addr", "", "separate firmware download listen address, such as :80 (device SDKs ignore URL ports); empty serves downloads on the HTTP address", false}, &c.DownloadAddr},
+		{configVar{"OTAD_MAX_FIRMWARE_SIZE", "max-firmware-size", "2147483648", "largest firmware image accepted, in bytes", false}, &c.MaxFirmwareSize},
 		{configVar{"OTAD_DATA_DIR", "data-dir", "./data", "directory of the SQLite file and local firmware files", false}, &c.DataDir},
 		{configVar{"OTAD_DATABASE_URL", "database-url", "", "postgres://… selects PostgreSQL; empty uses SQLite in the data dir", true}, &c.DatabaseURL},
 		{configVar{"OTAD_S3_BUCKET", "s3-bucket", "", "S3 bucket for firmware; empty stores firmware in the data dir", false}, &c.S3Bucket},
@@ -92,6 +102,12 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 				return nil, fmt.Errorf("%s: %q is not true or false", v.Env, def)
 			}
 			fs.BoolVar(p, v.Flag, b, usage)
+		case *int64:
+			n, err := strconv.ParseInt(def, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not a whole number", v.Env, def)
+			}
+			fs.Int64Var(p, v.Flag, n, usage)
 		case *time.Duration:
 			d, err := time.ParseDuration(def)
 			if err != nil {
@@ -119,9 +135,18 @@ func (c *Config) Validate() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("OTAD_PUBLIC_URL must be an http:// or https:// URL")
 		}
-		if len(u.Hostname()) > 64 {
-			return fmt.Errorf("OTAD_PUBLIC_URL: host longer than 64 characters breaks device SDKs")
+		if len(u.Host) > 64 {
+			return fmt.Errorf("OTAD_PUBLIC_URL: a host longer than 64 characters breaks device SDKs")
 		}
+		if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+			return fmt.Errorf("OTAD_PUBLIC_URL must be scheme://host[:port] without a path: device SDKs take everything before the last slash as the host")
+		}
+	}
+	if (c.MQTTTLSAddr != "") != (c.MQTTTLSCert != "" && c.MQTTTLSKey != "") {
+		return fmt.Errorf("OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY go together")
+	}
+	if c.MaxFirmwareSize < 1 {
+		return fmt.Errorf("OTAD_MAX_FIRMWARE_SIZE must be a positive number of bytes")
 	}
 	if c.DataDir == "" {
 		return fmt.Errorf("OTAD_DATA_DIR must not be empty")

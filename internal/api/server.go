@@ -28,6 +28,16 @@ type Config struct {
 	Store  ota.Store
 	// Notifier disconnects deleted and disabled devices; nil when no broker runs.
 	Notifier ota.Notifier
+	// Jobs creates and cancels upgrade jobs.
+	Jobs Jobs
+	// Blobs stores firmware images.
+	Blobs ota.Blobs
+	// MaxFirmwareSize limits one firmware image; <= 0 means
+	// ota.DefaultMaxFirmwareSize.
+	MaxFirmwareSize int64
+	// Download, when set, also serves firmware downloads at /{token} (see
+	// NewDownload), for when the public URL points at this listener.
+	Download http.Handler
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
@@ -38,7 +48,13 @@ type Server struct {
 	log      *slog.Logger
 	store    ota.Store
 	notifier ota.Notifier
+	jobs     Jobs
+	blobs    ota.Blobs
 	gatherer prometheus.Gatherer
+
+	maxFirmwareSize int64
+	download        http.Handler
+
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	router   chi.Router
@@ -50,7 +66,13 @@ func New(cfg Config) (*Server, error) {
 		log:      cfg.Logger.With("component", "api"),
 		store:    cfg.Store,
 		notifier: cfg.Notifier,
+		jobs:     cfg.Jobs,
+		blobs:    cfg.Blobs,
 		gatherer: cfg.Gatherer,
+
+		maxFirmwareSize: cfg.MaxFirmwareSize,
+		download:        cfg.Download,
+
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otad_http_requests_total",
 			Help: "HTTP requests served, by method, route pattern and status code.",
@@ -60,6 +82,9 @@ func New(cfg Config) (*Server, error) {
 			Help:    "HTTP request latency, by method and route pattern.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"method", "route"}),
+	}
+	if s.maxFirmwareSize <= 0 {
+		s.maxFirmwareSize = ota.DefaultMaxFirmwareSize
 	}
 	for _, c := range []prometheus.Collector{s.requests, s.latency} {
 		if err := cfg.Registry.Register(c); err != nil {
@@ -86,6 +111,11 @@ func (s *Server) routes() chi.Router {
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	if s.download != nil {
+		// Tokens never collide with the fixed routes, which chi matches first.
+		r.Method(http.MethodGet, "/{token}", s.download)
+		r.Method(http.MethodHead, "/{token}", s.download)
+	}
 
 	r.Route("/v1", func(r chi.Router) {
 		r.Use(s.authenticate)
@@ -103,6 +133,19 @@ func (s *Server) routes() chi.Router {
 					r.Patch("/{name}", s.deviceUpdate)
 					r.Delete("/{name}", s.deviceDelete)
 					r.Get("/{name}/events", s.deviceEvents)
+				})
+				r.Route("/jobs", func(r chi.Router) {
+					r.Post("/", s.jobCreate)
+					r.Get("/", s.jobList)
+					r.Get("/{id}", s.jobGet)
+					r.Get("/{id}/devices", s.jobDevices)
+					r.Post("/{id}/cancel", s.jobCancel)
+				})
+				r.Route("/firmware", func(r chi.Router) {
+					r.Post("/", s.firmwareCreate)
+					r.Get("/", s.firmwareList)
+					r.Get("/{version}", s.firmwareGet)
+					r.Delete("/{version}", s.firmwareDelete)
 				})
 			})
 		})

@@ -61,7 +61,11 @@ type DevicePresenceParams struct {
 	ProductID  string
 	DeviceName string
 	Online     bool
-	At         time.Time
+	// Node names the otad replica holding the connection. A disconnect
+	// reported by a node that no longer holds the device (it reconnected
+	// elsewhere) changes nothing.
+	Node string
+	At   time.Time
 }
 
 // DeviceEvent is one entry of a device's history: a report it sent, or a

@@ -1,6 +1,11 @@
 package ota
 
-import "time"
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
 
 // Job statuses.
 const (
@@ -16,14 +21,111 @@ type Job struct {
 	ProductID       string     `json:"product_id"`
 	FirmwareVersion string     `json:"firmware_version"`
 	Status          string     `json:"status"`
-	TimeoutSeconds  int        `json:"timeout_seconds"`
-	MaxRetries      int        `json:"max_retries"`
-	MaxConcurrent   int        `json:"max_concurrent"` // 0: no limit
-	MaxPerMinute    int        `json:"max_per_minute"` // 0: no limit
-	StartAt         *time.Time `json:"start_at"`       // nil: at once
-	CreatedAt       time.Time  `json:"created_at"`
-	CompletedAt     *time.Time `json:"completed_at"`
+	Targets         JobTargets `json:"targets"`
+	// TimeoutSeconds bounds one attempt, from notification to done.
+	TimeoutSeconds int `json:"timeout_seconds"`
+	// MaxRetries is how many more attempts a failed or timed-out device gets.
+	MaxRetries int `json:"max_retries"`
+	// RetryBackoffSeconds is the wait before the first retry; it doubles
+	// with every further one.
+	RetryBackoffSeconds int        `json:"retry_backoff_seconds"`
+	MaxConcurrent       int        `json:"max_concurrent"` // 0: no limit
+	MaxPerMinute        int        `json:"max_per_minute"` // 0: no limit
+	StartAt             *time.Time `json:"start_at"`       // nil: at once
+	CreatedAt           time.Time  `json:"created_at"`
+	CompletedAt         *time.Time `json:"completed_at"`
 }
+
+// JobTargets names the devices of a job: a list of names, every device of
+// the product, or the devices now on given versions. Exactly one is set.
+type JobTargets struct {
+	Devices  []string `json:"devices,omitempty"`
+	All      bool     `json:"all,omitempty"`
+	Versions []string `json:"versions,omitempty"`
+}
+
+// Job option defaults and limits.
+const (
+	DefaultJobTimeout      = 30 * 60
+	DefaultJobRetries      = 2
+	DefaultJobRetryBackoff = 30
+	MaxJobDevices          = 100000
+)
+
+// ValidateJob checks a new job's options and targets, filling defaults
+// for the zero values of timeout and backoff.
+func ValidateJob(j *Job) error {
+	if err := ValidateVersion(j.FirmwareVersion); err != nil {
+		return Errorf(EINVALID, "firmware_version: %s", ErrorMessage(err))
+	}
+	n := 0
+	if len(j.Targets.Devices) > 0 {
+		n++
+	}
+	if j.Targets.All {
+		n++
+	}
+	if len(j.Targets.Versions) > 0 {
+		n++
+	}
+	if n != 1 {
+		return Errorf(EINVALID, "targets must name exactly one of devices, all or versions")
+	}
+	if len(j.Targets.Devices) > MaxJobDevices {
+		return Errorf(EINVALID, "a job targets at most %d devices", MaxJobDevices)
+	}
+	seen := make(map[string]bool, len(j.Targets.Devices))
+	for _, d := range j.Targets.Devices {
+		if err := ValidateDeviceName(d); err != nil {
+			return Errorf(EINVALID, "targets.devices: %q: %s", d, ErrorMessage(err))
+		}
+		if seen[d] {
+			return Errorf(EINVALID, "targets.devices: %q is listed twice", d)
+		}
+		seen[d] = true
+	}
+	if len(j.Targets.Versions) > 100 {
+		return Errorf(EINVALID, "targets.versions: at most 100 versions")
+	}
+	for _, v := range j.Targets.Versions {
+		if err := ValidateVersion(v); err != nil {
+			return Errorf(EINVALID, "targets.versions: %s", ErrorMessage(err))
+		}
+	}
+	if j.TimeoutSeconds == 0 {
+		j.TimeoutSeconds = DefaultJobTimeout
+	}
+	if j.TimeoutSeconds < 1 || j.TimeoutSeconds > 7*24*3600 {
+		return Errorf(EINVALID, "timeout_seconds must be from 1 to 604800")
+	}
+	if j.MaxRetries < 0 || j.MaxRetries > 100 {
+		return Errorf(EINVALID, "max_retries must be from 0 to 100")
+	}
+	if j.RetryBackoffSeconds == 0 {
+		j.RetryBackoffSeconds = DefaultJobRetryBackoff
+	}
+	if j.RetryBackoffSeconds < 1 || j.RetryBackoffSeconds > 24*3600 {
+		return Errorf(EINVALID, "retry_backoff_seconds must be from 1 to 86400")
+	}
+	if j.MaxConcurrent < 0 || j.MaxPerMinute < 0 {
+		return Errorf(EINVALID, "max_concurrent and max_per_minute must not be negative (0 means no limit)")
+	}
+	return nil
+}
+
+// RetryDelay is how long a device waits before its next attempt, after
+// attempts tries: the backoff doubles each time, capped at a day.
+func (j *Job) RetryDelay(attempts int) time.Duration {
+	d := time.Duration(j.RetryBackoffSeconds) * time.Second
+	for i := 1; i < attempts && d < 24*time.Hour; i++ {
+		d *= 2
+	}
+	return min(d, 24*time.Hour)
+}
+
+// CanRetry reports whether an execution that has made attempts tries may
+// make another.
+func (j *Job) CanRetry(attempts int) bool { return attempts <= j.MaxRetries }
 
 // Execution states: one device's progress within one job.
 const (
@@ -72,15 +174,90 @@ func ExecCanTransition(from, to string) bool {
 
 // JobExecution is one device's progress within one job.
 type JobExecution struct {
-	JobID      string     `json:"job_id"`
-	ProductID  string     `json:"product_id"`
-	DeviceName string     `json:"device_name"`
-	State      string     `json:"state"`
-	Percent    int        `json:"percent"`
-	Attempts   int        `json:"attempts"`
-	ResultCode int        `json:"result_code"`
-	ResultMsg  string     `json:"result_msg"`
-	NotifiedAt *time.Time `json:"notified_at"`
-	CreatedAt  time.Time  `json:"created_at"`
-	UpdatedAt  time.Time  `json:"updated_at"`
+	JobID       string `json:"job_id"`
+	ProductID   string `json:"product_id"`
+	DeviceName  string `json:"device_name"`
+	State       string `json:"state"`
+	FromVersion string `json:"from_version"` // the device's version when the job was created
+	Percent     int    `json:"percent"`
+	Attempts    int    `json:"attempts"`
+	// ResultCode and ResultMsg are the last failure the device reported
+	// (PROTOCOL.md: -1 download timed out, -2 not found, -3 signature
+	// expired, -4 MD5 mismatch, -5 update failed), or otad's own reason.
+	ResultCode    int        `json:"result_code"`
+	ResultMsg     string     `json:"result_msg"`
+	NotifiedAt    *time.Time `json:"notified_at"`
+	DeadlineAt    *time.Time `json:"deadline_at"` // the current attempt times out then
+	NextAttemptAt *time.Time `json:"next_attempt_at"`
+	FinishedAt    *time.Time `json:"finished_at"`
+	CreatedAt     time.Time  `json:"created_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+}
+
+// JobListParams selects a page of a product's jobs, oldest first.
+type JobListParams struct {
+	ProductID string
+	After     string
+	Limit     int
+}
+
+// JobExecutionListParams selects a page of a job's executions by device name.
+type JobExecutionListParams struct {
+	JobID string
+	State string // only executions in this state, when set
+	After string
+	Limit int
+}
+
+// JobExecutionTransitionParams moves one execution from one state to
+// another, compare-and-set: it fails with ECONFLICT when the execution is no
+// longer in From. From may equal To to update progress in place.
+type JobExecutionTransitionParams struct {
+	JobID         string
+	DeviceName    string
+	From, To      string
+	Percent       *int
+	ResultCode    *int
+	ResultMsg     *string
+	NextAttemptAt *time.Time // set with To == ExecQueued for a retry
+	At            time.Time
+}
+
+// JobExecutionClaimParams picks queued executions of one job that are due
+// and whose device is online on Node, and marks them notified.
+type JobExecutionClaimParams struct {
+	JobID string
+	Node  string
+	// DeviceName claims only this device, which the caller knows to be
+	// connected to it (it just reported): Node is not checked then.
+	DeviceName string
+	Limit      int
+	At         time.Time
+	Deadline   time.Time // when the attempt times out
+}
+
+// JobPace is what a job's rollout pacing needs to know.
+type JobPace struct {
+	InFlight       int // notified, downloading or burning
+	NotifiedSince  int // notified at or after the Since time asked about
+	ActiveOrQueued int // not yet ended
+}
+
+// NewJobID returns a job ID that sorts by creation time: 12 hex digits of
+// Unix milliseconds, then 8 random ones.
+func NewJobID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%012x%s", time.Now().UnixMilli(), hex.EncodeToString(b[:]))
+}
+
+// ValidateJobID checks the shape of a job ID before it reaches a query.
+func ValidateJobID(id string) error {
+	if len(id) != 20 {
+		return Errorf(EINVALID, "job id must be 20 hex digits")
+	}
+	if _, err := hex.DecodeString(id); err != nil {
+		return Errorf(EINVALID, "job id must be 20 hex digits")
+	}
+	return nil
 }

@@ -45,6 +45,50 @@ type Store interface {
 	// job that is not completed or canceled uses the version.
 	FirmwareDelete(ctx context.Context, productID, version string) error
 
+	// JobCreate stores a job and one execution per targeted device in one
+	// transaction, resolving j.Targets against the devices as they are
+	// then. Devices already on the job's version start done. It fails with
+	// EINVALID when no device matches or a named device does not exist, and
+	// with ECONFLICT, Detail []string naming the devices, when targeted
+	// devices are in another active job; nothing is stored then.
+	JobCreate(ctx context.Context, j *Job) error
+	JobGet(ctx context.Context, id string) (*Job, error)
+	JobList(ctx context.Context, params JobListParams) ([]*Job, error)
+	// JobListActive returns every scheduled or running job of every product,
+	// and canceled ones whose executions have not all ended.
+	JobListActive(ctx context.Context) ([]*Job, error)
+	// JobCounts counts a job's executions per state.
+	JobCounts(ctx context.Context, id string) (map[string]int, error)
+	// JobPace counts what rollout pacing needs.
+	JobPace(ctx context.Context, id string, since time.Time) (JobPace, error)
+	// JobStart moves a scheduled job to running; ECONFLICT if it is not scheduled.
+	JobStart(ctx context.Context, id string) error
+	// JobCancel cancels a scheduled or running job and its queued
+	// executions; ECONFLICT if the job has already ended.
+	JobCancel(ctx context.Context, id string, at time.Time) error
+	// JobFinish completes a running job, or closes a canceled one, when none
+	// of its executions is active. It reports whether it did.
+	JobFinish(ctx context.Context, id string, at time.Time) (bool, error)
+
+	JobExecutionGet(ctx context.Context, jobID, deviceName string) (*JobExecution, error)
+	JobExecutionList(ctx context.Context, params JobExecutionListParams) ([]*JobExecution, error)
+	// JobExecutionCurrent returns the device's active execution or, when it
+	// has none, its most recent one; ENOTFOUND when it was never in a job.
+	JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*JobExecution, error)
+	// JobExecutionTransition moves an execution between states,
+	// compare-and-set on From (see JobExecutionTransitionParams).
+	JobExecutionTransition(ctx context.Context, params JobExecutionTransitionParams) error
+	// JobExecutionClaim marks up to Limit due, queued executions of online
+	// devices notified, counting an attempt, and returns them. Concurrent
+	// claims never return the same execution.
+	JobExecutionClaim(ctx context.Context, params JobExecutionClaimParams) ([]*JobExecution, error)
+	// JobExecutionsExpired returns in-progress executions whose deadline has passed.
+	JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*JobExecution, error)
+
+	// SettingEnsure stores value under key unless the key is already set,
+	// and returns the stored value: the first replica to ask decides.
+	SettingEnsure(ctx context.Context, key, value string) (string, error)
+
 	// TokenCreate stores the hash of a console API token.
 	TokenCreate(ctx context.Context, t *APIToken) error
 	// TokenGetByHash finds a token by the SHA-256 of its secret.

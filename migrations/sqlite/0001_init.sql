@@ -15,6 +15,7 @@ CREATE TABLE devices (
     online              integer NOT NULL DEFAULT 0,
     last_seen_at        text,
     disabled            integer NOT NULL DEFAULT 0,
+    node                text NOT NULL DEFAULT '',
     upgrade_version     text,
     upgrade_state       text,
     upgrade_percent     integer,
@@ -64,6 +65,8 @@ CREATE TABLE jobs (
     max_retries      integer NOT NULL,
     max_concurrent   integer NOT NULL DEFAULT 0,
     max_per_minute   integer NOT NULL DEFAULT 0,
+    retry_backoff_seconds integer NOT NULL DEFAULT 30,
+    targets          text NOT NULL DEFAULT '{}',
     start_at         text,
     created_at       text NOT NULL,
     completed_at     text
@@ -76,24 +79,39 @@ CREATE TABLE job_executions (
     product_id      text NOT NULL,
     device_name     text NOT NULL,
     state           text NOT NULL,
+    from_version    text NOT NULL DEFAULT '',
     percent         integer NOT NULL DEFAULT 0,
     attempts        integer NOT NULL DEFAULT 0,
     result_code     integer NOT NULL DEFAULT 0,
     result_msg      text NOT NULL DEFAULT '',
     notified_at     text,
     next_attempt_at text,
+    deadline_at     text,
+    finished_at     text,
     created_at      text NOT NULL,
     updated_at      text NOT NULL,
     PRIMARY KEY (job_id, device_name),
     FOREIGN KEY (product_id, device_name) REFERENCES devices (product_id, name) ON DELETE CASCADE
 );
 
-CREATE INDEX job_executions_device ON job_executions (product_id, device_name);
-CREATE INDEX job_executions_state ON job_executions (job_id, state);
+CREATE INDEX job_executions_device ON job_executions (product_id, device_name, created_at);
+CREATE INDEX job_executions_state ON job_executions (job_id, state, next_attempt_at);
+CREATE INDEX job_executions_deadline ON job_executions (deadline_at) WHERE deadline_at IS NOT NULL;
+-- A device is in at most one active job: the database enforces it, so two
+-- replicas creating overlapping jobs at once cannot both win.
+CREATE UNIQUE INDEX job_executions_active ON job_executions (product_id, device_name)
+    WHERE state NOT IN ('done', 'failed', 'timed_out', 'canceled');
 
 CREATE TABLE api_tokens (
     id         text PRIMARY KEY,
     name       text NOT NULL,
     hash       text NOT NULL UNIQUE,
     created_at text NOT NULL
+);
+
+-- Settings otad generates once and every replica shares, such as the
+-- download URL signing secret.
+CREATE TABLE settings (
+    key   text PRIMARY KEY,
+    value text NOT NULL
 );

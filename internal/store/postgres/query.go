@@ -137,13 +137,23 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 		typ = ota.EventConnected
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, last_seen_at = $4 WHERE product_id = $1 AND name = $2`,
-			p.ProductID, p.DeviceName, p.Online, p.At.UTC())
+		// A disconnect counts only from the node that holds the device: it
+		// may have reconnected to another replica meanwhile.
+		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, node = CASE WHEN $3 THEN $4 ELSE node END, last_seen_at = $5
+			WHERE product_id = $1 AND name = $2 AND ($3 OR node = $4)`,
+			p.ProductID, p.DeviceName, p.Online, p.Node, p.At.UTC())
 		if err != nil {
 			return fmt.Errorf("device presence: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
-			return ota.Errorf(ota.ENOTFOUND, "device not found")
+			var exists bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND name = $2)`, p.ProductID, p.DeviceName).Scan(&exists); err != nil {
+				return fmt.Errorf("device presence: %w", err)
+			}
+			if !exists {
+				return ota.Errorf(ota.ENOTFOUND, "device not found")
+			}
+			return nil
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES ($1, $2, $3, $4)`,
 			p.ProductID, p.DeviceName, typ, p.At.UTC())
@@ -299,4 +309,15 @@ func derefInt(n *int) int {
 		return 0
 	}
 	return *n
+}
+
+func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {
+	if _, err := s.pool.Exec(ctx, `INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+		return "", fmt.Errorf("ensure setting %s: %w", key, err)
+	}
+	var v string
+	if err := s.pool.QueryRow(ctx, `SELECT value FROM settings WHERE key = $1`, key).Scan(&v); err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
 }

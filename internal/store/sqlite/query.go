@@ -157,13 +157,22 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 	}
 	at := fmtTime(p.At)
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE devices SET online = ?, last_seen_at = ? WHERE product_id = ? AND name = ?`,
-			p.Online, at, p.ProductID, p.DeviceName)
+		// A disconnect counts only from the node that holds the device: it
+		// may have reconnected to another replica meanwhile.
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET online = ?3, node = CASE WHEN ?3 THEN ?4 ELSE node END, last_seen_at = ?5
+			WHERE product_id = ?1 AND name = ?2 AND (?3 OR node = ?4)`, p.ProductID, p.DeviceName, p.Online, p.Node, at)
 		if err != nil {
 			return interpretError(err, "device")
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return ota.Errorf(ota.ENOTFOUND, "device not found")
+			var exists int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM devices WHERE product_id = ? AND name = ?`, p.ProductID, p.DeviceName).Scan(&exists); err != nil {
+				return interpretError(err, "device")
+			}
+			if exists == 0 {
+				return ota.Errorf(ota.ENOTFOUND, "device not found")
+			}
+			return nil
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES (?, ?, ?, ?)`,
 			p.ProductID, p.DeviceName, typ, at)
@@ -306,4 +315,18 @@ func (s *Store) TokenCount(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("count tokens: %w", err)
 	}
 	return n, nil
+}
+
+func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {
+	var v string
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+			return interpretError(err, "setting")
+		}
+		return tx.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
+	})
+	if err != nil {
+		return "", fmt.Errorf("ensure setting %s: %w", key, err)
+	}
+	return v, nil
 }

@@ -29,6 +29,12 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"Firmware", testFirmware},
 		{"Token", testToken},
 		{"Verbatim", testVerbatim},
+		{"DevicePresenceNode", testDevicePresenceNode},
+		{"SettingEnsure", testSettingEnsure},
+		{"JobCreate", testJobCreate},
+		{"JobLifecycle", testJobLifecycle},
+		{"JobExecutionClaim", testJobExecutionClaim},
+		{"JobExecutionClaimConcurrent", testJobExecutionClaimConcurrent},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -373,4 +379,17 @@ func testVerbatim(t *testing.T, s ota.Store) {
 	}
 	_, err = s.DeviceGet(ctx(t), "EVIL000000", `x' OR '1'='1`)
 	wantCode(t, err, ota.ENOTFOUND)
+}
+
+func testSettingEnsure(t *testing.T, s ota.Store) {
+	v, err := s.SettingEnsure(ctx(t), "k", "first")
+	must(t, err)
+	if v != "first" {
+		t.Fatalf("first ensure = %q", v)
+	}
+	v, err = s.SettingEnsure(ctx(t), "k", "second")
+	must(t, err)
+	if v != "first" {
+		t.Fatalf("second ensure = %q, want the first value kept", v)
+	}
 }

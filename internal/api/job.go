@@ -1,0 +1,186 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// Jobs is the job engine as the API uses it.
+type Jobs interface {
+	CreateJob(ctx context.Context, j *ota.Job) error
+	CancelJob(ctx context.Context, productID, id string) error
+}
+
+type jobCreateRequest struct {
+	FirmwareVersion     string         `json:"firmware_version"`
+	Targets             ota.JobTargets `json:"targets"`
+	TimeoutSeconds      int            `json:"timeout_seconds"`
+	MaxRetries          *int           `json:"max_retries"`
+	RetryBackoffSeconds int            `json:"retry_backoff_seconds"`
+	MaxConcurrent       int            `json:"max_concurrent"`
+	MaxPerMinute        int            `json:"max_per_minute"`
+	StartAt             *time.Time     `json:"start_at"`
+}
+
+// jobDetail is a job with its executions counted per state.
+type jobDetail struct {
+	*ota.Job
+	Counts map[string]int `json:"counts"`
+	Total  int            `json:"total"`
+}
+
+func (s *Server) jobCreate(w http.ResponseWriter, r *http.Request) {
+	var req jobCreateRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	p, err := s.product(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	j := &ota.Job{ProductID: p.ID, FirmwareVersion: req.FirmwareVersion, Targets: req.Targets,
+		TimeoutSeconds: req.TimeoutSeconds, MaxRetries: ota.DefaultJobRetries, RetryBackoffSeconds: req.RetryBackoffSeconds,
+		MaxConcurrent: req.MaxConcurrent, MaxPerMinute: req.MaxPerMinute, StartAt: req.StartAt}
+	if req.MaxRetries != nil {
+		j.MaxRetries = *req.MaxRetries
+	}
+	if err := s.jobs.CreateJob(r.Context(), j); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, err := s.jobDetail(r.Context(), j)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/products/"+p.ID+"/jobs/"+j.ID)
+	writeJSON(w, http.StatusCreated, d)
+}
+
+func (s *Server) jobDetail(ctx context.Context, j *ota.Job) (*jobDetail, error) {
+	counts, err := s.store.JobCounts(ctx, j.ID)
+	if err != nil {
+		return nil, err
+	}
+	d := &jobDetail{Job: j, Counts: make(map[string]int, len(ota.ExecStates))}
+	for _, st := range ota.ExecStates {
+		d.Counts[st] = counts[st]
+		d.Total += counts[st]
+	}
+	return d, nil
+}
+
+func (s *Server) jobList(w http.ResponseWriter, r *http.Request) {
+	p, err := s.product(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	after, limit, err := pageParams(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	js, err := s.store.JobList(r.Context(), ota.JobListParams{ProductID: p.ID, After: after, Limit: limit})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, newPage(js, limit, func(j *ota.Job) string { return j.ID }))
+}
+
+// job loads the job named in the path, which must belong to the product
+// named in the path.
+func (s *Server) job(r *http.Request) (*ota.Job, error) {
+	pid, id := chi.URLParam(r, "pid"), chi.URLParam(r, "id")
+	if err := ota.ValidateProductID(pid); err != nil {
+		return nil, err
+	}
+	if err := ota.ValidateJobID(id); err != nil {
+		return nil, err
+	}
+	j, err := s.store.JobGet(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	if j.ProductID != pid {
+		return nil, ota.Errorf(ota.ENOTFOUND, "job not found")
+	}
+	return j, nil
+}
+
+func (s *Server) jobGet(w http.ResponseWriter, r *http.Request) {
+	j, err := s.job(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, err := s.jobDetail(r.Context(), j)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+func (s *Server) jobDevices(w http.ResponseWriter, r *http.Request) {
+	j, err := s.job(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	after, limit, err := pageParams(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	state := r.URL.Query().Get("state")
+	if state != "" && !validExecState(state) {
+		s.writeError(w, r, ota.Errorf(ota.EINVALID, "state must be one of queued, notified, downloading, burning, done, failed, timed_out, canceled"))
+		return
+	}
+	xs, err := s.store.JobExecutionList(r.Context(), ota.JobExecutionListParams{JobID: j.ID, State: state, After: after, Limit: limit})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, newPage(xs, limit, func(x *ota.JobExecution) string { return x.DeviceName }))
+}
+
+func validExecState(s string) bool {
+	for _, st := range ota.ExecStates {
+		if s == st {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) jobCancel(w http.ResponseWriter, r *http.Request) {
+	j, err := s.job(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.jobs.CancelJob(r.Context(), j.ProductID, j.ID); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if j, err = s.store.JobGet(r.Context(), j.ID); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	d, err := s.jobDetail(r.Context(), j)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}

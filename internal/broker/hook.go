@@ -1,0 +1,381 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// session is what the broker knows of an authenticated device connection.
+type session struct {
+	productID   string
+	deviceName  string
+	reportTopic string
+	updateTopic string
+	// authSeq orders the authentication against Broker.Disconnect calls.
+	authSeq uint64
+	// pending is a report made durable while handling the current PUBLISH,
+	// handed to Options.OnReport once mochi has acknowledged it. Only the
+	// connection's own goroutine touches it.
+	pending *ota.Report
+}
+
+// hook is the broker's mochi hook: authentication, ACL, reports, presence.
+// mochi calls it on each client's goroutine; everything slow is bounded by
+// a timeout or handed to a worker.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "otad" }
+
+var provided = []byte{
+	mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+	mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
+	mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnWill, mqtt.OnWillSent,
+	mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnSubscribe,
+}
+
+func (h *hook) Provides(b byte) bool { return bytes.IndexByte(provided, b) >= 0 }
+
+// authTimeout bounds the device lookup of a connection attempt.
+const authTimeout = 5 * time.Second
+
+// OnConnect authenticates the device. mochi calls it before
+// OnConnectAuthenticate; doing the work here lets the broker answer "not
+// authorized" (0x87; 5 for MQTT 3) rather than mochi's "bad username or
+// password", and "server unavailable" when the store fails.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return packets.ErrNotAuthorized
+	}
+	dc.connectRead.Store(true)
+	seq := h.b.seq.Add(1)
+	now := h.b.opts.Now()
+	login := ota.DeviceLogin{
+		ClientID: pk.Connect.ClientIdentifier,
+		Username: string(pk.Connect.Username),
+		Password: string(pk.Connect.Password),
+	}
+	u, err := login.Parse(now)
+	if err != nil {
+		return h.refuse(cl, ota.AuthReason(err), "", "", err)
+	}
+	reportTopic := ota.ReportTopic(u.ProductID, u.DeviceName)
+	if pk.Connect.WillFlag && pk.Connect.WillTopic != reportTopic {
+		return h.refuse(cl, "will_topic", u.ProductID, u.DeviceName,
+			ota.Errorf(ota.EFORBIDDEN, "will topic %q is not the device's report topic", clip(pk.Connect.WillTopic)))
+	}
+	ctx, cancel := context.WithTimeout(h.b.ctx, authTimeout)
+	d, err := h.b.store.DeviceGet(ctx, u.ProductID, u.DeviceName)
+	cancel()
+	if ota.IsCode(err, ota.ENOTFOUND) {
+		return h.refuse(cl, ota.AuthUnknownDevice, u.ProductID, u.DeviceName, err)
+	}
+	if err != nil {
+		h.b.log.Error("device lookup failed", "product_id", u.ProductID, "device", u.DeviceName, "error", err)
+		return h.refuse(cl, "store_error", u.ProductID, u.DeviceName, err)
+	}
+	if err := login.Check(d, now); err != nil {
+		return h.refuse(cl, ota.AuthReason(err), u.ProductID, u.DeviceName, err)
+	}
+	dc.sess.Store(&session{
+		productID:   u.ProductID,
+		deviceName:  u.DeviceName,
+		reportTopic: reportTopic,
+		updateTopic: ota.UpdateTopic(u.ProductID, u.DeviceName),
+		authSeq:     seq,
+	})
+	return nil
+}
+
+// refuse answers a CONNECT with a refusal and ends the connection.
+func (h *hook) refuse(cl *mqtt.Client, reason, pid, name string, err error) error {
+	code := packets.ErrNotAuthorized
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.ErrBadUsernameOrPassword // mochi sends it as 3.1.1's 5, "not authorized"
+	}
+	if reason == "store_error" {
+		code = packets.ErrServerUnavailable
+	}
+	if reason == "" {
+		reason = "other"
+	}
+	h.b.metrics.refused.WithLabelValues(reason).Inc()
+	h.b.log.Info("connection refused", "reason", reason, "product_id", pid, "device", name,
+		"client_id", clip(cl.ID), "remote", cl.Net.Remote, "error", ota.ErrorMessage(err))
+	_ = h.b.server.SendConnack(cl, code, false, nil)
+	return code
+}
+
+// OnConnectAuthenticate admits exactly the connections OnConnect
+// authenticated.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return sessionOf(cl.Net.Conn) != nil
+}
+
+// OnSessionEstablish runs before mochi takes over an existing session of
+// the same client ID, so the old connection's disconnect is known to be
+// stale when it comes.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	h.b.mu.Lock()
+	h.b.sessions[cl.ID] = cl
+	h.b.mu.Unlock()
+}
+
+// OnSessionEstablished records the device online, unless it was disabled or
+// deleted while it authenticated.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	s := sessionOf(cl.Net.Conn)
+	if s == nil {
+		return
+	}
+	if h.b.revokedSince(cl.ID, s.authSeq) {
+		h.b.metrics.refused.WithLabelValues("revoked").Inc()
+		h.b.log.Info("connection closed: device revoked while connecting", "product_id", s.productID, "device", s.deviceName)
+		h.b.kick(cl, packets.ErrNotAuthorized)
+		return
+	}
+	h.b.log.Debug("device connected", "product_id", s.productID, "device", s.deviceName, "protocol", cl.Properties.ProtocolVersion, "remote", cl.Net.Remote)
+	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: true, Node: h.b.opts.Node, At: h.b.opts.Now()})
+}
+
+// OnDisconnect records the device offline unless a newer connection has
+// taken its session over.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	s := sessionOf(cl.Net.Conn)
+	if s == nil {
+		return
+	}
+	if errors.Is(err, packets.ErrPacketTooLarge) {
+		h.b.metrics.dropped.WithLabelValues(dropTooLarge).Inc()
+		h.b.log.Warn("connection closed: packet too large", "product_id", s.productID, "device", s.deviceName, "limit", h.b.opts.MaxPacketSize)
+	}
+	h.b.mu.Lock()
+	current := h.b.sessions[cl.ID] == cl
+	if current {
+		delete(h.b.sessions, cl.ID)
+	}
+	h.b.mu.Unlock()
+	if !current {
+		return
+	}
+	h.b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "error", err)
+	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, Node: h.b.opts.Node, At: h.b.opts.Now()})
+}
+
+// OnACLCheck lets a device publish only to its report topic and subscribe
+// (and receive) only its exact update topic. The inline client, which
+// carries otad's own messages, is not checked.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if cl.Net.Inline {
+		return true
+	}
+	s := sessionOf(cl.Net.Conn)
+	if s == nil {
+		return false
+	}
+	if write && topic == s.reportTopic || !write && topic == s.updateTopic {
+		return true
+	}
+	action := "subscribe"
+	if write {
+		action = "publish"
+	}
+	h.b.metrics.aclDenied.WithLabelValues(action).Inc()
+	if topic == deniedTopic {
+		return false // logged with the real topic in OnPacketRead
+	}
+	h.b.log.Info("topic denied", "action", action, "topic", clip(topic), "product_id", s.productID, "device", s.deviceName)
+	return false
+}
+
+// deniedTopic replaces, in OnPacketRead, a publish topic that mochi would
+// drop without a word (the $SYS tree): the ACL then refuses it with the
+// usual answers (PUBACK 0x87 for MQTT 5, disconnect for QoS 1 in MQTT 3).
+const deniedTopic = "$ota/denied"
+
+// OnPacketRead routes device publishes to topics mochi silently ignores
+// into the ACL's refusal.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Publish && !cl.Net.Inline && pk.TopicName != "" &&
+		!strings.ContainsAny(pk.TopicName, "+#") && !mqtt.IsValidFilter(pk.TopicName, true) {
+		if s := sessionOf(cl.Net.Conn); s != nil {
+			h.b.log.Info("topic denied", "action", "publish", "topic", clip(pk.TopicName), "product_id", s.productID, "device", s.deviceName)
+		}
+		pk.TopicName = deniedTopic
+	}
+	return pk, nil
+}
+
+// OnSubscribe refuses shared subscriptions ($share/...): mochi checks only
+// the filter after the group against the ACL. An empty filter makes mochi
+// answer "topic filter invalid".
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.Net.Inline {
+		return pk
+	}
+	for i, f := range pk.Filters {
+		if len(f.ShareName) > 0 {
+			h.b.metrics.aclDenied.WithLabelValues("subscribe").Inc()
+			h.b.log.Info("topic denied", "action", "subscribe", "topic", clip("$share/"+strings.Join(f.ShareName, "/")+"/"+f.Filter))
+			pk.Filters[i].Filter = ""
+			pk.Filters[i].ShareName = nil
+		}
+	}
+	return pk
+}
+
+// Report drop reasons (the reason label of otad_mqtt_reports_dropped_total).
+const (
+	dropTooLarge   = "too_large"
+	dropMalformed  = "malformed"
+	dropStoreError = "store_error"
+)
+
+// OnPublish turns a device's PUBLISH on its report topic (mochi has checked
+// the ACL) into a durable report before mochi acknowledges it. The packet
+// itself is never routed or retained.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	s := sessionOf(cl.Net.Conn)
+	if s == nil {
+		return pk, packets.ErrRejectPacket
+	}
+	s.pending = nil
+	qos := pk.FixedHeader.Qos
+	r, err := ota.ParseReport(s.productID, s.deviceName, pk.Payload, h.b.opts.Now())
+	if err != nil {
+		reason := dropMalformed
+		if ota.IsCode(err, ota.ETOOLARGE) {
+			reason = dropTooLarge
+		}
+		h.b.metrics.dropped.WithLabelValues(reason).Inc()
+		h.b.log.Warn("report dropped", "reason", reason, "product_id", s.productID, "device", s.deviceName,
+			"qos", qos, "bytes", len(pk.Payload), "error", ota.ErrorMessage(err), "payload_prefix", prefix(pk.Payload))
+		if cl.Properties.ProtocolVersion == 5 && qos > 0 {
+			return pk, packets.ErrPayloadFormatInvalid // PUBACK 0x99
+		}
+		// MQTT 3 has no negative PUBACK: acknowledge and drop, keeping the
+		// connection, so the device does not resend it forever.
+		return pk, packets.CodeSuccessIgnore
+	}
+	ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
+	err = h.b.rec.record(ctx, r)
+	cancel()
+	if err != nil {
+		h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
+		h.b.log.Error("report not stored", "product_id", s.productID, "device", s.deviceName, "type", r.Type, "qos", qos, "error", err)
+		switch {
+		case qos == 0:
+			return pk, packets.CodeSuccessIgnore
+		case cl.Properties.ProtocolVersion == 5:
+			return pk, packets.ErrUnspecifiedError // PUBACK 0x80
+		}
+		// MQTT 3: close without acknowledging; the device sends the report
+		// again after it reconnects.
+		cl.Stop(packets.ErrUnspecifiedError)
+		return pk, packets.ErrRejectPacket
+	}
+	h.b.metrics.reports.WithLabelValues(r.Type).Inc()
+	if r.Type == ota.EventReportVersion {
+		err := h.b.Publish(h.b.ctx, s.productID, s.deviceName, ota.NewReportVersionRsp(r.Version))
+		if err != nil {
+			h.b.log.Debug("report_version_rsp not sent", "product_id", s.productID, "device", s.deviceName, "error", err)
+		}
+	}
+	s.pending = &r
+	return pk, packets.CodeSuccessIgnore
+}
+
+// OnPacketProcessed hands a durable, acknowledged report to OnReport.
+func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
+	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
+		return
+	}
+	s := sessionOf(cl.Net.Conn)
+	if s == nil || s.pending == nil {
+		return
+	}
+	r := *s.pending
+	s.pending = nil
+	if h.b.opts.OnReport != nil {
+		h.b.opts.OnReport(h.b.ctx, r)
+	}
+}
+
+// OnWill keeps a device's Will (checked at CONNECT to be on its report
+// topic) from being retained.
+func (h *hook) OnWill(_ *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	will.Retain = false
+	return will, nil
+}
+
+// OnWillSent records a device's Will as a report, like any other message on
+// its report topic. Nobody waits for an acknowledgement, so it is written
+// in the background.
+func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	s := sessionOf(cl.Net.Conn)
+	if s == nil {
+		return
+	}
+	r, err := ota.ParseReport(s.productID, s.deviceName, pk.Payload, h.b.opts.Now())
+	if err != nil {
+		h.b.metrics.dropped.WithLabelValues(dropMalformed).Inc()
+		h.b.log.Warn("will dropped", "product_id", s.productID, "device", s.deviceName, "error", ota.ErrorMessage(err))
+		return
+	}
+	h.b.wg.Add(1)
+	go func() {
+		defer h.b.wg.Done()
+		ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
+		defer cancel()
+		if err := h.b.rec.record(ctx, r); err != nil {
+			h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
+			h.b.log.Error("will not stored", "product_id", s.productID, "device", s.deviceName, "error", err)
+			return
+		}
+		h.b.metrics.reports.WithLabelValues(r.Type).Inc()
+		if h.b.opts.OnReport != nil {
+			h.b.opts.OnReport(h.b.ctx, r)
+		}
+	}()
+}
+
+// OnPacketEncode tells MQTT 5 devices the broker's limits in CONNACK.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode == 0 && cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.MaximumPacketSize = h.b.opts.MaxPacketSize
+		pk.Properties.WildcardSubAvailable, pk.Properties.WildcardSubAvailableFlag = 0, true
+		pk.Properties.SharedSubAvailable, pk.Properties.SharedSubAvailableFlag = 0, true
+		pk.Properties.SubIDAvailable, pk.Properties.SubIDAvailableFlag = 0, true
+	}
+	return pk
+}
+
+// clip shortens untrusted strings for logs.
+func clip(s string) string {
+	if len(s) > 128 {
+		return s[:128] + "…"
+	}
+	return s
+}
+
+// prefix shows the start of a rejected payload, quoted, for logs.
+func prefix(b []byte) string {
+	if len(b) > 48 {
+		b = b[:48]
+	}
+	return string(b)
+}

@@ -1,0 +1,199 @@
+package firmware
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// Local keeps firmware images as files under one directory: the embedded
+// default. Every key is one file. All file system access goes through an
+// os.Root, so no key, symlink or race can reach outside the directory.
+type Local struct {
+	root *os.Root
+}
+
+var _ ota.Blobs = (*Local)(nil)
+
+const (
+	tempPrefix = ".tmp-"
+	// staleTempAge is how old a temporary file must be before NewLocal
+	// takes it for the leftover of a crashed upload: an upload in progress
+	// writes to its file continuously.
+	staleTempAge = time.Hour
+	copyBufSize  = 256 << 10
+)
+
+// NewLocal returns a Local that stores files under dir, creating it when
+// missing, and removes temporary files that a crash left behind.
+func NewLocal(dir string) (*Local, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create firmware directory: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open firmware directory: %w", err)
+	}
+	l := &Local{root: root}
+	if err := l.removeStaleTemp(time.Now().Add(-staleTempAge)); err != nil {
+		root.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Close releases the directory.
+func (l *Local) Close() error { return l.root.Close() }
+
+// Put writes r to a temporary file next to key, syncs it and renames it into
+// place, so a reader sees either nothing or the whole image, even after a
+// crash. On any error the temporary file is removed. An invalid key is
+// EINVALID.
+func (l *Local) Put(ctx context.Context, key string, r io.Reader) (n int64, err error) {
+	if err := ValidateKey(key); err != nil {
+		return 0, err
+	}
+	dir := path.Dir(key)
+	if err := l.root.MkdirAll(dir, 0o750); err != nil {
+		return 0, fmt.Errorf("local put: %w", err)
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := path.Join(dir, tempPrefix+hex.EncodeToString(rnd[:]))
+	f, err := l.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return 0, fmt.Errorf("local put: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			l.root.Remove(tmp)
+		}
+	}()
+
+	buf := make([]byte, copyBufSize)
+	// Hide f's ReadFrom so that the copy uses buf and checks ctx per read.
+	n, err = io.CopyBuffer(struct{ io.Writer }{f}, &ctxReader{ctx: ctx, r: r}, buf)
+	if err != nil {
+		return 0, fmt.Errorf("local put: %w", err)
+	}
+	if err = f.Sync(); err != nil {
+		return 0, fmt.Errorf("local put: sync: %w", err)
+	}
+	if err = f.Close(); err != nil {
+		return 0, fmt.Errorf("local put: close: %w", err)
+	}
+	if err = ctx.Err(); err != nil {
+		return 0, fmt.Errorf("local put: %w", err)
+	}
+	if err = l.root.Rename(tmp, key); err != nil {
+		return 0, fmt.Errorf("local put: rename: %w", err)
+	}
+	// Make the rename durable. It has happened: failing here must not
+	// delete what another reader may already have opened.
+	if d, derr := l.root.Open(dir); derr == nil {
+		d.Sync()
+		d.Close()
+	}
+	return n, nil
+}
+
+// Open returns up to length bytes of key from offset (length < 0: to the
+// end); a range past the end yields fewer bytes or none. A missing key is
+// ENOTFOUND, an invalid key or a negative offset EINVALID.
+func (l *Local) Open(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	if offset < 0 {
+		return nil, ota.Errorf(ota.EINVALID, "negative offset")
+	}
+	f, err := l.root.Open(key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ota.Errorf(ota.ENOTFOUND, "firmware image not found")
+	} else if err != nil {
+		return nil, fmt.Errorf("local open: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("local open: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, ota.Errorf(ota.ENOTFOUND, "firmware image not found")
+	}
+	n := max(fi.Size()-offset, 0)
+	if length >= 0 && length < n {
+		n = length
+	}
+	if n > 0 && offset > 0 {
+		if _, err := f.Seek(offset, io.SeekStart); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("local open: %w", err)
+		}
+	}
+	return &localReader{f: f, lr: io.LimitedReader{R: f, N: n}}, nil
+}
+
+// Delete removes key; a missing key is no error, an invalid one EINVALID.
+func (l *Local) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if err := l.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local delete: %w", err)
+	}
+	return nil
+}
+
+func (l *Local) removeStaleTemp(before time.Time) error {
+	fsys := l.root.FS()
+	return fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("scan firmware directory: %w", err)
+		}
+		if d.Type().IsRegular() && strings.HasPrefix(d.Name(), tempPrefix) {
+			if fi, err := d.Info(); err == nil && fi.ModTime().Before(before) {
+				l.root.Remove(p)
+			}
+		}
+		return nil
+	})
+}
+
+// localReader reads a section of a file. Its WriteTo hands the
+// *io.LimitedReader of the *os.File to the destination, which lets an
+// http.ResponseWriter use sendfile.
+type localReader struct {
+	f  *os.File
+	lr io.LimitedReader
+}
+
+func (r *localReader) Read(p []byte) (int, error)         { return r.lr.Read(p) }
+func (r *localReader) WriteTo(w io.Writer) (int64, error) { return io.Copy(w, &r.lr) }
+func (r *localReader) Close() error                       { return r.f.Close() }
+
+// ctxReader fails reads once ctx is done, so that a canceled upload stops
+// even while its source keeps delivering bytes.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}

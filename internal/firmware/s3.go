@@ -1,0 +1,252 @@
+package firmware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// S3Config configures the S3 backend.
+type S3Config struct {
+	Bucket string // required
+	// Endpoint is the base URL of an S3-compatible server, such as
+	// http://minio:9000; empty means AWS.
+	Endpoint string
+	// Region defaults to the SDK's chain (AWS_REGION, shared config), then
+	// to us-east-1, which S3-compatible servers accept.
+	Region string
+	// PathStyle addresses the bucket as endpoint/bucket/key instead of
+	// bucket.endpoint/key; most self-hosted servers need it.
+	PathStyle bool
+	// AccessKeyID and SecretAccessKey, when both set, replace the SDK's
+	// default credential chain (AWS_ACCESS_KEY_ID, shared files, IAM roles).
+	AccessKeyID     string
+	SecretAccessKey string
+	// PartSize is the multipart part size: default 8 MiB, at least 5 MiB.
+	// An upload buffers at most (Concurrency+1) parts.
+	PartSize int64
+	// Concurrency is the number of parts sent at once: default 4.
+	Concurrency int
+	// Logger receives failures to clean up after a failed upload.
+	Logger *slog.Logger
+}
+
+const (
+	defaultPartSize    = 8 << 20
+	defaultConcurrency = 4
+	cleanupTimeout     = time.Minute
+)
+
+// S3 keeps firmware images in an S3-compatible bucket.
+type S3 struct {
+	client   *s3.Client
+	uploader *manager.Uploader
+	bucket   string
+	log      *slog.Logger
+}
+
+var _ ota.Blobs = (*S3)(nil)
+
+// NewS3 builds the S3 backend. It does not contact the server: call Ping to
+// check the bucket is reachable. A configuration that cannot work is
+// EINVALID.
+func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
+	if cfg.Bucket == "" {
+		return nil, ota.Errorf(ota.EINVALID, "S3 bucket is required")
+	}
+	if (cfg.AccessKeyID == "") != (cfg.SecretAccessKey == "") {
+		return nil, ota.Errorf(ota.EINVALID, "S3 access key ID and secret access key go together")
+	}
+	if cfg.Endpoint != "" && !strings.HasPrefix(cfg.Endpoint, "http://") && !strings.HasPrefix(cfg.Endpoint, "https://") {
+		return nil, ota.Errorf(ota.EINVALID, "S3 endpoint must start with http:// or https://")
+	}
+	if cfg.PartSize == 0 {
+		cfg.PartSize = defaultPartSize
+	}
+	if cfg.PartSize < manager.MinUploadPartSize {
+		return nil, ota.Errorf(ota.EINVALID, "S3 part size must be at least %d bytes", manager.MinUploadPartSize)
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = defaultConcurrency
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+
+	var opts []func(*config.LoadOptions) error
+	if cfg.Region != "" {
+		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.AccessKeyID != "" {
+		opts = append(opts, config.WithCredentialsProvider(
+			credentials.NewStaticCredentialsProvider(cfg.AccessKeyID, cfg.SecretAccessKey, "")))
+	}
+	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	if awsCfg.Region == "" {
+		awsCfg.Region = "us-east-1"
+	}
+	client := s3.NewFromConfig(awsCfg, func(o *s3.Options) {
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.Endpoint)
+		}
+		o.UsePathStyle = cfg.PathStyle
+		// Otherwise a ranged GET of a multipart object logs a warning that
+		// its checksum could not be validated, once per download.
+		o.DisableLogOutputChecksumValidationSkipped = true
+	})
+	uploader := manager.NewUploader(client, func(u *manager.Uploader) {
+		u.PartSize = cfg.PartSize
+		u.Concurrency = cfg.Concurrency
+		// Put aborts the upload itself, with a context that survives the
+		// request's cancellation; the uploader would use the canceled one.
+		u.LeavePartsOnError = true
+	})
+	return &S3{client: client, uploader: uploader, bucket: cfg.Bucket, log: cfg.Logger}, nil
+}
+
+// Ping checks that the bucket exists and the credentials reach it.
+func (s *S3) Ping(ctx context.Context) error {
+	if _, err := s.client.HeadBucket(ctx, &s3.HeadBucketInput{Bucket: &s.bucket}); err != nil {
+		return fmt.Errorf("s3 bucket %q: %w", s.bucket, err)
+	}
+	return nil
+}
+
+// Put streams r to key with a multipart upload (a single PutObject when r
+// holds less than one part), so r need not be seekable nor its length known,
+// and memory stays at (Concurrency+1) parts. On any error the multipart
+// upload is aborted and the key deleted, so no object and no parts remain.
+// An invalid key is EINVALID.
+func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	if err := ValidateKey(key); err != nil {
+		return 0, err
+	}
+	// The counting wrapper also hides any Seek or ReadAt of r, so every
+	// upload takes the same streaming path.
+	cr := &countReader{r: &ctxReader{ctx: ctx, r: r}}
+	_, err := s.uploader.Upload(ctx, &s3.PutObjectInput{
+		Bucket:      &s.bucket,
+		Key:         &key,
+		Body:        cr,
+		ContentType: aws.String("application/octet-stream"),
+	})
+	if err != nil {
+		s.cleanup(ctx, key, err)
+		return 0, fmt.Errorf("s3 put: %w", err)
+	}
+	return cr.n, nil
+}
+
+func (s *S3) cleanup(ctx context.Context, key string, uploadErr error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	var mf manager.MultiUploadFailure
+	if errors.As(uploadErr, &mf) && mf.UploadID() != "" {
+		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
+			Bucket: &s.bucket, Key: &key, UploadId: aws.String(mf.UploadID()),
+		})
+		if err != nil && !isS3Code(err, "NoSuchUpload") {
+			s.log.Error("abort multipart upload", "key", key, "upload_id", mf.UploadID(), "err", err)
+		}
+	}
+	// The failure may have come after the object was complete (a part
+	// count mismatch is checked after CompleteMultipartUpload).
+	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}); err != nil {
+		s.log.Error("delete object after failed upload", "key", key, "err", err)
+	}
+}
+
+// Open returns up to length bytes of key from offset (length < 0: to the
+// end) with a ranged GetObject; a range past the end yields fewer bytes or
+// none. A missing key is ENOTFOUND, an invalid key or a negative offset
+// EINVALID.
+func (s *S3) Open(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	if err := ValidateKey(key); err != nil {
+		return nil, err
+	}
+	if offset < 0 {
+		return nil, ota.Errorf(ota.EINVALID, "negative offset")
+	}
+	if length == 0 {
+		// "bytes=N-(N-1)" does not exist; still say whether the key does.
+		if _, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key}); err != nil {
+			return nil, s.openError(err)
+		}
+		return io.NopCloser(strings.NewReader("")), nil
+	}
+	in := &s3.GetObjectInput{Bucket: &s.bucket, Key: &key}
+	switch {
+	case length > 0:
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", offset, offset+length-1))
+	case offset > 0:
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-", offset))
+	}
+	out, err := s.client.GetObject(ctx, in)
+	if err != nil {
+		if httpStatus(err) == http.StatusRequestedRangeNotSatisfiable || isS3Code(err, "InvalidRange") {
+			return io.NopCloser(strings.NewReader("")), nil
+		}
+		return nil, s.openError(err)
+	}
+	return out.Body, nil
+}
+
+func (s *S3) openError(err error) error {
+	if isS3Code(err, "NoSuchKey") || isS3Code(err, "NotFound") || httpStatus(err) == http.StatusNotFound {
+		return ota.Errorf(ota.ENOTFOUND, "firmware image not found")
+	}
+	return fmt.Errorf("s3 get: %w", err)
+}
+
+// Delete removes key; a missing key is no error, an invalid one EINVALID.
+func (s *S3) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}); err != nil {
+		return fmt.Errorf("s3 delete: %w", err)
+	}
+	return nil
+}
+
+func isS3Code(err error, code string) bool {
+	var ae smithy.APIError
+	return errors.As(err, &ae) && ae.ErrorCode() == code
+}
+
+func httpStatus(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

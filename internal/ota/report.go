@@ -1,0 +1,368 @@
+package ota
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// MaxReportSize is the largest report payload a device may publish. Real
+// reports are a few hundred bytes; anything bigger is refused unread.
+const MaxReportSize = 2048
+
+// MaxDownlinkSize is the most that topic plus payload of a message to a
+// device may take: the C SDK's receive buffer.
+const MaxDownlinkSize = 2048
+
+// MaxResultMsgLen caps the free-text result_msg of a progress report; longer
+// text is cut at a character boundary.
+const MaxResultMsgLen = 256
+
+// Report topics: a device publishes on its report topic and subscribes to
+// its update topic, and to nothing else.
+const (
+	ReportTopicPrefix = "$ota/report/"
+	UpdateTopicPrefix = "$ota/update/"
+)
+
+// ReportTopic returns the topic a device publishes its reports on.
+func ReportTopic(productID, deviceName string) string {
+	return ReportTopicPrefix + productID + "/" + deviceName
+}
+
+// UpdateTopic returns the topic a device receives otad's messages on.
+func UpdateTopic(productID, deviceName string) string {
+	return UpdateTopicPrefix + productID + "/" + deviceName
+}
+
+// ParseReport decodes a payload a device published on its report topic.
+// It accepts what the device SDKs really send (PROTOCOL.md): percent and
+// result_code as strings or numbers, progress possibly as a JSON-encoded
+// string, percent missing outside downloading. It fails with ETOOLARGE for
+// a payload over MaxReportSize and EINVALID for anything else it cannot
+// read: not JSON, an unknown type, a bad version or state.
+func ParseReport(productID, deviceName string, payload []byte, at time.Time) (Report, error) {
+	if len(payload) > MaxReportSize {
+		return Report{}, Errorf(ETOOLARGE, "report is %d bytes, more than %d", len(payload), MaxReportSize)
+	}
+	if !utf8.Valid(payload) {
+		return Report{}, Errorf(EINVALID, "report is not UTF-8 text")
+	}
+	var env struct {
+		Type   *string         `json:"type"`
+		Report json.RawMessage `json:"report"`
+	}
+	if err := json.Unmarshal(payload, &env); err != nil {
+		return Report{}, Errorf(EINVALID, "report is not a JSON object")
+	}
+	if env.Type == nil {
+		return Report{}, Errorf(EINVALID, "report has no type")
+	}
+	r := Report{ProductID: productID, DeviceName: deviceName, Type: *env.Type, At: at}
+	if isNull(env.Report) {
+		return Report{}, Errorf(EINVALID, "report has no report object")
+	}
+	switch r.Type {
+	case EventReportVersion:
+		var body struct {
+			Version *string `json:"version"`
+		}
+		if err := json.Unmarshal(env.Report, &body); err != nil {
+			return Report{}, Errorf(EINVALID, "report_version: report is not an object with a version")
+		}
+		if body.Version == nil {
+			return Report{}, Errorf(EINVALID, "report_version: version is missing")
+		}
+		if err := ValidateVersion(*body.Version); err != nil {
+			return Report{}, Errorf(EINVALID, "report_version: %s", ErrorMessage(err))
+		}
+		r.Version = *body.Version
+	case EventReportProgress:
+		var body struct {
+			Version  *string         `json:"version"`
+			Progress json.RawMessage `json:"progress"`
+		}
+		if err := json.Unmarshal(env.Report, &body); err != nil {
+			return Report{}, Errorf(EINVALID, "report_progress: report is not an object with progress and version")
+		}
+		if body.Version == nil {
+			return Report{}, Errorf(EINVALID, "report_progress: version is missing")
+		}
+		if err := ValidateVersion(*body.Version); err != nil {
+			return Report{}, Errorf(EINVALID, "report_progress: %s", ErrorMessage(err))
+		}
+		r.Version = *body.Version
+		if err := parseProgress(body.Progress, &r); err != nil {
+			return Report{}, err
+		}
+	default:
+		return Report{}, Errorf(EINVALID, "unknown report type %q", truncate(r.Type, 32))
+	}
+	return r, nil
+}
+
+func parseProgress(raw json.RawMessage, r *Report) error {
+	if isNull(raw) {
+		return Errorf(EINVALID, "report_progress: progress is missing")
+	}
+	// The public protocol page shows progress as a JSON-encoded string.
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return Errorf(EINVALID, "report_progress: progress is not an object")
+		}
+		raw = json.RawMessage(s)
+	}
+	var p struct {
+		State      *string         `json:"state"`
+		Percent    json.RawMessage `json:"percent"`
+		ResultCode json.RawMessage `json:"result_code"`
+		ResultMsg  json.RawMessage `json:"result_msg"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return Errorf(EINVALID, "report_progress: progress is not an object")
+	}
+	if p.State == nil {
+		return Errorf(EINVALID, "report_progress: state is missing")
+	}
+	switch *p.State {
+	case ProgressDownloading, ProgressBurning, ProgressDone, ProgressFail:
+		r.State = *p.State
+	default:
+		return Errorf(EINVALID, "report_progress: unknown state %q", truncate(*p.State, 32))
+	}
+	pct, ok, err := looseInt(p.Percent)
+	if err != nil {
+		return Errorf(EINVALID, "report_progress: percent must be a whole number from 0 to 100")
+	}
+	if ok {
+		if pct < 0 || pct > 100 {
+			return Errorf(EINVALID, "report_progress: percent must be a whole number from 0 to 100")
+		}
+		r.Percent = &pct
+	}
+	code, ok, err := looseInt(p.ResultCode)
+	if err != nil || ok && (code < math.MinInt32 || code > math.MaxInt32) {
+		return Errorf(EINVALID, "report_progress: result_code must be a whole number")
+	}
+	if ok {
+		r.ResultCode = &code
+	}
+	r.ResultMsg = looseText(p.ResultMsg)
+	return nil
+}
+
+// looseInt reads a whole number sent as a JSON number or a string. A missing
+// field, null or "" is not set (ok false).
+func looseInt(raw json.RawMessage) (n int, ok bool, err error) {
+	if isNull(raw) {
+		return 0, false, nil
+	}
+	s := string(raw)
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, false, err
+		}
+		s = strings.TrimSpace(s)
+		if s == "" {
+			return 0, false, nil
+		}
+	}
+	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if i < math.MinInt32 || i > math.MaxInt32 {
+			return 0, false, strconv.ErrRange
+		}
+		return int(i), true, nil
+	}
+	// Some firmware prints percent as a float ("49.0"): accept whole values.
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f != math.Trunc(f) || math.IsInf(f, 0) || f < math.MinInt32 || f > math.MaxInt32 {
+		return 0, false, strconv.ErrSyntax
+	}
+	return int(f), true, nil
+}
+
+// looseText reads free text sent as a string (or, leniently, a number),
+// cut to MaxResultMsgLen bytes and cleared of control characters.
+func looseText(raw json.RawMessage) string {
+	if isNull(raw) {
+		return ""
+	}
+	var s string
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return ""
+		}
+	} else if raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9' {
+		s = string(raw)
+	} else {
+		return ""
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return -1
+		}
+		return r
+	}, s)
+	return truncate(s, MaxResultMsgLen)
+}
+
+// truncate cuts s to at most n bytes without splitting a character.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+func isNull(raw json.RawMessage) bool {
+	return len(raw) == 0 || string(raw) == "null"
+}
+
+// Downlink message types.
+const (
+	TypeReportVersionRsp = "report_version_rsp"
+	TypeUpdateFirmware   = "update_firmware"
+)
+
+// ReportVersionRsp answers every report_version. ResultCode must be the
+// number 0: the C SDK ignores all later updates after anything else.
+type ReportVersionRsp struct {
+	Type       string `json:"type"`
+	Version    string `json:"version"`
+	ResultCode int    `json:"result_code"`
+	ResultMsg  string `json:"result_msg"`
+}
+
+// NewReportVersionRsp returns the answer to a report_version of version.
+func NewReportVersionRsp(version string) ReportVersionRsp {
+	return ReportVersionRsp{Type: TypeReportVersionRsp, Version: version, ResultCode: 0, ResultMsg: "success"}
+}
+
+// UpdateFirmware tells a device to download and install a firmware.
+type UpdateFirmware struct {
+	Type     string `json:"type"`
+	Version  string `json:"version"`
+	URL      string `json:"url"`
+	MD5      string `json:"md5sum"`    // 32 lowercase hex characters
+	FileSize int64  `json:"file_size"` // a JSON number, never a string
+	// The SDKs ignore extra fields; these help newer firmware and tracing.
+	SHA256 string `json:"sha256sum,omitempty"`
+	JobID  string `json:"job_id,omitempty"`
+}
+
+// maxURLHost is the longest host part the device SDKs accept in a URL.
+const maxURLHost = 64
+
+// Validate checks the message against what device SDKs accept (see
+// PROTOCOL.md) and normalises the checksums to lowercase.
+func (m *UpdateFirmware) Validate() error {
+	if err := ValidateVersion(m.Version); err != nil {
+		return err
+	}
+	u, err := url.Parse(m.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.Fragment != "" {
+		return Errorf(EINVALID, "update url must be an absolute http or https URL")
+	}
+	if len(u.Host) > maxURLHost {
+		return Errorf(EINVALID, "update url host must be at most %d characters", maxURLHost)
+	}
+	// The Python SDK derives its Host header from everything between "://"
+	// and the last "/": the path must be one segment.
+	if p := u.EscapedPath(); len(p) < 2 || strings.Count(p, "/") != 1 {
+		return Errorf(EINVALID, "update url path must be exactly one segment")
+	}
+	m.MD5 = strings.ToLower(m.MD5)
+	if !isHex(m.MD5, 32) {
+		return Errorf(EINVALID, "md5sum must be 32 hex characters")
+	}
+	if m.FileSize <= 0 {
+		return Errorf(EINVALID, "file_size must be positive")
+	}
+	if m.SHA256 != "" {
+		m.SHA256 = strings.ToLower(m.SHA256)
+		if !isHex(m.SHA256, 64) {
+			return Errorf(EINVALID, "sha256sum must be 64 hex characters")
+		}
+	}
+	if len(m.JobID) > 64 || !printableASCII(m.JobID) {
+		return Errorf(EINVALID, "job_id must be at most 64 printable characters")
+	}
+	return nil
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// EncodeDownlink validates msg (a ReportVersionRsp or UpdateFirmware, as a
+// value or a pointer) and encodes it as the device SDKs need: its type set,
+// no escaping of characters that need none (the C SDK does not decode
+// escapes), and topic plus payload at most MaxDownlinkSize bytes. It fails
+// with EINVALID for an unknown or invalid message and ETOOLARGE when the
+// message does not fit.
+func EncodeDownlink(topic string, msg any) ([]byte, error) {
+	var v any
+	switch m := msg.(type) {
+	case ReportVersionRsp:
+		return EncodeDownlink(topic, &m)
+	case *ReportVersionRsp:
+		c := *m
+		c.Type = TypeReportVersionRsp
+		if err := ValidateVersion(c.Version); err != nil {
+			return nil, err
+		}
+		if c.ResultCode != 0 {
+			return nil, Errorf(EINVALID, "report_version_rsp result_code must be 0")
+		}
+		v = &c
+	case UpdateFirmware:
+		return EncodeDownlink(topic, &m)
+	case *UpdateFirmware:
+		c := *m
+		c.Type = TypeUpdateFirmware
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		v = &c
+	default:
+		return nil, Errorf(EINVALID, "unknown downlink message %T", msg)
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, Errorf(EINVALID, "encode downlink message: %v", err)
+	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	if len(topic)+len(b) > MaxDownlinkSize {
+		return nil, Errorf(ETOOLARGE, "message of %d bytes does not fit the %d bytes a device can receive", len(topic)+len(b), MaxDownlinkSize)
+	}
+	return b, nil
+}

@@ -1,0 +1,301 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// terminalStates is the SQL list of states in which an execution has ended.
+const terminalStates = `('done', 'failed', 'timed_out', 'canceled')`
+
+const jobColumns = `id, product_id, firmware_version, status, targets, timeout_seconds, max_retries, retry_backoff_seconds,
+	max_concurrent, max_per_minute, start_at, created_at, completed_at`
+
+func scanJob(row pgx.Row) (*ota.Job, error) {
+	var j ota.Job
+	var targets string
+	err := row.Scan(&j.ID, &j.ProductID, &j.FirmwareVersion, &j.Status, &targets, &j.TimeoutSeconds, &j.MaxRetries,
+		&j.RetryBackoffSeconds, &j.MaxConcurrent, &j.MaxPerMinute, &j.StartAt, &j.CreatedAt, &j.CompletedAt)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(targets), &j.Targets); err != nil {
+		return nil, fmt.Errorf("job %s targets: %w", j.ID, err)
+	}
+	j.CreatedAt = utc(j.CreatedAt)
+	j.StartAt, j.CompletedAt = utcPtr(j.StartAt), utcPtr(j.CompletedAt)
+	return &j, nil
+}
+
+// targetFilter is the SQL condition on devices d selecting a job's targets,
+// with its arguments starting at $3 ($1 is the product, $2 the version).
+func targetFilter(t ota.JobTargets) (string, []any) {
+	switch {
+	case t.All:
+		return "true", nil
+	case len(t.Versions) > 0:
+		return "d.version = ANY($3::text[])", []any{t.Versions}
+	default:
+		return "d.name = ANY($3::text[])", []any{t.Devices}
+	}
+}
+
+func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
+	if j.CreatedAt.IsZero() {
+		j.CreatedAt = ota.Now()
+	}
+	targets, err := json.Marshal(j.Targets)
+	if err != nil {
+		return fmt.Errorf("job targets: %w", err)
+	}
+	filter, fargs := targetFilter(j.Targets)
+	args := append([]any{j.ProductID, j.FirmwareVersion}, fargs...)
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if len(j.Targets.Devices) > 0 {
+			rows, err := tx.Query(ctx, `SELECT name FROM unnest($2::text[]) AS t(name)
+				WHERE NOT EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND devices.name = t.name) ORDER BY name LIMIT 100`,
+				j.ProductID, j.Targets.Devices)
+			if err != nil {
+				return fmt.Errorf("create job: %w", err)
+			}
+			missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return fmt.Errorf("create job: %w", err)
+			}
+			if len(missing) > 0 {
+				return &ota.Error{Code: ota.EINVALID, Message: fmt.Sprintf("%d targeted devices do not exist", len(missing)), Detail: map[string]any{"devices": missing}}
+			}
+		}
+		rows, err := tx.Query(ctx, `SELECT e.device_name FROM job_executions e JOIN devices d ON d.product_id = e.product_id AND d.name = e.device_name
+			WHERE e.product_id = $1 AND $2::text IS NOT NULL AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`, args...)
+		if err != nil {
+			return fmt.Errorf("create job: %w", err)
+		}
+		busy, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("create job: %w", err)
+		}
+		if len(busy) > 0 {
+			return conflictingDevices(busy)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			j.ID, j.ProductID, j.FirmwareVersion, j.Status, string(targets), j.TimeoutSeconds, j.MaxRetries, j.RetryBackoffSeconds,
+			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt)); err != nil {
+			return interpretError(err, "job")
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
+			SELECT $`+fmt.Sprint(len(args)+1)+`, d.product_id, d.name,
+				CASE WHEN d.version = $2 THEN 'done' ELSE 'queued' END, d.version,
+				CASE WHEN d.version = $2 THEN 100 ELSE 0 END,
+				CASE WHEN d.version = $2 THEN $`+fmt.Sprint(len(args)+2)+`::timestamptz END,
+				$`+fmt.Sprint(len(args)+2)+`, $`+fmt.Sprint(len(args)+2)+`
+			FROM devices d WHERE d.product_id = $1 AND `+filter, append(args, j.ID, j.CreatedAt)...)
+		if err != nil {
+			if ota.IsCode(interpretError(err, "job execution"), ota.ECONFLICT) {
+				return conflictingDevices(nil)
+			}
+			return fmt.Errorf("create job executions: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ota.Errorf(ota.EINVALID, "no device matches the job's targets")
+		}
+		return nil
+	})
+}
+
+func conflictingDevices(names []string) error {
+	msg := "targeted devices are in another active job"
+	if len(names) > 0 {
+		msg = fmt.Sprintf("%d targeted devices are in another active job", len(names))
+	}
+	return &ota.Error{Code: ota.ECONFLICT, Message: msg, Detail: map[string]any{"devices": names}}
+}
+
+func (s *Store) JobGet(ctx context.Context, id string) (*ota.Job, error) {
+	j, err := scanJob(s.pool.QueryRow(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = $1`, id))
+	if err != nil {
+		return nil, interpretError(err, "job")
+	}
+	return j, nil
+}
+
+func (s *Store) JobList(ctx context.Context, p ota.JobListParams) ([]*ota.Job, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE product_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
+		p.ProductID, p.After, ota.PageLimit(p.Limit))
+	if err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Job, error) { return scanJob(row) })
+}
+
+func (s *Store) JobListActive(ctx context.Context) ([]*ota.Job, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE status IN ('scheduled', 'running')
+		OR (status = 'canceled' AND completed_at IS NULL) ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list active jobs: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Job, error) { return scanJob(row) })
+}
+
+func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error) {
+	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM job_executions WHERE job_id = $1 GROUP BY state`, id)
+	if err != nil {
+		return nil, fmt.Errorf("count job executions: %w", err)
+	}
+	counts := map[string]int{}
+	var state string
+	var n int
+	_, err = pgx.ForEachRow(rows, []any{&state, &n}, func() error { counts[state] = n; return nil })
+	if err != nil {
+		return nil, fmt.Errorf("count job executions: %w", err)
+	}
+	return counts, nil
+}
+
+func (s *Store) JobPace(ctx context.Context, id string, since time.Time) (ota.JobPace, error) {
+	var p ota.JobPace
+	err := s.pool.QueryRow(ctx, `SELECT
+		count(*) FILTER (WHERE state IN ('notified', 'downloading', 'burning')),
+		count(*) FILTER (WHERE notified_at >= $2),
+		count(*) FILTER (WHERE state NOT IN `+terminalStates+`)
+		FROM job_executions WHERE job_id = $1`, id, since.UTC()).Scan(&p.InFlight, &p.NotifiedSince, &p.ActiveOrQueued)
+	if err != nil {
+		return p, fmt.Errorf("job pace: %w", err)
+	}
+	return p, nil
+}
+
+func (s *Store) JobStart(ctx context.Context, id string) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET status = 'running' WHERE id = $1 AND status = 'scheduled'`, id)
+	if err != nil {
+		return fmt.Errorf("start job: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ota.Errorf(ota.ECONFLICT, "job is not scheduled")
+	}
+	return nil
+}
+
+func (s *Store) JobCancel(ctx context.Context, id string, at time.Time) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var status string
+		if err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE id = $1 FOR UPDATE`, id).Scan(&status); err != nil {
+			return interpretError(err, "job")
+		}
+		if status != ota.JobScheduled && status != ota.JobRunning {
+			return ota.Errorf(ota.ECONFLICT, "job is already %s", status)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("cancel job: %w", err)
+		}
+		_, err := tx.Exec(ctx, `UPDATE job_executions SET state = 'canceled', finished_at = $2, updated_at = $2, next_attempt_at = NULL
+			WHERE job_id = $1 AND state = 'queued'`, id, at.UTC())
+		if err != nil {
+			return fmt.Errorf("cancel job executions: %w", err)
+		}
+		return nil
+	})
+}
+
+func (s *Store) JobFinish(ctx context.Context, id string, at time.Time) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET status = CASE WHEN status = 'running' THEN 'completed' ELSE status END, completed_at = $2
+		WHERE id = $1 AND status IN ('running', 'canceled') AND completed_at IS NULL
+		AND NOT EXISTS (SELECT 1 FROM job_executions WHERE job_id = $1 AND state NOT IN `+terminalStates+`)`, id, at.UTC())
+	if err != nil {
+		return false, fmt.Errorf("finish job: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+const execColumns = `job_id, product_id, device_name, state, from_version, percent, attempts, result_code, result_msg,
+	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at`
+
+func scanExec(row pgx.Row) (*ota.JobExecution, error) {
+	var e ota.JobExecution
+	err := row.Scan(&e.JobID, &e.ProductID, &e.DeviceName, &e.State, &e.FromVersion, &e.Percent, &e.Attempts, &e.ResultCode, &e.ResultMsg,
+		&e.NotifiedAt, &e.DeadlineAt, &e.NextAttemptAt, &e.FinishedAt, &e.CreatedAt, &e.UpdatedAt)
+	if err != nil {
+		return nil, err
+	}
+	e.NotifiedAt, e.DeadlineAt, e.NextAttemptAt, e.FinishedAt = utcPtr(e.NotifiedAt), utcPtr(e.DeadlineAt), utcPtr(e.NextAttemptAt), utcPtr(e.FinishedAt)
+	e.CreatedAt, e.UpdatedAt = utc(e.CreatedAt), utc(e.UpdatedAt)
+	return &e, nil
+}
+
+func collectExecs(rows pgx.Rows, err error, what string) ([]*ota.JobExecution, error) {
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.JobExecution, error) { return scanExec(row) })
+}
+
+func (s *Store) JobExecutionGet(ctx context.Context, jobID, deviceName string) (*ota.JobExecution, error) {
+	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND device_name = $2`, jobID, deviceName))
+	if err != nil {
+		return nil, interpretError(err, "job execution")
+	}
+	return e, nil
+}
+
+func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListParams) ([]*ota.JobExecution, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND device_name > $2
+		AND ($3 = '' OR state = $3) ORDER BY device_name LIMIT $4`, p.JobID, p.After, p.State, ota.PageLimit(p.Limit))
+	return collectExecs(rows, err, "list job executions")
+}
+
+func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*ota.JobExecution, error) {
+	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = $1 AND device_name = $2
+		ORDER BY (state NOT IN `+terminalStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
+	if err != nil {
+		return nil, interpretError(err, "job execution")
+	}
+	return e, nil
+}
+
+func (s *Store) JobExecutionTransition(ctx context.Context, p ota.JobExecutionTransitionParams) error {
+	var finished *time.Time
+	if ota.ExecTerminal(p.To) {
+		at := p.At.UTC()
+		finished = &at
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE job_executions SET state = $4, percent = COALESCE($5, percent),
+		result_code = COALESCE($6, result_code), result_msg = COALESCE($7, result_msg),
+		next_attempt_at = CASE WHEN $4 = 'queued' THEN $8::timestamptz END,
+		deadline_at = CASE WHEN $4 IN ('notified', 'downloading', 'burning') THEN deadline_at END,
+		finished_at = $9::timestamptz, updated_at = $10
+		WHERE job_id = $1 AND device_name = $2 AND state = $3`,
+		p.JobID, p.DeviceName, p.From, p.To, p.Percent, p.ResultCode, p.ResultMsg, utcPtr(p.NextAttemptAt), finished, p.At.UTC())
+	if err != nil {
+		return fmt.Errorf("job execution transition: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return ota.Errorf(ota.ECONFLICT, "job execution is no longer %s", p.From)
+	}
+	return nil
+}
+
+func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimParams) ([]*ota.JobExecution, error) {
+	rows, err := s.pool.Query(ctx, `UPDATE job_executions e SET state = 'notified', attempts = attempts + 1, percent = 0,
+			notified_at = $5, deadline_at = $6, next_attempt_at = NULL, updated_at = $5
+		WHERE e.state = 'queued' AND (e.job_id, e.device_name) IN (
+			SELECT x.job_id, x.device_name FROM job_executions x
+			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+			WHERE x.job_id = $1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $5)
+				AND d.online AND NOT d.disabled AND (($3 = '' AND d.node = $2) OR x.device_name = $3)
+			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
+			LIMIT $4 FOR UPDATE OF x SKIP LOCKED)
+		RETURNING `+execColumns, p.JobID, p.Node, p.DeviceName, p.Limit, p.At.UTC(), p.Deadline.UTC())
+	return collectExecs(rows, err, "claim job executions")
+}
+
+func (s *Store) JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*ota.JobExecution, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions
+		WHERE deadline_at < $1 AND state IN ('notified', 'downloading', 'burning') ORDER BY deadline_at LIMIT $2`, now.UTC(), limit)
+	return collectExecs(rows, err, "expired job executions")
+}
