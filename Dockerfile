@@ -23,10 +23,12 @@ COPY --from=build /out/otad /out/otad-healthcheck /usr/local/bin/
 COPY --from=build --chown=65532:65532 /out/data /data
 ENV OTAD_DATA_DIR=/data \
     OTAD_HTTP_ADDR=:8080 \
-    OTAD_MQTT_ADDR=:1883
+    OTAD_MQTT_ADDR=:1883 \
+    OTAD_DOWNLOAD_ADDR=:8081
 USER 65532:65532
-# 1883 MQTT, 8883 MQTT over TLS, 8080 console API and health,
-# 8081 firmware downloads (published on the host's port 80).
+# 1883 MQTT, 8883 MQTT over TLS (when OTAD_MQTT_TLS_ADDR=:8883), 8080 the
+# console API and health, 8081 firmware downloads (publish it on the host's
+# port 80: device SDKs ignore URL ports).
 EXPOSE 1883 8883 8080 8081
 VOLUME /data
 HEALTHCHECK --interval=15s --timeout=6s --start-period=30s --retries=3 \

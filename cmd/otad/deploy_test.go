@@ -540,6 +540,9 @@ func TestDockerfile(t *testing.T) {
 		wantPorts = append(wantPorts, port)
 	}
 	p := mustLoadCompose(t)
+	for _, port := range listenPorts(t, serviceEnv(t, p, "otad")) {
+		wantPorts = append(wantPorts, port)
+	}
 	for _, pc := range p.Services["otad"].Ports {
 		wantPorts = append(wantPorts, pc.Target)
 	}
