@@ -46,18 +46,6 @@ func knownVars() map[string]bool {
 	return known
 }
 
-// settingDefault is the default of the OTAD_* setting name, and whether
-// otad has such a setting.
-func settingDefault(name string) (string, bool) {
-	var c Config
-	for _, v := range c.vars() {
-		if v.Env == name {
-			return v.Default, true
-		}
-	}
-	return "", false
-}
-
 // loadCompose loads deploy/docker-compose.yml as `docker compose` would
 // after `cp deploy/.env.example deploy/.env`, with nothing from this
 // process's environment.
@@ -111,8 +99,8 @@ func listenPorts(t *testing.T, env map[string]string) map[string]uint32 {
 		if !strings.HasSuffix(v.Env, "_ADDR") {
 			continue
 		}
-		addr, ok := env[v.Env]
-		if !ok {
+		addr := env[v.Env]
+		if addr == "" { // as parseConfig reads it
 			addr = v.Default
 		}
 		if addr == "" {
@@ -348,6 +336,27 @@ func TestComposeEnvExample(t *testing.T) {
 			t.Errorf(".env.example sets %s, which otad does not read", k)
 		}
 	}
+
+	// Every variable compose needs is in the example, and everything in
+	// the example is used: a misspelt name would be silently ignored.
+	raw, err := os.ReadFile(composeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\$\{([A-Za-z0-9_]+)(:?[-?][^}]*)?\}`).FindAllStringSubmatch(string(raw), -1) {
+		_, set := vars[m[1]]
+		if !set && !used[m[1]] && !strings.HasPrefix(m[2], ":-") && !strings.HasPrefix(m[2], "-") {
+			t.Errorf("compose needs ${%s}, which .env.example does not set", m[1])
+		}
+		used[m[1]] = true
+	}
+	for k := range vars {
+		if !used[k] {
+			t.Errorf(".env.example sets %s, which compose does not use", k)
+		}
+	}
+
 	if _, err := loadCompose(t); err == nil || !strings.Contains(err.Error(), "deploy/.env") {
 		t.Errorf("without deploy/.env compose loads (err %v); it should ask for the file", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -73,6 +74,16 @@ func TestProductionConfig(t *testing.T) {
 	c := &consoleClient{t: t, base: proc.httpURL}
 
 	c.call("GET", "/readyz", nil, 200, nil)
+	// The image's HEALTHCHECK finds otad by the same OTAD_HTTP_ADDR.
+	healthcheck := filepath.Join(t.TempDir(), "otad-healthcheck")
+	if out, err := exec.Command("go", "build", "-o", healthcheck, "../otad-healthcheck").CombinedOutput(); err != nil {
+		t.Fatalf("build otad-healthcheck: %v\n%s", err, out)
+	}
+	hc := exec.Command(healthcheck)
+	hc.Env = []string{"OTAD_HTTP_ADDR=" + strings.TrimPrefix(proc.httpURL, "http://")}
+	if out, err := hc.CombinedOutput(); err != nil {
+		t.Errorf("otad-healthcheck against the running otad: %v\n%s", err, out)
+	}
 	var product struct{ ID string }
 	c.call("POST", "/v1/products", strings.NewReader(`{"name":"Production check"}`), 201, &product)
 	var device struct{ Name, Secret string }
