@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/dotenv"
@@ -269,6 +270,9 @@ func TestComposeEnvironment(t *testing.T) {
 	cfg, err := parseConfig("otad", nil, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatalf("otad refuses the compose environment: %v", err)
+	}
+	if g := p.Services["otad"].StopGracePeriod; g == nil || time.Duration(*g) <= cfg.ShutdownTimeout {
+		t.Errorf("otad's stop_grace_period %v does not outlast OTAD_SHUTDOWN_TIMEOUT %v: Docker would kill it mid-shutdown", g, cfg.ShutdownTimeout)
 	}
 	if cfg.DataDir != "/data" {
 		t.Errorf("OTAD_DATA_DIR = %q, want the image's volume /data", cfg.DataDir)
