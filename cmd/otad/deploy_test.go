@@ -52,7 +52,13 @@ func knownVars() map[string]bool {
 // process's environment.
 func loadCompose(t *testing.T, envFiles ...string) (*types.Project, error) {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{composeFile},
+	return loadComposeFile(t, composeFile, envFiles...)
+}
+
+// loadComposeFile loads file as if it were deploy/docker-compose.yml.
+func loadComposeFile(t *testing.T, file string, envFiles ...string) (*types.Project, error) {
+	t.Helper()
+	opts, err := cli.NewProjectOptions([]string{file},
 		cli.WithWorkingDirectory(filepath.Dir(composeFile)),
 		cli.WithEnvFiles(envFiles...),
 		cli.WithDotEnv,
@@ -240,6 +246,47 @@ func TestComposePorts(t *testing.T) {
 	u, err := url.Parse(env["OTAD_PUBLIC_URL"])
 	if err != nil || u.Scheme != "http" || (u.Port() != "" && u.Port() != "80") {
 		t.Errorf("OTAD_PUBLIC_URL=%q: want plain http on port 80", env["OTAD_PUBLIC_URL"])
+	}
+}
+
+// TestComposeTLS follows the compose file's comments for MQTT over TLS:
+// with those lines uncommented, otad accepts the settings, listens on 8883,
+// which is published, and finds the certificate and key in a mounted
+// directory.
+func TestComposeTLS(t *testing.T) {
+	raw, err := os.ReadFile(composeFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commented := regexp.MustCompile(`(?m)^(\s*)# ((?:OTAD_MQTT_TLS_[A-Z_]+:|- "8883|- \./tls).*)$`)
+	if n := len(commented.FindAll(raw, -1)); n != 5 {
+		t.Fatalf("found %d commented-out TLS lines in the compose file, want 5 (3 settings, the port, the volume)", n)
+	}
+	file := filepath.Join(t.TempDir(), "docker-compose.yml")
+	if err := os.WriteFile(file, commented.ReplaceAll(raw, []byte("$1$2")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := loadComposeFile(t, file, envExample)
+	if err != nil {
+		t.Fatalf("with TLS uncommented, docker compose would refuse the file: %v", err)
+	}
+	env := serviceEnv(t, p, "otad")
+	cfg, err := parseConfig("otad", nil, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatalf("with TLS uncommented, otad refuses the environment: %v", err)
+	}
+	tlsPort := listenPorts(t, env)["OTAD_MQTT_TLS_ADDR"]
+	if tlsPort != 8883 || !slices.ContainsFunc(p.Services["otad"].Ports, func(pc types.ServicePortConfig) bool {
+		return pc.Published == "8883" && pc.Target == tlsPort
+	}) {
+		t.Errorf("MQTT over TLS listens on %d, and host port 8883 does not reach it", tlsPort)
+	}
+	for _, f := range []string{cfg.MQTTTLSCert, cfg.MQTTTLSKey} {
+		if !slices.ContainsFunc(p.Services["otad"].Volumes, func(v types.ServiceVolumeConfig) bool {
+			return v.ReadOnly && strings.HasPrefix(f, v.Target+"/")
+		}) {
+			t.Errorf("%s is not in a read-only mount of the otad service", f)
+		}
 	}
 }
 
