@@ -650,22 +650,66 @@ func TestDockerfileBuild(t *testing.T) {
 	}
 }
 
+// TestDockerignore checks that the build context keeps every file the
+// image's two binaries are built from (Go files and embedded files, as go
+// list reports them) and leaves out the deployment's secrets.
 func TestDockerignore(t *testing.T) {
 	b, err := os.ReadFile("../../.dockerignore")
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(string(b), "\n")
-	// deploy/.env holds the deployment's secrets: never in an image layer.
-	for _, want := range []string{".git", "deploy"} {
-		if !slices.Contains(lines, want) {
-			t.Errorf(".dockerignore does not exclude %s", want)
+	var patterns []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			if strings.HasPrefix(line, "!") {
+				t.Fatalf(".dockerignore pattern %q: this test does not understand exceptions", line)
+			}
+			patterns = append(patterns, strings.TrimSuffix(line, "/"))
 		}
 	}
-	for _, line := range lines {
-		switch strings.TrimSpace(line) {
-		case "go.mod", "go.sum", "cmd", "internal", "migrations", "*.go", "**/*.go":
-			t.Errorf(".dockerignore excludes %s, which the build needs", line)
+	ignored := func(rel string) bool {
+		for _, p := range patterns {
+			if base, ok := strings.CutPrefix(p, "**/"); ok {
+				if m, _ := filepath.Match(base, filepath.Base(rel)); m {
+					return true
+				}
+				continue
+			}
+			for dir := rel; dir != "."; dir = filepath.Dir(dir) {
+				if m, _ := filepath.Match(p, dir); m {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	// deploy/.env holds the deployment's secrets: never in an image layer.
+	for _, secret := range []string{"deploy/.env", ".git/config"} {
+		if !ignored(secret) {
+			t.Errorf(".dockerignore lets %s into the build context", secret)
+		}
+	}
+
+	root, _ := filepath.Abs("../..")
+	list := exec.Command("go", "list", "-deps", "-f",
+		`{{if .Module}}{{if .Module.Main}}{{$d := .Dir}}{{range .GoFiles}}{{$d}}/{{.}}
+{{end}}{{range .EmbedFiles}}{{$d}}/{{.}}
+{{end}}{{end}}{{end}}`, "./cmd/otad", "./cmd/otad-healthcheck")
+	list.Dir = root
+	out, err := list.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	files := strings.Fields(string(out))
+	if len(files) < 10 {
+		t.Fatalf("go list found only %v", files)
+	}
+	for _, rel := range append(files, "go.mod", "go.sum") {
+		if filepath.IsAbs(rel) {
+			rel, _ = filepath.Rel(root, rel)
+		}
+		if ignored(rel) {
+			t.Errorf(".dockerignore leaves out %s, which the image is built from", rel)
 		}
 	}
 }
