@@ -24,16 +24,14 @@ import (
 // the limit) comes before the body is read, so a client that sent
 // "Expect: 100-continue" never sends it. Whatever fails later leaves no
 // object and no row.
-func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	if s.blobs == nil {
-		s.writeError(w, r, errNoBlobs)
-		return
+		return errNoBlobs
 	}
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	q := r.URL.Query()
 	up := uploadFields{"version": q.Get("version"), "description": q.Get("description"), "md5": q.Get("md5"), "sha256": q.Get("sha256")}
@@ -41,8 +39,7 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 	mt, mtParams, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	form := mt == "multipart/form-data"
 	if strings.HasPrefix(mt, "multipart/") && !form {
-		s.writeError(w, r, ota.Errorf(ota.EINVALID, "send the image as the raw request body (curl --data-binary @file) or as multipart/form-data"))
-		return
+		return ota.Errorf(ota.EINVALID, "send the image as the raw request body (curl --data-binary @file) or as multipart/form-data")
 	}
 	// One byte over the limit is enough to know; MaxBytesReader also makes
 	// the server close the connection instead of draining a huge body.
@@ -52,11 +49,9 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case r.ContentLength == 0:
-		s.writeError(w, r, ota.Errorf(ota.EINVALID, "firmware image is empty"))
-		return
+		return ota.Errorf(ota.EINVALID, "firmware image is empty")
 	case r.ContentLength >= limit:
-		s.writeError(w, r, ota.Errorf(ota.ETOOLARGE, "firmware image is larger than %d bytes", s.maxFirmwareSize))
-		return
+		return ota.Errorf(ota.ETOOLARGE, "firmware image is larger than %d bytes", s.maxFirmwareSize)
 	}
 	// The server has no overall read timeout (an image may take hours on a
 	// slow link); instead every read must make progress in time.
@@ -64,32 +59,26 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 	var mr *multipart.Reader
 	if form {
 		if mtParams["boundary"] == "" {
-			s.writeError(w, r, ota.Errorf(ota.EINVALID, "multipart/form-data without a boundary"))
-			return
+			return ota.Errorf(ota.EINVALID, "multipart/form-data without a boundary")
 		}
 		mr = multipart.NewReader(image, mtParams["boundary"])
 		if image, err = readFormFields(mr, up); err != nil {
-			s.writeError(w, r, err)
-			return
+			return err
 		}
 	}
 
 	f := &ota.Firmware{ProductID: p.ID, Version: up["version"], Description: up["description"]}
 	if err := ota.ValidateVersion(f.Version); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if err := ota.ValidateText("description", f.Description, 1024); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	switch _, err := s.store.FirmwareGet(ctx, p.ID, f.Version); {
 	case err == nil:
-		s.writeError(w, r, ota.Errorf(ota.ECONFLICT, "firmware version %s already exists", f.Version))
-		return
+		return ota.Errorf(ota.ECONFLICT, "firmware version %s already exists", f.Version)
 	case !ota.IsCode(err, ota.ENOTFOUND):
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 
 	// A unique key per upload: a failed or raced upload never touches
@@ -116,8 +105,7 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 			// failure is theirs. Ingest has removed the blob.
 			s.log.InfoContext(ctx, "firmware upload abandoned", "product_id", p.ID, "version", f.Version)
 		}
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	f.Size, f.MD5, f.SHA256 = res.Size, res.MD5, res.SHA256
 	if err := s.store.FirmwareCreate(ctx, f); err != nil {
@@ -129,62 +117,55 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) {
 		if ota.IsCode(err, ota.ECONFLICT) {
 			err = ota.Errorf(ota.ECONFLICT, "firmware version %s already exists", f.Version)
 		}
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Location", "/v1/products/"+p.ID+"/firmware/"+url.PathEscape(f.Version))
-	writeJSON(w, http.StatusCreated, f)
+	return writeJSON(w, http.StatusCreated, f)
 }
 
-func (s *Server) firmwareList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) firmwareList(w http.ResponseWriter, r *http.Request) error {
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	after, limit, err := pageParams(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	fs, err := s.store.FirmwareList(r.Context(), ota.FirmwareListParams{ProductID: p.ID, After: after, Limit: limit})
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, newPage(fs, limit, func(f *ota.Firmware) string { return f.Version }))
+	return writeJSON(w, http.StatusOK, newPage(fs, limit, func(f *ota.Firmware) string { return f.Version }))
 }
 
-func (s *Server) firmwareGet(w http.ResponseWriter, r *http.Request) {
+func (s *Server) firmwareGet(w http.ResponseWriter, r *http.Request) error {
 	f, err := s.firmware(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, f)
+	return writeJSON(w, http.StatusOK, f)
 }
 
 // firmwareDelete removes the row first (the store refuses while an active
 // job uses the version), then the image. An image that cannot be removed
 // is logged and left as an orphan: the version is gone either way.
-func (s *Server) firmwareDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Server) firmwareDelete(w http.ResponseWriter, r *http.Request) error {
 	f, err := s.firmware(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if s.blobs == nil {
-		s.writeError(w, r, errNoBlobs)
-		return
+		return errNoBlobs
 	}
 	if err := s.store.FirmwareDelete(r.Context(), f.ProductID, f.Version); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if err := ota.DeleteBlob(r.Context(), s.blobs, f.BlobKey); err != nil {
 		s.log.ErrorContext(r.Context(), "firmware delete: remove blob", "product_id", f.ProductID, "version", f.Version, "err", err)
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // firmware loads the product's firmware named in the path.
