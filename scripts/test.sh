@@ -60,6 +60,13 @@ start_postgres() {
 		log "installing postgresql"
 		apt_install postgresql || return 1
 		PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+		# Debian's package may start its own cluster; this script did not
+		# ask for it, so it stops it again.
+		if command -v pg_lsclusters >/dev/null; then
+			pg_lsclusters --no-header 2>/dev/null | while read -r ver name _ status _; do
+				[ "$status" = online ] && pg_ctlcluster "$ver" "$name" stop 2>/dev/null
+			done
+		fi
 	fi
 	mkdir -p "$PG_DATA"
 	if [ "$(id -u)" = 0 ]; then chown postgres "$WORK" "$PG_DATA"; fi

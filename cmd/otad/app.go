@@ -184,6 +184,13 @@ func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (ota.Blobs, e
 	if err := s3.Ping(ctx); err != nil {
 		return nil, fmt.Errorf("s3 bucket %s: %w", cfg.S3Bucket, err)
 	}
+	// Multipart uploads a dead process left behind cost storage until
+	// aborted; a day is far longer than any live upload.
+	if n, err := s3.AbortStaleUploads(ctx, time.Now().Add(-24*time.Hour)); err != nil {
+		log.Warn("could not abort stale multipart uploads", "component", "firmware", "err", err)
+	} else if n > 0 {
+		log.Info("aborted stale multipart uploads", "component", "firmware", "count", n)
+	}
 	return s3, nil
 }
 

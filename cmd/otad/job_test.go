@@ -127,4 +127,3 @@ func TestJobsAPI(t *testing.T) {
 		}
 	})
 }
-

@@ -29,59 +29,50 @@ type deviceDetail struct {
 // deviceHistoryInDetail is how many events GET …/devices/{name} includes.
 const deviceHistoryInDetail = 20
 
-func (s *Server) deviceCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) deviceCreate(w http.ResponseWriter, r *http.Request) error {
 	var req deviceCreateRequest
 	if err := decodeJSON(w, r, &req); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	d := &ota.Device{ProductID: p.ID, Name: req.Name, Version: req.Version, Secret: ota.NewDeviceSecret()}
 	if err := d.Validate(); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if err := s.store.DeviceCreate(r.Context(), d); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Location", "/v1/products/"+p.ID+"/devices/"+d.Name)
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: d.Secret})
+	return writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: d.Secret})
 }
 
-func (s *Server) deviceList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) deviceList(w http.ResponseWriter, r *http.Request) error {
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	after, limit, err := pageParams(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	params := ota.DeviceListParams{ProductID: p.ID, After: after, Limit: limit, Version: r.URL.Query().Get("version")}
 	if params.Version != "" {
 		if err := ota.ValidateVersion(params.Version); err != nil {
-			s.writeError(w, r, err)
-			return
+			return err
 		}
 	}
 	if params.Online, err = boolParam(r, "online"); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	ds, err := s.store.DeviceList(r.Context(), params)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, newPage(ds, limit, func(d *ota.Device) string { return d.Name }))
+	return writeJSON(w, http.StatusOK, newPage(ds, limit, func(d *ota.Device) string { return d.Name }))
 }
 
 // device loads the device named in the path.
@@ -96,18 +87,16 @@ func (s *Server) device(r *http.Request) (*ota.Device, error) {
 	return s.store.DeviceGet(r.Context(), pid, name)
 }
 
-func (s *Server) deviceGet(w http.ResponseWriter, r *http.Request) {
+func (s *Server) deviceGet(w http.ResponseWriter, r *http.Request) error {
 	d, err := s.device(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	evs, err := s.store.DeviceEventList(r.Context(), ota.DeviceEventListParams{ProductID: d.ProductID, DeviceName: d.Name, Limit: deviceHistoryInDetail})
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, deviceDetail{Device: d, Events: evs})
+	return writeJSON(w, http.StatusOK, deviceDetail{Device: d, Events: evs})
 }
 
 type deviceUpdateRequest struct {
@@ -116,69 +105,61 @@ type deviceUpdateRequest struct {
 
 // deviceUpdate enables or disables a device. Disabling closes its MQTT
 // session at once.
-func (s *Server) deviceUpdate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) deviceUpdate(w http.ResponseWriter, r *http.Request) error {
 	var req deviceUpdateRequest
 	if err := decodeJSON(w, r, &req); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	d, err := s.device(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if req.Disabled != nil {
 		if err := s.store.DeviceSetDisabled(r.Context(), d.ProductID, d.Name, *req.Disabled); err != nil {
-			s.writeError(w, r, err)
-			return
+			return err
 		}
 		d.Disabled = *req.Disabled
 		if d.Disabled && s.notifier != nil {
 			s.notifier.Disconnect(d.ProductID, d.Name)
 		}
 	}
-	writeJSON(w, http.StatusOK, d)
+	return writeJSON(w, http.StatusOK, d)
 }
 
-func (s *Server) deviceDelete(w http.ResponseWriter, r *http.Request) {
+func (s *Server) deviceDelete(w http.ResponseWriter, r *http.Request) error {
 	d, err := s.device(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if err := s.store.DeviceDelete(r.Context(), d.ProductID, d.Name); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if s.notifier != nil {
 		s.notifier.Disconnect(d.ProductID, d.Name)
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (s *Server) deviceEvents(w http.ResponseWriter, r *http.Request) {
+func (s *Server) deviceEvents(w http.ResponseWriter, r *http.Request) error {
 	d, err := s.device(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	after, limit, err := pageParams(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	// Event cursors are event IDs: history pages go from newest to oldest.
 	var before int64
 	if after != "" {
 		if before, err = strconv.ParseInt(after, 10, 64); err != nil || before <= 0 {
-			s.writeError(w, r, ota.Errorf(ota.EINVALID, "cursor is not one this server handed out"))
-			return
+			return ota.Errorf(ota.EINVALID, "cursor is not one this server handed out")
 		}
 	}
 	evs, err := s.store.DeviceEventList(r.Context(), ota.DeviceEventListParams{ProductID: d.ProductID, DeviceName: d.Name, Before: before, Limit: limit})
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, newPage(evs, limit, func(e *ota.DeviceEvent) string { return strconv.FormatInt(e.ID, 10) }))
+	return writeJSON(w, http.StatusOK, newPage(evs, limit, func(e *ota.DeviceEvent) string { return strconv.FormatInt(e.ID, 10) }))
 }

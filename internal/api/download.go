@@ -90,7 +90,7 @@ func NewDownload(cfg DownloadConfig) (*Download, error) {
 	return d, nil
 }
 
-const downloadChunk = 64 << 10
+const downloadChunk = 256 << 10
 
 var downloadBufs = sync.Pool{New: func() any { return new([downloadChunk]byte) }}
 

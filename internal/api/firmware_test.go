@@ -6,13 +6,13 @@ import (
 	"context"
 	"crypto/md5"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/otad/otad/internal/api"
+	"github.com/otad/otad/internal/firmware"
 	"github.com/otad/otad/internal/firmware/firmwaretest"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/sqlite"
@@ -46,23 +47,29 @@ const (
 // handler on their own loopback listeners, a real SQLite store and a real
 // blob backend.
 type fwServer struct {
-	t      *testing.T
+	t      testing.TB
 	url    string // console API
 	dlURL  string // download listener
 	store  *sqlite.Store
-	dbPath string
 	be     *firmwaretest.Backend
 	signer *ota.DownloadSigner
-	// finished receives every console request once its handler returned,
-	// so tests can wait for a server-side outcome without sleeping.
-	finished chan string
+	// finished and dlFinished receive every console and download request
+	// once its handler returned, so tests can wait for a server-side
+	// outcome without sleeping.
+	finished, dlFinished chan string
 }
 
-func newFWServer(t *testing.T, be *firmwaretest.Backend, maxSize int64) *fwServer {
+func newFWServer(t testing.TB, be *firmwaretest.Backend, maxSize int64) *fwServer {
+	t.Helper()
+	return newFWServerWith(t, be, maxSize, nil, nil)
+}
+
+// newFWServerWith lets a test adjust the API's and the download handler's
+// configuration.
+func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, apiConfig func(*api.Config), dlConfig func(*api.DownloadConfig)) *fwServer {
 	t.Helper()
 	ctx := t.Context()
-	dbPath := filepath.Join(t.TempDir(), "otad.db")
-	st, err := sqlite.Open(ctx, dbPath)
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "otad.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,19 +86,34 @@ func newFWServer(t *testing.T, be *firmwaretest.Backend, maxSize int64) *fwServe
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	var dl http.Handler
-	dlSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { dl.ServeHTTP(w, r) }))
+	dlFinished := make(chan string, 64)
+	dlSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dl.ServeHTTP(w, r)
+		select {
+		case dlFinished <- r.Method + " " + r.URL.Path:
+		default:
+		}
+	}))
 	t.Cleanup(dlSrv.Close)
 	signer, err := ota.NewDownloadSigner(dlSrv.URL, []byte("download-secret-for-tests-0123456789"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	d, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: st, Blobs: be.Blobs, Registry: reg})
+	dc := api.DownloadConfig{Logger: log, Signer: signer, Store: st, Blobs: be.Blobs, Registry: reg}
+	if dlConfig != nil {
+		dlConfig(&dc)
+	}
+	d, err := api.NewDownload(dc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dl = d
-	srv, err := api.New(api.Config{Logger: log, Store: st, Blobs: be.Blobs, MaxFirmwareSize: maxSize, Registry: reg, Gatherer: reg})
+	ac := api.Config{Logger: log, Store: st, Blobs: be.Blobs, MaxFirmwareSize: maxSize, Registry: reg, Gatherer: reg}
+	if apiConfig != nil {
+		apiConfig(&ac)
+	}
+	srv, err := api.New(ac)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,15 +126,20 @@ func newFWServer(t *testing.T, be *firmwaretest.Backend, maxSize int64) *fwServe
 		}
 	}))
 	t.Cleanup(ts.Close)
-	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, dbPath: dbPath, be: be, signer: signer, finished: finished}
+	return &fwServer{t: t, url: ts.URL, dlURL: dlSrv.URL, store: st, be: be, signer: signer,
+		finished: finished, dlFinished: dlFinished}
 }
 
-type testLogWriter struct{ t *testing.T }
+type testLogWriter struct{ t testing.TB }
 
 func (w testLogWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// testClient waits for the server's answer to "Expect: 100-continue"
+// however loaded the machine, so a refused body is never sent.
+var testClient = &http.Client{Transport: &http.Transport{ExpectContinueTimeout: time.Minute}}
 
 type result struct {
 	status int
@@ -157,7 +184,7 @@ func (s *fwServer) do(method, path string, body any, headers ...string) result {
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		s.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -178,7 +205,7 @@ var openAPIRouter = sync.OnceValues(func() (routers.Router, error) {
 	return legacy.NewRouter(doc)
 })
 
-func validateOpenAPI(t *testing.T, req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
+func validateOpenAPI(t testing.TB, req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
 	t.Helper()
 	router, err := openAPIRouter()
 	if err != nil {
@@ -519,7 +546,7 @@ func (s *fwServer) waitFinished(what string) {
 
 func TestFirmwareUploadCutShort(t *testing.T) {
 	firmwaretest.Run(t, func(t *testing.T, be *firmwaretest.Backend) {
-		s := newFWServer(t, be, 0)
+		s := newFWServerWith(t, be, 0, func(c *api.Config) { c.UploadStallTimeout = 300 * time.Millisecond }, nil)
 		keep := s.upload("1.0.0", image(1000, 6))
 		<-s.finished
 		data := image(3*partSize, 7)
@@ -542,6 +569,11 @@ func TestFirmwareUploadCutShort(t *testing.T) {
 		conn = s.rawUpload("1.2", int64(len(data)), data[:2*partSize+5])
 		conn.Close()
 		s.waitFinished("POST")
+
+		// The client stops sending but keeps the connection open.
+		conn = s.rawUpload("1.3", int64(len(data)), data[:partSize+5])
+		s.waitFinished("POST")
+		conn.Close()
 
 		var page struct{ Items []ota.Firmware }
 		json.Unmarshal(s.do("GET", "/v1/products/"+fwProduct+"/firmware", nil).body, &page)
@@ -623,13 +655,13 @@ func TestFirmwareDelete(t *testing.T) {
 		s := newFWServer(t, be, 0)
 		f := s.upload("4.0", image(5000, 10))
 		inUse := s.upload("4.1", image(5000, 11))
-		db, err := sql.Open("sqlite", s.dbPath+"?_pragma=busy_timeout(5000)")
-		if err != nil {
+		ctx := t.Context()
+		if err := s.store.DeviceCreate(ctx, &ota.Device{ProductID: fwProduct, Name: "lamp1", Secret: ota.NewDeviceSecret()}); err != nil {
 			t.Fatal(err)
 		}
-		defer db.Close()
-		if _, err := db.Exec(`INSERT INTO jobs (id, product_id, firmware_version, status, timeout_seconds, max_retries, created_at)
-			VALUES ('job1', ?, '4.1', 'running', 600, 0, ?)`, fwProduct, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		job := &ota.Job{ID: "job1", ProductID: fwProduct, FirmwareVersion: "4.1", Status: ota.JobRunning,
+			Targets: ota.JobTargets{Devices: []string{"lamp1"}}, TimeoutSeconds: 600}
+		if err := s.store.JobCreate(ctx, job); err != nil {
 			t.Fatal(err)
 		}
 		base := "/v1/products/" + fwProduct + "/firmware/"
@@ -688,4 +720,163 @@ func firmwareKeyInside(key string) error {
 		return fmt.Errorf("blob key %q is not one plain name under the product", key)
 	}
 	return nil
+}
+
+// TestFirmwareUploadStorageFails points the API at a bucket that does not
+// exist: the upload fails as the server's fault and leaves no row.
+func TestFirmwareUploadStorageFails(t *testing.T) {
+	cfg := firmwaretest.S3Config(t, 0)
+	cfg.Bucket += "-missing"
+	blobs, err := firmware.NewS3(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newFWServer(t, &firmwaretest.Backend{Name: "s3", Blobs: blobs}, 0)
+	for _, size := range []int{1000, 2*partSize + 1} { // one PutObject; a multipart upload
+		r := s.do("POST", "/v1/products/"+fwProduct+"/firmware?version=5.0", image(size, 13))
+		if r.status != 500 || r.problemCode(t) != "internal" {
+			t.Errorf("upload of %d bytes to a missing bucket: %d %s", size, r.status, r.body)
+		}
+	}
+	if _, err := s.store.FirmwareGet(t.Context(), fwProduct, "5.0"); !ota.IsCode(err, ota.ENOTFOUND) {
+		t.Errorf("a failed upload left a row: %v", err)
+	}
+}
+
+// recordingBlobs is the real backend, noting the ranges asked of it.
+type recordingBlobs struct {
+	ota.Blobs
+	mu     sync.Mutex
+	ranges [][2]int64
+}
+
+func (r *recordingBlobs) Open(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error) {
+	r.mu.Lock()
+	r.ranges = append(r.ranges, [2]int64{offset, length})
+	r.mu.Unlock()
+	return r.Blobs.Open(ctx, key, offset, length)
+}
+
+// TestDownloadPassesRange checks that a ranged download asks the backend
+// for that range only, never for the whole image.
+func TestDownloadPassesRange(t *testing.T) {
+	firmwaretest.Run(t, func(t *testing.T, be *firmwaretest.Backend) {
+		rec := &recordingBlobs{Blobs: be.Blobs}
+		wrapped := *be
+		wrapped.Blobs = rec
+		s := newFWServer(t, &wrapped, 0)
+		data := image(partSize+100, 14)
+		f := s.upload("6.0", data)
+		u := s.signer.URL(f, time.Now().Add(time.Hour))
+		get(t, "GET", u, "Range", "bytes=1000-")
+		get(t, "GET", u, "Range", fmt.Sprintf("bytes=10-%d", len(data)))
+		get(t, "GET", u, "Range", "bytes=5-9")
+		get(t, "GET", u)
+		get(t, "HEAD", u)
+		want := [][2]int64{{1000, int64(len(data)) - 1000}, {10, int64(len(data)) - 10}, {5, 5}, {0, int64(len(data))}}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if !slices.Equal(rec.ranges, want) {
+			t.Errorf("backend asked for %v, want %v", rec.ranges, want)
+		}
+	})
+}
+
+// TestDownloadStalledClient checks that a device that stops reading gives
+// its connection back after the stall timeout instead of holding it.
+func TestDownloadStalledClient(t *testing.T) {
+	s := newFWServerWith(t, firmwaretest.Local(t), 0, nil, func(c *api.DownloadConfig) { c.StallTimeout = 200 * time.Millisecond })
+	// Larger than what loopback socket buffers absorb.
+	f := s.upload("7.0", image(64<<20, 15))
+	u, _ := url.Parse(s.signer.URL(f, time.Now().Add(time.Hour)))
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", u.Path, u.Host)
+	// Read nothing; the handler must end on its own.
+	select {
+	case <-s.dlFinished:
+	case <-time.After(time.Minute): // a hang, not a synchronisation
+		t.Fatal("the download handler still waits for a client that stopped reading")
+	}
+}
+
+// form builds a multipart/form-data body from name, value pairs; a value
+// of type []byte becomes a file part.
+func form(t *testing.T, fields ...any) (body []byte, contentType string) {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	for i := 0; i+1 < len(fields); i += 2 {
+		name := fields[i].(string)
+		switch v := fields[i+1].(type) {
+		case string:
+			mw.WriteField(name, v)
+		case []byte:
+			fw, err := mw.CreateFormFile(name, "fw.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fw.Write(v)
+		}
+	}
+	mw.Close()
+	return buf.Bytes(), mw.FormDataContentType()
+}
+
+func TestFirmwareUploadForm(t *testing.T) {
+	firmwaretest.Run(t, func(t *testing.T, be *firmwaretest.Backend) {
+		s := newFWServer(t, be, 0)
+		data := image(2*partSize+3, 16)
+		base := "/v1/products/" + fwProduct + "/firmware"
+		body, ct := form(t, "version", "8.0", "description", "from a form", "md5", hexMD5(data), "file", data)
+		r := s.do("POST", base, body, "Content-Type", ct)
+		if r.status != 201 {
+			t.Fatalf("form upload: %d %s", r.status, r.body)
+		}
+		var f ota.Firmware
+		json.Unmarshal(r.body, &f)
+		if f.Version != "8.0" || f.Description != "from a form" || f.Size != int64(len(data)) || f.SHA256 != hexSHA256(data) {
+			t.Errorf("form upload answered %+v", f)
+		}
+		row, _ := s.store.FirmwareGet(t.Context(), fwProduct, "8.0")
+		if dl := get(t, "GET", s.signer.URL(row, time.Now().Add(time.Hour))); !bytes.Equal(dl.body, data) {
+			t.Error("the image uploaded by form does not download byte for byte")
+		}
+		// The version may come in the query instead.
+		body, ct = form(t, "file", data[:100])
+		if r := s.do("POST", base+"?version=8.0.1", body, "Content-Type", ct); r.status != 201 {
+			t.Errorf("form with the version in the query: %d %s", r.status, r.body)
+		}
+
+		for _, c := range []struct {
+			name  string
+			query string
+			parts []any
+		}{
+			{"file before the version", "", []any{"file", data[:100], "version", "8.1"}},
+			{"part after the file", "", []any{"version", "8.1", "file", data, "description", "late"}},
+			{"md5 mismatch", "", []any{"version", "8.1", "md5", hexMD5(data[:5]), "file", data}},
+			{"query and form differ", "?version=8.1", []any{"version", "8.2", "file", data[:100]}},
+			{"unknown field", "", []any{"version", "8.1", "color", "red", "file", data[:100]}},
+			{"no file", "", []any{"version", "8.1"}},
+			{"empty file", "", []any{"version", "8.1", "file", []byte{}}},
+			{"long field", "", []any{"description", strings.Repeat("d", 5000), "version", "8.1", "file", data[:100]}},
+		} {
+			body, ct := form(t, c.parts...)
+			if r := s.do("POST", base+c.query, body, "Content-Type", ct); r.status != 400 || r.problemCode(t) != "invalid" {
+				t.Errorf("%s: %d %s, want 400 invalid", c.name, r.status, r.body)
+			}
+		}
+		var page struct{ Items []ota.Firmware }
+		json.Unmarshal(s.do("GET", base, nil).body, &page)
+		if len(page.Items) != 2 {
+			t.Errorf("after refused forms the list is %+v, want 8.0 and 8.0.1", page.Items)
+		}
+		if left := be.Leftovers(t); len(left) != 2 {
+			t.Errorf("after refused forms storage holds %v, want the two stored images", left)
+		}
+	})
 }

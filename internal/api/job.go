@@ -34,16 +34,14 @@ type jobDetail struct {
 	Total  int            `json:"total"`
 }
 
-func (s *Server) jobCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) jobCreate(w http.ResponseWriter, r *http.Request) error {
 	var req jobCreateRequest
 	if err := decodeJSON(w, r, &req); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	j := &ota.Job{ProductID: p.ID, FirmwareVersion: req.FirmwareVersion, Targets: req.Targets,
 		TimeoutSeconds: req.TimeoutSeconds, MaxRetries: ota.DefaultJobRetries, RetryBackoffSeconds: req.RetryBackoffSeconds,
@@ -52,16 +50,14 @@ func (s *Server) jobCreate(w http.ResponseWriter, r *http.Request) {
 		j.MaxRetries = *req.MaxRetries
 	}
 	if err := s.jobs.CreateJob(r.Context(), j); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	d, err := s.jobDetail(r.Context(), j)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Location", "/v1/products/"+p.ID+"/jobs/"+j.ID)
-	writeJSON(w, http.StatusCreated, d)
+	return writeJSON(w, http.StatusCreated, d)
 }
 
 func (s *Server) jobDetail(ctx context.Context, j *ota.Job) (*jobDetail, error) {
@@ -77,23 +73,20 @@ func (s *Server) jobDetail(ctx context.Context, j *ota.Job) (*jobDetail, error) 
 	return d, nil
 }
 
-func (s *Server) jobList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) jobList(w http.ResponseWriter, r *http.Request) error {
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	after, limit, err := pageParams(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	js, err := s.store.JobList(r.Context(), ota.JobListParams{ProductID: p.ID, After: after, Limit: limit})
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, newPage(js, limit, func(j *ota.Job) string { return j.ID }))
+	return writeJSON(w, http.StatusOK, newPage(js, limit, func(j *ota.Job) string { return j.ID }))
 }
 
 // job loads the job named in the path, which must belong to the product
@@ -116,42 +109,36 @@ func (s *Server) job(r *http.Request) (*ota.Job, error) {
 	return j, nil
 }
 
-func (s *Server) jobGet(w http.ResponseWriter, r *http.Request) {
+func (s *Server) jobGet(w http.ResponseWriter, r *http.Request) error {
 	j, err := s.job(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	d, err := s.jobDetail(r.Context(), j)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, d)
+	return writeJSON(w, http.StatusOK, d)
 }
 
-func (s *Server) jobDevices(w http.ResponseWriter, r *http.Request) {
+func (s *Server) jobDevices(w http.ResponseWriter, r *http.Request) error {
 	j, err := s.job(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	after, limit, err := pageParams(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	state := r.URL.Query().Get("state")
 	if state != "" && !validExecState(state) {
-		s.writeError(w, r, ota.Errorf(ota.EINVALID, "state must be one of queued, notified, downloading, burning, done, failed, timed_out, canceled"))
-		return
+		return ota.Errorf(ota.EINVALID, "state must be one of queued, notified, downloading, burning, done, failed, timed_out, canceled")
 	}
 	xs, err := s.store.JobExecutionList(r.Context(), ota.JobExecutionListParams{JobID: j.ID, State: state, After: after, Limit: limit})
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, newPage(xs, limit, func(x *ota.JobExecution) string { return x.DeviceName }))
+	return writeJSON(w, http.StatusOK, newPage(xs, limit, func(x *ota.JobExecution) string { return x.DeviceName }))
 }
 
 func validExecState(s string) bool {
@@ -163,24 +150,20 @@ func validExecState(s string) bool {
 	return false
 }
 
-func (s *Server) jobCancel(w http.ResponseWriter, r *http.Request) {
+func (s *Server) jobCancel(w http.ResponseWriter, r *http.Request) error {
 	j, err := s.job(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if err := s.jobs.CancelJob(r.Context(), j.ProductID, j.ID); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if j, err = s.store.JobGet(r.Context(), j.ID); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	d, err := s.jobDetail(r.Context(), j)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, d)
+	return writeJSON(w, http.StatusOK, d)
 }

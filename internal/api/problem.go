@@ -3,7 +3,6 @@ package api
 import (
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
 
 	"github.com/otad/otad/internal/ota"
@@ -70,13 +69,23 @@ func writeProblem(w http.ResponseWriter, p Problem) {
 	json.NewEncoder(w).Encode(p)
 }
 
-// writeJSON answers v as JSON with the given status.
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON answers v as JSON with the given status. Its nil result lets
+// handlers end with it; an encoding failure cannot be answered anymore.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		slog.Default().Debug("write response", "err", err)
+	enc.Encode(v)
+	return nil
+}
+
+// handle adapts a handler that returns its error: the error is answered as
+// problem+json, in one place.
+func (s *Server) handle(fn func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := fn(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
 	}
 }

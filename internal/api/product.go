@@ -14,49 +14,43 @@ type productCreateRequest struct {
 	Description string `json:"description"`
 }
 
-func (s *Server) productCreate(w http.ResponseWriter, r *http.Request) {
+func (s *Server) productCreate(w http.ResponseWriter, r *http.Request) error {
 	var req productCreateRequest
 	if err := decodeJSON(w, r, &req); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	p := &ota.Product{ID: req.ID, Name: req.Name, Description: req.Description}
 	if p.ID == "" {
 		p.ID = ota.NewProductID()
 	}
 	if err := p.Validate(); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	if err := s.store.ProductCreate(r.Context(), p); err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Location", "/v1/products/"+p.ID)
-	writeJSON(w, http.StatusCreated, p)
+	return writeJSON(w, http.StatusCreated, p)
 }
 
-func (s *Server) productList(w http.ResponseWriter, r *http.Request) {
+func (s *Server) productList(w http.ResponseWriter, r *http.Request) error {
 	after, limit, err := pageParams(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
 	ps, err := s.store.ProductList(r.Context(), ota.ProductListParams{After: after, Limit: limit})
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, newPage(ps, limit, func(p *ota.Product) string { return p.ID }))
+	return writeJSON(w, http.StatusOK, newPage(ps, limit, func(p *ota.Product) string { return p.ID }))
 }
 
-func (s *Server) productGet(w http.ResponseWriter, r *http.Request) {
+func (s *Server) productGet(w http.ResponseWriter, r *http.Request) error {
 	p, err := s.product(r)
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, p)
+	return writeJSON(w, http.StatusOK, p)
 }
 
 // product loads the product named in the path, validating the ID first so

@@ -35,6 +35,9 @@ type Config struct {
 	// MaxFirmwareSize limits one firmware image; <= 0 means
 	// ota.DefaultMaxFirmwareSize.
 	MaxFirmwareSize int64
+	// UploadStallTimeout is how long a firmware upload may send nothing
+	// before it is dropped (and leaves nothing behind); default 2m.
+	UploadStallTimeout time.Duration
 	// Download, when set, also serves firmware downloads at /{token} (see
 	// NewDownload), for when the public URL points at this listener.
 	Download http.Handler
@@ -53,6 +56,7 @@ type Server struct {
 	gatherer prometheus.Gatherer
 
 	maxFirmwareSize int64
+	uploadStall     time.Duration
 	download        http.Handler
 
 	requests *prometheus.CounterVec
@@ -71,6 +75,7 @@ func New(cfg Config) (*Server, error) {
 		gatherer: cfg.Gatherer,
 
 		maxFirmwareSize: cfg.MaxFirmwareSize,
+		uploadStall:     cfg.UploadStallTimeout,
 		download:        cfg.Download,
 
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -85,6 +90,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.maxFirmwareSize <= 0 {
 		s.maxFirmwareSize = ota.DefaultMaxFirmwareSize
+	}
+	if s.uploadStall <= 0 {
+		s.uploadStall = 2 * time.Minute
 	}
 	for _, c := range []prometheus.Collector{s.requests, s.latency} {
 		if err := cfg.Registry.Register(c); err != nil {
@@ -122,30 +130,30 @@ func (s *Server) routes() chi.Router {
 		r.Get("/openapi.json", s.openAPIJSON)
 		r.Get("/openapi.yaml", s.openAPIYAML)
 		r.Route("/products", func(r chi.Router) {
-			r.Post("/", s.productCreate)
-			r.Get("/", s.productList)
+			r.Post("/", s.handle(s.productCreate))
+			r.Get("/", s.handle(s.productList))
 			r.Route("/{pid}", func(r chi.Router) {
-				r.Get("/", s.productGet)
+				r.Get("/", s.handle(s.productGet))
 				r.Route("/devices", func(r chi.Router) {
-					r.Post("/", s.deviceCreate)
-					r.Get("/", s.deviceList)
-					r.Get("/{name}", s.deviceGet)
-					r.Patch("/{name}", s.deviceUpdate)
-					r.Delete("/{name}", s.deviceDelete)
-					r.Get("/{name}/events", s.deviceEvents)
+					r.Post("/", s.handle(s.deviceCreate))
+					r.Get("/", s.handle(s.deviceList))
+					r.Get("/{name}", s.handle(s.deviceGet))
+					r.Patch("/{name}", s.handle(s.deviceUpdate))
+					r.Delete("/{name}", s.handle(s.deviceDelete))
+					r.Get("/{name}/events", s.handle(s.deviceEvents))
 				})
 				r.Route("/jobs", func(r chi.Router) {
-					r.Post("/", s.jobCreate)
-					r.Get("/", s.jobList)
-					r.Get("/{id}", s.jobGet)
-					r.Get("/{id}/devices", s.jobDevices)
-					r.Post("/{id}/cancel", s.jobCancel)
+					r.Post("/", s.handle(s.jobCreate))
+					r.Get("/", s.handle(s.jobList))
+					r.Get("/{id}", s.handle(s.jobGet))
+					r.Get("/{id}/devices", s.handle(s.jobDevices))
+					r.Post("/{id}/cancel", s.handle(s.jobCancel))
 				})
 				r.Route("/firmware", func(r chi.Router) {
-					r.Post("/", s.firmwareCreate)
-					r.Get("/", s.firmwareList)
-					r.Get("/{version}", s.firmwareGet)
-					r.Delete("/{version}", s.firmwareDelete)
+					r.Post("/", s.handle(s.firmwareCreate))
+					r.Get("/", s.handle(s.firmwareList))
+					r.Get("/{version}", s.handle(s.firmwareGet))
+					r.Delete("/{version}", s.handle(s.firmwareDelete))
 				})
 			})
 		})

@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/otad/otad/internal/firmware"
 	"github.com/otad/otad/internal/firmware/firmwaretest"
 	"github.com/otad/otad/internal/ota"
@@ -317,5 +320,27 @@ func TestLocalRemovesStaleTemp(t *testing.T) {
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Errorf("fresh temporary file (an upload in progress) was removed: %v", err)
+	}
+}
+
+func TestS3AbortStaleUploads(t *testing.T) {
+	b := firmwaretest.S3(t, partSize)
+	s3b := b.Blobs.(*firmware.S3)
+	ctx := t.Context()
+	// What a process that died half way through an upload leaves behind.
+	if _, err := b.Client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.Bucket, Key: aws.String("P/orphan")}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s3b.AbortStaleUploads(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("AbortStaleUploads with a cut-off before the upload: %d, %v; want 0", n, err)
+	}
+	if left := b.Leftovers(t); !slices.Equal(left, []string{"upload:P/orphan"}) {
+		t.Fatalf("a recent upload was touched: %v", left)
+	}
+	if n, err := s3b.AbortStaleUploads(ctx, time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("AbortStaleUploads: %d, %v; want 1", n, err)
+	}
+	if left := b.Leftovers(t); len(left) != 0 {
+		t.Errorf("after AbortStaleUploads the bucket holds %v", left)
 	}
 }
