@@ -53,57 +53,59 @@ func ParseReport(productID, deviceName string, payload []byte, at time.Time) (Re
 	if !utf8.Valid(payload) {
 		return Report{}, Errorf(EINVALID, "report is not UTF-8 text")
 	}
+	// One pass decodes the envelope and the report object; the fields whose
+	// type varies between SDKs stay raw.
 	var env struct {
-		Type   *string         `json:"type"`
-		Report json.RawMessage `json:"report"`
+		Type   *string `json:"type"`
+		Report *struct {
+			Version  json.RawMessage `json:"version"`
+			Progress json.RawMessage `json:"progress"`
+		} `json:"report"`
 	}
 	if err := json.Unmarshal(payload, &env); err != nil {
-		return Report{}, Errorf(EINVALID, "report is not a JSON object")
+		return Report{}, Errorf(EINVALID, "report is not a JSON object of the protocol's shape")
 	}
 	if env.Type == nil {
 		return Report{}, Errorf(EINVALID, "report has no type")
 	}
 	r := Report{ProductID: productID, DeviceName: deviceName, Type: *env.Type, At: at}
-	if isNull(env.Report) {
-		return Report{}, Errorf(EINVALID, "report has no report object")
-	}
-	switch r.Type {
-	case EventReportVersion:
-		var body struct {
-			Version *string `json:"version"`
-		}
-		if err := json.Unmarshal(env.Report, &body); err != nil {
-			return Report{}, Errorf(EINVALID, "report_version: report is not an object with a version")
-		}
-		if body.Version == nil {
-			return Report{}, Errorf(EINVALID, "report_version: version is missing")
-		}
-		if err := ValidateVersion(*body.Version); err != nil {
-			return Report{}, Errorf(EINVALID, "report_version: %s", ErrorMessage(err))
-		}
-		r.Version = *body.Version
-	case EventReportProgress:
-		var body struct {
-			Version  *string         `json:"version"`
-			Progress json.RawMessage `json:"progress"`
-		}
-		if err := json.Unmarshal(env.Report, &body); err != nil {
-			return Report{}, Errorf(EINVALID, "report_progress: report is not an object with progress and version")
-		}
-		if body.Version == nil {
-			return Report{}, Errorf(EINVALID, "report_progress: version is missing")
-		}
-		if err := ValidateVersion(*body.Version); err != nil {
-			return Report{}, Errorf(EINVALID, "report_progress: %s", ErrorMessage(err))
-		}
-		r.Version = *body.Version
-		if err := parseProgress(body.Progress, &r); err != nil {
-			return Report{}, err
-		}
-	default:
+	if r.Type != EventReportVersion && r.Type != EventReportProgress {
 		return Report{}, Errorf(EINVALID, "unknown report type %q", truncate(r.Type, 32))
 	}
+	if env.Report == nil {
+		return Report{}, Errorf(EINVALID, "%s: report object is missing", r.Type)
+	}
+	v, ok := jsonString(env.Report.Version)
+	if !ok {
+		return Report{}, Errorf(EINVALID, "%s: version is missing or not a string", r.Type)
+	}
+	if err := ValidateVersion(v); err != nil {
+		return Report{}, Errorf(EINVALID, "%s: %s", r.Type, ErrorMessage(err))
+	}
+	r.Version = v
+	if r.Type == EventReportProgress {
+		if err := parseProgress(env.Report.Progress, &r); err != nil {
+			return Report{}, err
+		}
+	}
 	return r, nil
+}
+
+// jsonString decodes a JSON string, without the decoder when it holds no
+// escapes (the common case).
+func jsonString(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 && bytes.IndexByte(inner, '"') < 0 {
+		return string(inner), true
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", false
+	}
+	return s, true
 }
 
 func parseProgress(raw json.RawMessage, r *Report) error {
@@ -112,14 +114,14 @@ func parseProgress(raw json.RawMessage, r *Report) error {
 	}
 	// The public protocol page shows progress as a JSON-encoded string.
 	if raw[0] == '"' {
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
+		s, ok := jsonString(raw)
+		if !ok {
 			return Errorf(EINVALID, "report_progress: progress is not an object")
 		}
 		raw = json.RawMessage(s)
 	}
 	var p struct {
-		State      *string         `json:"state"`
+		State      json.RawMessage `json:"state"`
 		Percent    json.RawMessage `json:"percent"`
 		ResultCode json.RawMessage `json:"result_code"`
 		ResultMsg  json.RawMessage `json:"result_msg"`
@@ -127,14 +129,15 @@ func parseProgress(raw json.RawMessage, r *Report) error {
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return Errorf(EINVALID, "report_progress: progress is not an object")
 	}
-	if p.State == nil {
-		return Errorf(EINVALID, "report_progress: state is missing")
+	state, ok := jsonString(p.State)
+	if !ok {
+		return Errorf(EINVALID, "report_progress: state is missing or not a string")
 	}
-	switch *p.State {
+	switch state {
 	case ProgressDownloading, ProgressBurning, ProgressDone, ProgressFail:
-		r.State = *p.State
+		r.State = state
 	default:
-		return Errorf(EINVALID, "report_progress: unknown state %q", truncate(*p.State, 32))
+		return Errorf(EINVALID, "report_progress: unknown state %q", truncate(state, 32))
 	}
 	pct, ok, err := looseInt(p.Percent)
 	if err != nil {
@@ -165,8 +168,9 @@ func looseInt(raw json.RawMessage) (n int, ok bool, err error) {
 	}
 	s := string(raw)
 	if raw[0] == '"' {
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return 0, false, err
+		var ok bool
+		if s, ok = jsonString(raw); !ok {
+			return 0, false, strconv.ErrSyntax
 		}
 		s = strings.TrimSpace(s)
 		if s == "" {
@@ -195,7 +199,8 @@ func looseText(raw json.RawMessage) string {
 	}
 	var s string
 	if raw[0] == '"' {
-		if err := json.Unmarshal(raw, &s); err != nil {
+		var ok bool
+		if s, ok = jsonString(raw); !ok {
 			return ""
 		}
 	} else if raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9' {

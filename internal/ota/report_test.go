@@ -48,6 +48,8 @@ func TestParseReport(t *testing.T) {
 			want{typ: EventReportProgress, version: "1.0.1", state: "fail", code: intp(-5), msg: "abc"}, ""},
 		{"html kept", `{"type":"report_progress","report":{"progress":{"state":"fail","result_code":"-5","result_msg":"a&b<c>"},"version":"1.0.1"}}`,
 			want{typ: EventReportProgress, version: "1.0.1", state: "fail", code: intp(-5), msg: "a&b<c>"}, ""},
+		{"escapes decoded", `{"type":"report_progress","report":{"progress":{"state":"fail","result_code":"-5","result_msg":"say \"hi\"\u0021"},"version":"1.0\u002e1"}}`,
+			want{typ: EventReportProgress, version: "1.0.1", state: "fail", code: intp(-5), msg: `say "hi"!`}, ""},
 		{"extra fields ignored", `{"type":"report_version","report":{"version":"2.0","module":"mcu"},"id":7}`,
 			want{typ: EventReportVersion, version: "2.0"}, ""},
 
@@ -216,5 +218,16 @@ func TestTopics(t *testing.T) {
 	}
 	if got := UpdateTopic("ABCDEFGHIJ", "d-1"); got != "$ota/update/ABCDEFGHIJ/d-1" {
 		t.Fatal(got)
+	}
+}
+
+func BenchmarkParseReport(b *testing.B) {
+	p := []byte(`{"type": "report_progress", "report": {"progress": {"state": "downloading", "percent": "49", "result_code": "0", "result_msg": ""}, "version": "1.0.1"}}`)
+	at := time.Now()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseReport("ABCDEFGHIJ", "dev1", p, at); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
