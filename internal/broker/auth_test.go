@@ -262,3 +262,58 @@ func TestNotifierDisconnect(t *testing.T) {
 	// Disconnecting a device without a connection is harmless.
 	e.broker.Disconnect(d3.ProductID, "nobody")
 }
+
+// gatedStore holds DeviceGet until the test lets it go, to interleave a
+// Disconnect with a connection's authentication.
+type gatedStore struct {
+	ota.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gatedStore) DeviceGet(ctx context.Context, pid, name string) (*ota.Device, error) {
+	g.entered <- struct{}{}
+	<-g.release
+	return g.Store.DeviceGet(ctx, pid, name)
+}
+
+// A device disabled while its connection is being authenticated (the
+// lookup saw it enabled) is disconnected as soon as its session exists.
+func TestDisconnectDuringAuthentication(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	d := e.device("racer")
+	g := &gatedStore{Store: e.store, entered: make(chan struct{}), release: make(chan struct{})}
+	e.broker.store = g
+
+	user, pass := d.creds(t)
+	type result struct {
+		c    *v3
+		code byte
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, code, err := e.connect3(4, d.clientID, user, pass)
+		done <- result{c, code, err}
+	}()
+	select {
+	case <-g.entered:
+	case <-time.After(deadline):
+		t.Fatal("authentication did not reach the store")
+	}
+	e.broker.Disconnect(d.ProductID, d.Name) // the API disabled the device
+	close(g.release)
+	r := <-done
+	if r.err == nil {
+		r.c.waitLost(t)
+	} else if r.code != 5 && r.code != 0 {
+		t.Fatalf("connect: code %d, %v", r.code, r.err)
+	}
+	eventually(t, "revocation counted", func() bool {
+		return counter(e.broker.metrics.refused.WithLabelValues("revoked")) == 1
+	})
+	// A later connection, after the revocation, is not affected by it.
+	e.broker.store = g.Store
+	c := e.mustConnect3(d)
+	c.publish1(t, d.reportTopic(), `{"type":"report_version","report":{"version":"1.0"}}`)
+}
