@@ -32,7 +32,10 @@ type Options struct {
 	// plain listener.
 	Addr string
 	// TLSAddr is the MQTT-over-TLS listen address (OTAD_MQTT_TLS_ADDR), e.g.
-	// ":8883". It needs TLSConfig. Empty disables TLS.
+	// ":8883". It needs TLSConfig. Empty disables TLS. When TLSConfig has
+	// ClientCAs and ClientAuth VerifyClientCertIfGiven (or stricter), a
+	// device may authenticate with a certificate from those CAs whose
+	// CommonName is its client ID, instead of the signed password.
 	TLSAddr   string
 	TLSConfig *tls.Config
 

@@ -3,6 +3,8 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"time"
@@ -61,44 +63,82 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	dc.connectRead.Store(true)
 	seq := h.b.seq.Add(1)
 	now := h.b.opts.Now()
-	login := ota.DeviceLogin{
-		ClientID: pk.Connect.ClientIdentifier,
-		Username: string(pk.Connect.Username),
-		Password: string(pk.Connect.Password),
+	clientID := pk.Connect.ClientIdentifier
+	var pid, name, method string
+	var check func(*ota.Device) error
+	if cert := verifiedClientCert(dc); cert != nil {
+		// A certificate from the client CA names its device in the
+		// CommonName and stands in for the signed password.
+		method = "certificate"
+		if cert.Subject.CommonName != clientID {
+			return h.refuse(cl, ota.AuthClientIDMismatch, "", "",
+				ota.Errorf(ota.EUNAUTHORIZED, "client certificate is for %q", clip(cert.Subject.CommonName)))
+		}
+		var err error
+		if pid, name, err = ota.SplitClientID(clientID); err != nil {
+			return h.refuse(cl, ota.AuthBadUsername, "", "", err)
+		}
+		check = func(d *ota.Device) error {
+			if d.Disabled {
+				return &ota.Error{Code: ota.EUNAUTHORIZED, Message: "device is disabled", Detail: ota.AuthDisabled}
+			}
+			return nil
+		}
+	} else {
+		method = "password"
+		login := ota.DeviceLogin{ClientID: clientID, Username: string(pk.Connect.Username), Password: string(pk.Connect.Password)}
+		u, err := login.Parse(now)
+		if err != nil {
+			return h.refuse(cl, ota.AuthReason(err), "", "", err)
+		}
+		pid, name = u.ProductID, u.DeviceName
+		check = func(d *ota.Device) error { return login.Check(d, now) }
 	}
-	u, err := login.Parse(now)
-	if err != nil {
-		return h.refuse(cl, ota.AuthReason(err), "", "", err)
-	}
-	reportTopic := ota.ReportTopic(u.ProductID, u.DeviceName)
+	reportTopic := ota.ReportTopic(pid, name)
 	if pk.Connect.WillFlag && pk.Connect.WillTopic != reportTopic {
-		return h.refuse(cl, "will_topic", u.ProductID, u.DeviceName,
+		return h.refuse(cl, "will_topic", pid, name,
 			ota.Errorf(ota.EFORBIDDEN, "will topic %q is not the device's report topic", clip(pk.Connect.WillTopic)))
 	}
 	ctx, cancel := context.WithTimeout(h.b.ctx, authTimeout)
-	d, err := h.b.store.DeviceGet(ctx, u.ProductID, u.DeviceName)
+	d, err := h.b.store.DeviceGet(ctx, pid, name)
 	cancel()
 	if ota.IsCode(err, ota.ENOTFOUND) {
-		return h.refuse(cl, ota.AuthUnknownDevice, u.ProductID, u.DeviceName, err)
+		return h.refuse(cl, ota.AuthUnknownDevice, pid, name, err)
 	}
 	if err != nil {
-		h.b.log.Error("device lookup failed", "product_id", u.ProductID, "device", u.DeviceName, "error", err)
-		return h.refuse(cl, "store_error", u.ProductID, u.DeviceName, err)
+		h.b.log.Error("device lookup failed", "product_id", pid, "device", name, "error", err)
+		return h.refuse(cl, "store_error", pid, name, err)
 	}
-	if err := login.Check(d, now); err != nil {
-		return h.refuse(cl, ota.AuthReason(err), u.ProductID, u.DeviceName, err)
+	if err := check(d); err != nil {
+		return h.refuse(cl, ota.AuthReason(err), pid, name, err)
 	}
+	h.b.metrics.logins.WithLabelValues(method).Inc()
 	// A delayed Will would be sent from mochi's event loop, where the
 	// store must not be waited on: send it when the connection ends.
 	cl.Properties.Will.WillDelayInterval = 0
 	dc.sess.Store(&session{
-		productID:   u.ProductID,
-		deviceName:  u.DeviceName,
+		productID:   pid,
+		deviceName:  name,
 		reportTopic: reportTopic,
-		updateTopic: ota.UpdateTopic(u.ProductID, u.DeviceName),
+		updateTopic: ota.UpdateTopic(pid, name),
 		authSeq:     seq,
 	})
 	return nil
+}
+
+// verifiedClientCert returns the client certificate of a TLS connection
+// when the listener verified it against its client CAs (TLSConfig.ClientCAs
+// with ClientAuth VerifyClientCertIfGiven or stricter), or nil.
+func verifiedClientCert(dc *deviceConn) *x509.Certificate {
+	tc, ok := dc.Conn.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	cs := tc.ConnectionState()
+	if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
+		return nil
+	}
+	return cs.PeerCertificates[0]
 }
 
 // refuse answers a CONNECT with a refusal and ends the connection.

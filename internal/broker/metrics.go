@@ -8,6 +8,7 @@ import (
 )
 
 type metrics struct {
+	logins           *prometheus.CounterVec
 	refused          *prometheus.CounterVec
 	aclDenied        *prometheus.CounterVec
 	reports          *prometheus.CounterVec
@@ -23,6 +24,10 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
 	m := &metrics{
+		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "otad_mqtt_logins_total",
+			Help: "Devices authenticated, by method (password, certificate).",
+		}, []string{"method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otad_mqtt_connections_refused_total",
 			Help: "MQTT connections refused, by reason.",
@@ -83,7 +88,7 @@ func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
 		return float64(atomic.LoadInt64(&b.server.Info.ClientsConnected))
 	})
 	var errs []error
-	for _, c := range []prometheus.Collector{m.refused, m.aclDenied, m.reports, m.dropped, m.downlinks,
+	for _, c := range []prometheus.Collector{m.logins, m.refused, m.aclDenied, m.reports, m.dropped, m.downlinks,
 		m.downlinksDropped, m.connectTimeouts, m.batchSize, m.commitSeconds, m.presencePending, m.presenceErrors, clients} {
 		errs = append(errs, reg.Register(c))
 	}

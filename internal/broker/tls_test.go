@@ -217,3 +217,117 @@ func TestBrokerChildProcess(t *testing.T) {
 	}
 	b.Close()
 }
+
+// testCA issues certificates for tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "otad test device CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{cert: cert, key: key, pool: pool}
+}
+
+// issue returns a client certificate with the given CommonName.
+func (ca *testCA) issue(t testing.TB, cn string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// A device may authenticate with a client certificate from the configured
+// CA whose CommonName is its client ID; the signed password still works.
+func TestClientCertificateAuth(t *testing.T) {
+	serverCert, serverPool := selfSigned(t)
+	ca, rogue := newTestCA(t), newTestCA(t)
+	e := newEnv(t, "sqlite", func(o *Options) {
+		o.TLSAddr = "127.0.0.1:0"
+		o.TLSConfig = &tls.Config{Certificates: []tls.Certificate{serverCert}, MinVersion: tls.VersionTLS12,
+			ClientCAs: ca.pool, ClientAuth: tls.VerifyClientCertIfGiven}
+	})
+	d, other, disabled := e.device("certdev"), e.device("other"), e.device("off")
+	if err := e.store.DeviceSetDisabled(context.Background(), disabled.ProductID, disabled.Name, true); err != nil {
+		t.Fatal(err)
+	}
+	withCert := func(cert *tls.Certificate) func(*paho.ClientOptions) {
+		return func(o *paho.ClientOptions) {
+			o.Servers = nil
+			o.AddBroker("ssl://" + e.broker.TLSAddr())
+			cfg := &tls.Config{RootCAs: serverPool}
+			if cert != nil {
+				cfg.Certificates = []tls.Certificate{*cert}
+			}
+			o.SetTLSConfig(cfg)
+		}
+	}
+
+	good := ca.issue(t, d.clientID)
+	c, code, err := e.connect3(4, d.clientID, "", "", withCert(&good))
+	if err != nil {
+		t.Fatalf("certificate login refused: %d %v", code, err)
+	}
+	c.mustSubscribe(t, d.updateTopic(), 1)
+	c.publish1(t, d.reportTopic(), `{"type":"report_version","report":{"version":"7.0.0"}}`)
+	if v := e.get(d).Version; v != "7.0.0" {
+		t.Fatalf("version %q", v)
+	}
+	if n := counter(e.broker.metrics.logins.WithLabelValues("certificate")); n != 1 {
+		t.Fatalf("certificate logins %v", n)
+	}
+	c.Disconnect(0)
+
+	// Another device's certificate does not open this client ID.
+	if _, code, err := e.connect3(4, other.clientID, "", "", withCert(&good)); err == nil || code != 5 {
+		t.Fatalf("certificate for another client id: %d %v", code, err)
+	}
+	// A disabled device's certificate is refused.
+	off := ca.issue(t, disabled.clientID)
+	if _, code, err := e.connect3(4, disabled.clientID, "", "", withCert(&off)); err == nil || code != 5 {
+		t.Fatalf("disabled device's certificate: %d %v", code, err)
+	}
+	// A certificate from another CA fails the TLS handshake.
+	forged := rogue.issue(t, d.clientID)
+	if _, _, err := e.connect3(4, d.clientID, "", "", withCert(&forged)); err == nil {
+		t.Fatal("certificate from an unknown CA accepted")
+	}
+	// Without a certificate the signed password works, and is required.
+	user, pass := d.creds(t)
+	c2, code, err := e.connect3(4, d.clientID, user, pass, withCert(nil))
+	if err != nil {
+		t.Fatalf("password login over TLS: %d %v", code, err)
+	}
+	c2.Disconnect(0)
+	if _, code, err := e.connect3(4, d.clientID, "", "", withCert(nil)); err == nil || code != 5 {
+		t.Fatalf("no certificate, no password: %d %v", code, err)
+	}
+}
