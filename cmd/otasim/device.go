@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,21 +23,43 @@ type identity struct {
 	ProductID string
 	Name      string
 	Secret    string
+	Behaviour *behaviour // from the CSV's fourth column; nil: from -behaviour
 }
 
 // device is one simulated device. It behaves as the Tencent device SDKs do:
 // connect with signed credentials, subscribe to its update topic, report
 // its version, and (with upgrades enabled) act on update_firmware: download
-// with progress reports, check the MD5, and report done or a failure code.
+// with progress reports, check the MD5, and report done or a failure code,
+// or misbehave as its behaviour says.
 type device struct {
-	id      identity
-	sim     *simulator
-	conn    *mqttConn
-	mu      sync.Mutex
-	version string // the installed firmware
+	id     identity
+	sim    *simulator
+	ctx    context.Context // the run's
+	behave behaviour
+
+	mu           sync.Mutex
+	conn         *mqttConn
+	version      string    // the installed firmware
+	stopping     bool      // the run closes the connection on purpose
+	offlineUntil time.Time // an offline device stays away until then
+	dialMu       sync.Mutex
 
 	upgrading atomic.Bool
 	rsp       chan string // versions answered by report_version_rsp
+
+	// What this device saw and did, for -per-device.
+	updates     atomic.Int64 // update_firmware received
+	attempts    atomic.Int64 // upgrades started
+	done        atomic.Int64 // upgrades reported done
+	failed      atomic.Int64 // upgrades reported failed
+	reconnects  atomic.Int64
+	resumedFrom atomic.Int64 // the last Range start of a resumed download
+}
+
+func newDevice(ctx context.Context, s *simulator, id identity, b behaviour) *device {
+	d := &device{id: id, sim: s, ctx: ctx, behave: b, rsp: make(chan string, 1)}
+	d.setVersion(s.cfg.version)
+	return d
 }
 
 func (d *device) getVersion() string {
@@ -51,12 +74,35 @@ func (d *device) setVersion(v string) {
 	d.mu.Unlock()
 }
 
+func (d *device) getConn() *mqttConn {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.conn
+}
+
+// online reports whether the device has a live connection.
+func (d *device) online() bool {
+	c := d.getConn()
+	return c != nil && !isClosed(c.done)
+}
+
+// stop closes the connection for good, at the end of the run.
+func (d *device) stop() {
+	d.mu.Lock()
+	d.stopping = true
+	c := d.conn
+	d.mu.Unlock()
+	if c != nil {
+		c.close()
+	}
+}
+
 func (d *device) clientID() string    { return ota.ClientID(d.id.ProductID, d.id.Name) }
 func (d *device) reportTopic() string { return ota.ReportTopic(d.id.ProductID, d.id.Name) }
 func (d *device) updateTopic() string { return ota.UpdateTopic(d.id.ProductID, d.id.Name) }
 
 // connect signs fresh credentials (connID random, expiry an hour out, in
-// milliseconds as the Java SDK does) and connects.
+// milliseconds as the Java SDK does), connects and subscribes.
 func (d *device) connect(ctx context.Context) error {
 	user := fmt.Sprintf("%s;21010406;%05d;%d", d.clientID(), time.Now().UnixNano()%100000, time.Now().Add(time.Hour).UnixMilli())
 	pass, err := ota.SignDeviceUsername(d.id.Secret, user, ota.SignHMACSHA256)
@@ -67,7 +113,10 @@ func (d *device) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
 	d.conn = c
+	d.mu.Unlock()
+	go d.listen(c)
 	code, err := c.subscribe(ctx, d.updateTopic(), 1)
 	if err != nil {
 		return fmt.Errorf("subscribe: %w", err)
@@ -75,14 +124,79 @@ func (d *device) connect(ctx context.Context) error {
 	if code > 2 {
 		return fmt.Errorf("subscribe refused: %#x", code)
 	}
-	d.rsp = make(chan string, 1)
-	go d.listen()
 	return nil
 }
 
+// redial connects again and reports the version, as a device does after
+// it lost its connection; it does nothing if the device is online.
+func (d *device) redial(ctx context.Context) error {
+	d.dialMu.Lock()
+	defer d.dialMu.Unlock()
+	if d.online() {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, d.sim.cfg.connectTimeout)
+	defer cancel()
+	err := d.connect(cctx)
+	if err == nil {
+		err = d.reportVersion(cctx)
+	}
+	if err != nil {
+		if c := d.getConn(); c != nil {
+			c.drop()
+		}
+		return err
+	}
+	d.reconnects.Add(1)
+	d.sim.count(&d.sim.stats.Reconnects)
+	return nil
+}
+
+// supervise reconnects the device whenever its connection ends and the run
+// did not end it (-reconnect): otad restarted, or the device went offline.
+func (d *device) supervise() {
+	backoff := 200 * time.Millisecond
+	for {
+		c := d.getConn()
+		select {
+		case <-c.done:
+		case <-d.ctx.Done():
+			return
+		}
+		for {
+			d.mu.Lock()
+			stopping, wait := d.stopping, time.Until(d.offlineUntil)
+			d.mu.Unlock()
+			if stopping {
+				return
+			}
+			if !sleepCtx(d.ctx, max(wait, backoff)) {
+				return
+			}
+			if err := d.redial(d.ctx); err == nil {
+				backoff = 200 * time.Millisecond
+				break
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
+	}
+}
+
+// sleepCtx waits for d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // listen handles messages from otad until the connection ends.
-func (d *device) listen() {
-	for pk := range d.conn.incoming {
+func (d *device) listen(c *mqttConn) {
+	for pk := range c.incoming {
 		var msg struct {
 			Type       string          `json:"type"`
 			Version    string          `json:"version"`
@@ -107,6 +221,7 @@ func (d *device) listen() {
 			}
 		case ota.TypeUpdateFirmware:
 			d.sim.count(&d.sim.stats.Updates)
+			d.updates.Add(1)
 			// Like the SDKs: one upgrade at a time; orders that arrive
 			// meanwhile are ignored.
 			if d.sim.cfg.upgrade && d.upgrading.CompareAndSwap(false, true) {
@@ -126,7 +241,7 @@ func (d *device) listen() {
 func (d *device) reportVersion(ctx context.Context) error {
 	version := d.getVersion()
 	payload := fmt.Sprintf(`{"type": "report_version", "report": {"version": "%s"}}`, version)
-	if err := d.conn.publish(ctx, d.reportTopic(), 1, []byte(payload)); err != nil {
+	if err := d.getConn().publish(ctx, d.reportTopic(), 1, []byte(payload)); err != nil {
 		return err
 	}
 	if !d.sim.cfg.expectRsp {
@@ -155,17 +270,31 @@ func (d *device) reportProgress(ctx context.Context, version, state string, perc
 	}
 	payload := fmt.Sprintf(`{"type": "report_progress", "report": {"progress": {"state": "%s", %s"result_code": "%d", "result_msg": "%s"}, "version": "%s"}}`,
 		state, pct, code, msg, version)
-	return d.conn.publish(ctx, d.reportTopic(), qos, []byte(payload))
+	return d.getConn().publish(ctx, d.reportTopic(), qos, []byte(payload))
 }
 
-// upgrade downloads the firmware, reporting progress, and installs it.
-// Failure codes follow PROTOCOL.md: -1 timeout, -2 not found, -3 signature
-// expired, -4 MD5 mismatch, -5 anything else.
+// upgrade downloads the firmware, reporting progress, and installs it, or
+// misbehaves as the device's behaviour says. Failure codes follow
+// PROTOCOL.md: -1 timeout, -2 not found, -3 signature expired, -4 MD5
+// mismatch, -5 anything else.
 func (d *device) upgrade(version, url, md5sum, size string) {
-	ctx, cancel := context.WithTimeout(context.Background(), d.sim.cfg.upgradeTimeout)
+	ctx, cancel := context.WithTimeout(d.ctx, d.sim.cfg.upgradeTimeout)
 	defer cancel()
+	attempt := d.attempts.Add(1)
+	s := d.sim
+	s.upgradeStarted()
+	ended := false
+	end := func() { // the device stops upgrading, before its last report
+		if !ended {
+			ended = true
+			s.stats.Upgrading.Add(-1)
+		}
+	}
+	defer end()
 	fail := func(code int, msg string) {
-		d.sim.count(&d.sim.stats.UpgradesFailed)
+		end()
+		s.count(&s.stats.UpgradesFailed)
+		d.failed.Add(1)
 		_ = d.reportProgress(ctx, version, ota.ProgressFail, 0, code, msg)
 	}
 	total, err := strconv.ParseInt(size, 10, 64)
@@ -173,46 +302,42 @@ func (d *device) upgrade(version, url, md5sum, size string) {
 		fail(-5, "bad file_size")
 		return
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		fail(-5, "bad url")
-		return
-	}
-	resp, err := d.sim.http.Do(req)
-	if err != nil {
-		fail(-1, "time_out")
-		return
-	}
-	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusNotFound:
-		fail(-2, "not found")
-		return
-	case http.StatusForbidden:
-		fail(-3, "forbidden")
-		return
-	default:
-		fail(-5, resp.Status)
-		return
-	}
 	h := md5.New()
 	var got int64
-	buf := make([]byte, 32<<10)
 	next := 0
-	for {
-		n, rerr := resp.Body.Read(buf)
-		h.Write(buf[:n])
-		got += int64(n)
+	progress := func() {
 		if pct := int(got * 100 / total); pct >= next && pct <= 100 {
 			_ = d.reportProgress(ctx, version, ota.ProgressDownloading, pct, 0, "")
 			next = pct/25*25 + 25
 		}
-		if rerr == io.EOF {
+	}
+	// The download, in one or (offline) two requests.
+	limit := total
+	switch d.behave.kind {
+	case behaveOffline, behaveStall:
+		limit = total / 2
+	}
+	for got < total {
+		code, msg := d.download(ctx, url, got, limit, h, &got, progress)
+		if code != 0 {
+			fail(code, msg)
+			return
+		}
+		if got >= total {
 			break
 		}
-		if rerr != nil {
-			fail(-1, "time_out")
+		switch d.behave.kind {
+		case behaveStall:
+			<-ctx.Done() // never read the rest, never report
+			return
+		case behaveOffline:
+			if !d.dropOffline(ctx) {
+				return
+			}
+			d.resumedFrom.Store(got)
+			limit = total
+		default:
+			fail(-4, "short download")
 			return
 		}
 	}
@@ -220,13 +345,106 @@ func (d *device) upgrade(version, url, md5sum, size string) {
 		fail(-4, "md5 mismatch")
 		return
 	}
+	switch {
+	case d.behave.kind == behaveFail, d.behave.kind == behaveFlaky && attempt == 1:
+		fail(d.behave.code, "simulated failure")
+		return
+	case d.behave.kind == behaveTimeout:
+		return // silent from here on: otad times the attempt out
+	}
 	if err := d.reportProgress(ctx, version, ota.ProgressBurning, 0, 0, ""); err != nil {
 		return
 	}
+	end()
 	if err := d.reportProgress(ctx, version, ota.ProgressDone, 100, 0, ""); err != nil {
 		return
 	}
-	d.setVersion(version)
-	d.sim.count(&d.sim.stats.UpgradesDone)
+	d.done.Add(1)
+	s.count(&s.stats.UpgradesDone)
+	if d.behave.kind != behaveRollback {
+		d.setVersion(version)
+	}
+	// A rolled-back device boots its old image and reports that version.
 	_ = d.reportVersion(ctx)
+}
+
+// download reads the firmware from byte from up to byte limit into h,
+// at the simulator's download rate, counting into got. It returns a
+// failure code and message, or 0.
+func (d *device) download(ctx context.Context, url string, from, limit int64, h io.Writer, got *int64, progress func()) (int, string) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return -5, "bad url"
+	}
+	want := http.StatusOK
+	if from > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", from))
+		want = http.StatusPartialContent
+	}
+	resp, err := d.sim.http.Do(req)
+	if err != nil {
+		return -1, "time_out"
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case want:
+	case http.StatusNotFound:
+		return -2, "not found"
+	case http.StatusForbidden:
+		return -3, "forbidden"
+	default:
+		return -5, resp.Status
+	}
+	if from > 0 && !strings.HasPrefix(resp.Header.Get("Content-Range"), fmt.Sprintf("bytes %d-", from)) {
+		return -5, "bad content-range"
+	}
+	rate := d.sim.cfg.downloadRate
+	bufSize := int64(32 << 10)
+	if rate > 0 {
+		bufSize = min(bufSize, max(rate/10, 512))
+	}
+	buf := make([]byte, bufSize)
+	start, startGot := time.Now(), *got
+	for *got < limit {
+		n, rerr := resp.Body.Read(buf[:min(int64(len(buf)), limit-*got)])
+		h.Write(buf[:n])
+		*got += int64(n)
+		progress()
+		if rate > 0 {
+			// The device reads no faster than its link.
+			due := time.Duration(float64(*got-startGot) / float64(rate) * float64(time.Second))
+			if !sleepCtx(ctx, due-time.Since(start)) {
+				return -1, "time_out"
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return -1, "time_out"
+		}
+	}
+	return 0, ""
+}
+
+// dropOffline loses the connection (no DISCONNECT, as a device losing its
+// network), stays away for -offline-for, and comes back: connect and
+// report the version. It reports whether the device is back.
+func (d *device) dropOffline(ctx context.Context) bool {
+	d.mu.Lock()
+	d.offlineUntil = time.Now().Add(d.sim.cfg.offlineFor)
+	c := d.conn
+	d.mu.Unlock()
+	c.drop()
+	if !sleepCtx(ctx, d.sim.cfg.offlineFor) {
+		return false
+	}
+	for {
+		if err := d.redial(ctx); err == nil {
+			return true
+		}
+		if !sleepCtx(ctx, 500*time.Millisecond) {
+			return false
+		}
+	}
 }

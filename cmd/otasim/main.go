@@ -2,13 +2,18 @@
 // broker, for comparison): N devices with real credentials connect as the
 // Tencent device SDKs do, report their version, send QoS 1 reports, hold
 // their connections idle, and (with -upgrade) carry out update_firmware
-// orders. It prints one JSON line per phase on stdout.
+// orders, or misbehave as told (-behaviour: fail with a code, fail once
+// then succeed, time out, stall, drop offline mid-download and resume, roll
+// back). It prints one JSON line per phase on stdout.
 //
+//	otasim provision -token $TOKEN -product SIM0000001 -n 100 -out devices.csv
+//	otasim -devices devices.csv -upgrade -hold 10m -behaviour "fail:-4=10%,offline=5%"
 //	otasim -devices devices.csv -n 10000 -hold 60s
 //	otasim -devices devices.csv -n 1000 -reports 50
 //
 // devices.csv holds "product_id,device_name,secret" lines (a header line
-// is skipped). It targets loopback addresses only unless -allow-remote.
+// is skipped), with an optional fourth column naming a device's behaviour.
+// It targets loopback addresses only unless -allow-remote.
 package main
 
 import (
@@ -61,6 +66,11 @@ type config struct {
 	upgradeTimeout time.Duration
 	timeout        time.Duration
 	allowRemote    bool
+	behaviours     behaviourMix
+	reconnect      bool
+	downloadRate   int64
+	offlineFor     time.Duration
+	perDevice      bool
 }
 
 func parseFlags(args []string) (config, error) {
@@ -80,8 +90,21 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", 5*time.Minute, "time limit of one upgrade")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Minute, "time limit of the whole run")
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow a broker address that is not loopback")
+	mix := fs.String("behaviour", "", "shares of devices that misbehave on update_firmware, e.g. \"fail:-4=10%,flaky=5%,timeout=5%,stall=1%,offline=5%,rollback=2%\"; "+
+		"the rest succeed; laid out in order over the devices of the file, so a run is reproducible; a fourth CSV column overrides it per device")
+	fs.BoolVar(&c.reconnect, "reconnect", false, "reconnect (and report the version) when the broker drops the connection, e.g. when otad restarts")
+	fs.Int64Var(&c.downloadRate, "download-rate", 0, "bytes per second each device downloads at (0: as fast as it can)")
+	fs.DurationVar(&c.offlineFor, "offline-for", 2*time.Second, "how long an offline device stays away before it reconnects and resumes")
+	fs.BoolVar(&c.perDevice, "per-device", false, "at the end, print one line per device: behaviour, version, updates received, attempts, reconnects")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	var err error
+	if c.behaviours, err = parseBehaviourMix(*mix); err != nil {
+		return c, err
+	}
+	if c.downloadRate < 0 || c.offlineFor < 0 {
+		return c, errors.New("-download-rate and -offline-for must not be negative")
 	}
 	if c.devicesFile == "" {
 		return c, errors.New("-devices is required")
@@ -90,7 +113,7 @@ func parseFlags(args []string) (config, error) {
 	if err != nil {
 		return c, fmt.Errorf("-broker: %w", err)
 	}
-	if ip := net.ParseIP(host); !c.allowRemote && (ip == nil || !ip.IsLoopback()) && host != "localhost" {
+	if !c.allowRemote && !isLoopback(host) {
 		return c, fmt.Errorf("-broker %s is not a loopback address (use -allow-remote)", c.broker)
 	}
 	if c.n < 0 || c.n > maxDevices || c.connectRate <= 0 || c.reports < 0 {
@@ -109,6 +132,26 @@ type stats struct {
 	UpgradesDone   atomic.Int64 `json:"-"`
 	UpgradesFailed atomic.Int64 `json:"-"`
 	BadMessages    atomic.Int64 `json:"-"`
+	Reconnects     atomic.Int64 `json:"-"`
+	Upgrading      atomic.Int64 `json:"-"` // devices between update_firmware and their last report
+	MaxUpgrading   atomic.Int64 `json:"-"` // the most at once
+}
+
+// isLoopback reports whether host is a loopback address or localhost.
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
+}
+
+// upgradeStarted counts a device that starts upgrading.
+func (s *simulator) upgradeStarted() {
+	n := s.stats.Upgrading.Add(1)
+	for {
+		m := s.stats.MaxUpgrading.Load()
+		if n <= m || s.stats.MaxUpgrading.CompareAndSwap(m, n) {
+			return
+		}
+	}
 }
 
 type simulator struct {
@@ -132,6 +175,9 @@ func (s *simulator) fail(err error) {
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) > 0 && args[0] == "provision" {
+		return provision(ctx, args[1:], stdout)
+	}
 	cfg, err := parseFlags(args)
 	if err != nil {
 		return err
@@ -168,8 +214,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if ctx.Err() != nil {
 			break
 		}
-		d := &device{id: id, sim: s}
-		d.setVersion(cfg.version)
+		b := cfg.behaviours.of(i, len(ids))
+		if id.Behaviour != nil {
+			b = *id.Behaviour
+		}
+		d := newDevice(ctx, s, id, b)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -182,13 +231,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			if err != nil {
 				s.count(&s.stats.ConnectFailed)
 				s.fail(err)
-				if d.conn != nil {
-					d.conn.close()
+				if c := d.getConn(); c != nil {
+					c.close()
 				}
 				return
 			}
 			s.count(&s.stats.Connected)
 			devices[i] = d
+			if cfg.reconnect {
+				go d.supervise()
+			}
 		}()
 	}
 	wg.Wait()
@@ -214,7 +266,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 						i*100/cfg.reports, cfg.version)
 					rctx, cancel := context.WithTimeout(ctx, cfg.connectTimeout)
 					t0 := time.Now()
-					err := d.conn.publish(rctx, d.reportTopic(), 1, []byte(payload))
+					err := d.getConn().publish(rctx, d.reportTopic(), 1, []byte(payload))
 					cancel()
 					if err != nil {
 						s.count(&s.stats.ReportsFailed)
@@ -247,11 +299,21 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	stillConnected := liveCount(live)
 	for _, d := range live {
-		d.conn.close()
+		d.stop()
+	}
+	if cfg.perDevice {
+		for _, d := range live {
+			out.Encode(map[string]any{
+				"phase": "device", "device": d.id.Name, "behaviour": d.behave.String(), "version": d.getVersion(),
+				"updates": d.updates.Load(), "attempts": d.attempts.Load(), "upgrades_done": d.done.Load(),
+				"upgrades_failed": d.failed.Load(), "reconnects": d.reconnects.Load(), "resumed_from": d.resumedFrom.Load(),
+			})
+		}
 	}
 	out.Encode(map[string]any{
 		"phase": "done", "still_connected_at_end": stillConnected, "updates": s.stats.Updates.Load(),
 		"upgrades_done": s.stats.UpgradesDone.Load(), "upgrades_failed": s.stats.UpgradesFailed.Load(),
+		"reconnects": s.stats.Reconnects.Load(), "max_upgrading_at_once": s.stats.MaxUpgrading.Load(),
 		"bad_messages": s.stats.BadMessages.Load(), "errors": s.errors(),
 	})
 	if s.stats.BadMessages.Load() > 0 {
@@ -275,7 +337,9 @@ func (s *simulator) holdAll(ctx context.Context, live []*device, d time.Duration
 			return
 		case <-ping.C:
 			for _, dv := range live {
-				_ = dv.conn.ping()
+				if c := dv.getConn(); c != nil {
+					_ = c.ping()
+				}
 			}
 		}
 	}
@@ -284,7 +348,7 @@ func (s *simulator) holdAll(ctx context.Context, live []*device, d time.Duration
 func liveCount(live []*device) int {
 	n := 0
 	for _, d := range live {
-		if !isClosed(d.conn.done) {
+		if d.online() {
 			n++
 		}
 	}
@@ -308,7 +372,8 @@ func pct(sorted []time.Duration, p int) time.Duration {
 func ms(d time.Duration) float64 { return round(float64(d) / float64(time.Millisecond)) }
 func round(f float64) float64    { return float64(int64(f*100+0.5)) / 100 }
 
-// readDevices reads product_id,device_name,secret lines.
+// readDevices reads product_id,device_name,secret lines, with an optional
+// fourth column naming the device's behaviour.
 func readDevices(path string) ([]identity, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -316,7 +381,7 @@ func readDevices(path string) ([]identity, error) {
 	}
 	defer f.Close()
 	r := csv.NewReader(bufio.NewReader(f))
-	r.FieldsPerRecord = 3
+	r.FieldsPerRecord = -1
 	var ids []identity
 	for line := 1; ; line++ {
 		rec, err := r.Read()
@@ -329,7 +394,17 @@ func readDevices(path string) ([]identity, error) {
 		if line == 1 && rec[0] == "product_id" {
 			continue
 		}
+		if len(rec) != 3 && len(rec) != 4 {
+			return nil, fmt.Errorf("%s:%d: want product_id,device_name,secret[,behaviour]", path, line)
+		}
 		id := identity{ProductID: rec[0], Name: rec[1], Secret: rec[2]}
+		if len(rec) == 4 && rec[3] != "" {
+			b, err := parseBehaviour(rec[3])
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+			}
+			id.Behaviour = &b
+		}
 		if err := ota.ValidateProductID(id.ProductID); err != nil {
 			return nil, fmt.Errorf("%s:%d: %s", path, line, ota.ErrorMessage(err))
 		}

@@ -300,3 +300,10 @@ func (c *mqttConn) close() {
 	c.conn.Close()
 	<-c.done
 }
+
+// drop closes the connection without DISCONNECT, as a device that loses
+// its network does.
+func (c *mqttConn) drop() {
+	c.conn.Close()
+	<-c.done
+}
