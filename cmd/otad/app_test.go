@@ -26,6 +26,16 @@ type testApp struct {
 	*app
 	t      *testing.T
 	stdout *bytes.Buffer
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// stop closes the app once, as its cleanup does; a test that restarts
+// otad stops it first.
+func (a *testApp) stop() error {
+	a.closeOnce.Do(func() { a.closeErr = a.Close(context.Background()) })
+	return a.closeErr
 }
 
 // startApp starts otad on the given engine with extra environment; before
@@ -39,7 +49,7 @@ func startApp(t *testing.T, engine string, env map[string]string, before ...func
 		"OTAD_API_TOKEN": testToken,
 		"OTAD_LOG_LEVEL": "warn",
 	}
-	if engine == "postgres" {
+	if engine == "postgres" && env["OTAD_DATABASE_URL"] == "" {
 		vars["OTAD_DATABASE_URL"] = testdb.PostgresURL(t)
 	}
 	for k, v := range env {
@@ -61,12 +71,13 @@ func startApp(t *testing.T, engine string, env map[string]string, before ...func
 		a.Close(context.Background())
 		t.Fatal(err)
 	}
+	ta := &testApp{app: a, t: t, stdout: out}
 	t.Cleanup(func() {
-		if err := a.Close(context.Background()); err != nil {
+		if err := ta.stop(); err != nil {
 			t.Errorf("close: %v", err)
 		}
 	})
-	return &testApp{app: a, t: t, stdout: out}
+	return ta
 }
 
 type testWriter struct{ t *testing.T }
