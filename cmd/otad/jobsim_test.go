@@ -231,7 +231,9 @@ func (a *testApp) createJob(t *testing.T, pid string, body map[string]any) jobJS
 	return j
 }
 
-func inFlight(j jobJSON) int { return j.Counts["notified"] + j.Counts["downloading"] + j.Counts["burning"] }
+func inFlight(j jobJSON) int {
+	return j.Counts["notified"] + j.Counts["downloading"] + j.Counts["burning"]
+}
 
 // One job over devices that succeed, are offline when it starts and connect
 // later, drop offline mid-download and resume, fail once then succeed on
