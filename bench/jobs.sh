@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Benchmarks an upgrade job over N simulated online devices (default
+# 10000), everything on 127.0.0.1: the real otad binary over its own
+# throwaway PostgreSQL (fsync and synchronous_commit on), devices simulated
+# by cmd/otasim (real MQTT, real HTTP downloads with MD5 check).
+#
+#   notify:  N devices online that do not act on orders; a job with pacing
+#            off; the time from job creation until every execution is
+#            claimed (API: none queued) and until every update_firmware is
+#            published (otad_job_notifications_total = N).
+#   upgrade: the same N devices reconnect and carry out the upgrade, all
+#            at once (download, MD5 check, progress, done, report_version);
+#            a second job; the time until every device is notified and
+#            until every device is done (API: job completed).
+#   For each phase, otad's CPU time (user+system, from /proc) and its RSS.
+#
+# Usage: bench/jobs.sh   (N=10000 FW_SIZE=16384; N at most 20000)
+# Needs PostgreSQL server binaries (apt-get install postgresql); it starts
+# and stops its own instance in a temp dir. About three minutes for 10,000
+# devices on two cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-10000}
+FW_SIZE=${FW_SIZE:-16384}
+if [ "$N" -gt 20000 ] || [ "$N" -lt 1 ] || [ "$FW_SIZE" -gt 1048576 ]; then
+	echo "bench: 1<=N<=20000, FW_SIZE<=1048576" >&2
+	exit 2
+fi
+
+WORK=$(mktemp -d /tmp/otad-jobbench.XXXXXX)
+PG_BIN=""
+PIDS=()
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+cleanup() {
+	set +e
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
+		as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1
+	fi
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+now() { date +%s.%N; }
+# cpu_s PID: user+system CPU seconds of a process so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+# wait_line FILE PATTERN: waits (up to 5 minutes) for a line in FILE.
+wait_line() {
+	for _ in $(seq 1 3000); do
+		grep -q "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	log "timed out waiting for '$2' in $1"; cat "$1" >&2; return 1
+}
+api() { # api METHOD PATH [curl args...]
+	local m=$1 p=$2; shift 2
+	curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p"
+}
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
+metric() { # metric NAME: sums a Prometheus metric's samples
+	curl -fsS "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
+}
+
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 2000)) ]; then
+	log "open files limit $(ulimit -n) is too low for N=$N"; exit 1
+fi
+
+log "building otad and otasim"
+go build -o "$WORK/otad" ./cmd/otad
+go build -o "$WORK/otasim" ./cmd/otasim
+
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -n "$PG_BIN" ] || { log "PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
+mkdir -p "$WORK/pg"
+if [ "$(id -u)" = 0 ]; then chown postgres "$WORK" "$WORK/pg"; fi
+PG_PORT=$(free_port)
+as_postgres "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -w -l "$WORK/pg/log" \
+	-o "-h 127.0.0.1 -p $PG_PORT -k $WORK/pg -c max_connections=100" start >/dev/null
+log "postgres on 127.0.0.1:$PG_PORT (fsync on)"
+
+HTTP_PORT=$(free_port)
+MQTT_PORT=$(free_port)
+API="http://127.0.0.1:$HTTP_PORT"
+TOKEN=bench-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+OTAD_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" \
+	OTAD_HTTP_ADDR="127.0.0.1:$HTTP_PORT" OTAD_MQTT_ADDR="127.0.0.1:$MQTT_PORT" \
+	OTAD_DATA_DIR="$WORK/data" OTAD_API_TOKEN="$TOKEN" OTAD_LOG_LEVEL=warn \
+	"$WORK/otad" 2>"$WORK/otad.err" &
+OTAD=$!
+PIDS+=("$OTAD")
+for _ in $(seq 1 300); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "$API/readyz" >/dev/null || { cat "$WORK/otad.err" >&2; exit 1; }
+
+PID_=BENCH00001
+log "provisioning $N devices through the API"
+"$WORK/otasim" provision -api "$API" -token "$TOKEN" -product "$PID_" -n "$N" -out "$WORK/devices.csv" >&2
+head -c "$FW_SIZE" /dev/urandom >"$WORK/fw.bin"
+for v in 2.0.0 3.0.0; do
+	api POST "/v1/products/$PID_/firmware?version=$v" -H 'Content-Type: application/octet-stream' --data-binary "@$WORK/fw.bin" >/dev/null
+done
+
+# job VERSION OPTIONS_JSON: creates a job over every device, prints its ID.
+job() {
+	api POST "/v1/products/$PID_/jobs" -H 'Content-Type: application/json' \
+		-d "{\"firmware_version\": \"$1\", \"targets\": {\"all\": true}, $2}" | field 'd["id"]'
+}
+# watch JOB NOTIFIED_BASE: polls the API every 50 ms until the job
+# completes (at most 5 minutes); prints the seconds since T0 at which no
+# execution was queued, at which N update_firmware had been published since
+# NOTIFIED_BASE, and at which the job completed.
+watch() {
+	python3 - "$API" "$TOKEN" "/v1/products/$PID_/jobs/$1" "$2" "$N" "$T0" <<'PY'
+import json, sys, time, urllib.request
+api, token, path, base, n, t0 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+def get(p, auth=True):
+    req = urllib.request.Request(api + p, headers={"Authorization": "Bearer " + token} if auth else {})
+    return urllib.request.urlopen(req, timeout=30).read().decode()
+def notified():
+    return sum(float(l.split()[-1]) for l in get("/metrics", False).splitlines() if l.startswith("otad_job_notifications_total"))
+claimed = published = None
+end = time.time() + 300
+while time.time() < end:
+    j = json.loads(get(path))
+    t = time.time() - t0
+    if claimed is None and j["counts"]["queued"] == 0:
+        claimed = t
+    if published is None and notified() - base >= n:
+        published = time.time() - t0
+    if j.get("completed_at"):
+        print("%.2f %.2f %.2f" % (claimed or -1, published or -1, t))
+        sys.exit(0)
+    time.sleep(0.05)
+sys.exit("job did not complete within 5 minutes")
+PY
+}
+
+log "notify: $N devices connect and stay idle (they ignore orders)"
+"$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold 10m -timeout 10m >"$WORK/sim1.json" &
+SIM=$!
+PIDS+=("$SIM")
+wait_line "$WORK/sim1.json" '"phase":"holding"'
+grep '"phase":"connected"' "$WORK/sim1.json" >&2
+BASE=$(metric otad_job_notifications_total)
+CPU0=$(cpu_s "$OTAD")
+T0=$(now)
+# The devices never answer: each attempt times out after 15s, no retry.
+JOB1=$(job 2.0.0 '"timeout_seconds": 15, "max_retries": 0')
+read -r N_CLAIMED N_PUBLISHED N_END < <(watch "$JOB1" "$BASE")
+[ -n "$N_END" ] || exit 1
+N_CPU=$(echo "$(cpu_s "$OTAD") - $CPU0" | bc)
+N_RSS=$(status_kib "$OTAD" VmRSS)
+log "notify: claimed ${N_CLAIMED}s, published ${N_PUBLISHED}s; job timed out and closed at ${N_END}s"
+kill -INT "$SIM"; wait "$SIM" || true
+
+log "upgrade: $N devices reconnect and carry out the upgrade at once"
+"$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold 10m -timeout 10m -upgrade >"$WORK/sim2.json" &
+SIM=$!
+PIDS+=("$SIM")
+wait_line "$WORK/sim2.json" '"phase":"holding"'
+grep '"phase":"connected"' "$WORK/sim2.json" >&2
+BASE=$(metric otad_job_notifications_total)
+CPU0=$(cpu_s "$OTAD")
+T0=$(now)
+JOB2=$(job 3.0.0 '"timeout_seconds": 600, "max_retries": 0')
+read -r U_CLAIMED U_PUBLISHED U_END < <(watch "$JOB2" "$BASE")
+[ -n "$U_END" ] || exit 1
+U_CPU=$(echo "$(cpu_s "$OTAD") - $CPU0" | bc)
+U_RSS=$(status_kib "$OTAD" VmRSS)
+HWM=$(status_kib "$OTAD" VmHWM)
+COUNTS=$(api GET "/v1/products/$PID_/jobs/$JOB2" | field 'd["counts"]')
+kill -INT "$SIM"; wait "$SIM" || true
+grep '"phase":"done"' "$WORK/sim2.json" >&2
+
+cat <<EOF
+
+Job benchmark, $N devices online, firmware $FW_SIZE bytes, $(nproc) cores, $(date -u +%FT%TZ)
+                                        notify only     notify + upgrade
+every execution claimed (s)             $(printf '%11s %20s' "$N_CLAIMED" "$U_CLAIMED")
+every update_firmware published (s)     $(printf '%11s %20s' "$N_PUBLISHED" "$U_PUBLISHED")
+every device done, job completed (s)    $(printf '%11s %20s' "-" "$U_END")
+otad CPU time in the phase (s)          $(printf '%11s %20s' "$N_CPU" "$U_CPU")
+otad RSS at the end of the phase (MiB)  $(printf '%11s %20s' "$((N_RSS / 1024))" "$((U_RSS / 1024))")
+otad peak RSS (MiB)                     $((HWM / 1024))
+final counts of the upgrade job: $COUNTS
+EOF
