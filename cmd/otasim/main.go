@@ -298,13 +298,15 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		s.holdAll(ctx, live, cfg.hold)
 	}
 	stillConnected := liveCount(live)
-	for _, d := range live {
+	online := make([]bool, len(live))
+	for i, d := range live {
+		online[i] = d.online()
 		d.stop()
 	}
 	if cfg.perDevice {
-		for _, d := range live {
+		for i, d := range live {
 			out.Encode(map[string]any{
-				"phase": "device", "device": d.id.Name, "behaviour": d.behave.String(), "version": d.getVersion(),
+				"phase": "device", "device": d.id.Name, "behaviour": d.behave.String(), "version": d.getVersion(), "online_at_end": online[i],
 				"updates": d.updates.Load(), "attempts": d.attempts.Load(), "upgrades_done": d.done.Load(),
 				"upgrades_failed": d.failed.Load(), "reconnects": d.reconnects.Load(), "resumed_from": d.resumedFrom.Load(),
 			})
