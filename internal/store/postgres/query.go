@@ -379,3 +379,22 @@ func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, e
 	}
 	return v, nil
 }
+
+func (s *Store) NodeHeartbeat(ctx context.Context, node string, at, staleBefore time.Time) (int, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO nodes (name, seen_at) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET seen_at = $2`, node, at.UTC()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM nodes WHERE seen_at < $1`, staleBefore.UTC()); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE devices SET online = false WHERE online AND node <> '' AND node NOT IN (SELECT name FROM nodes)`)
+		n = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("node heartbeat: %w", err)
+	}
+	return int(n), nil
+}
