@@ -61,10 +61,10 @@ type Engine struct {
 }
 
 // Node liveness: a replica refreshes its row every heartbeatEvery; one
-// unseen for nodeStaleAfter is taken for dead and its devices for offline.
+// unseen for NodeStaleAfter is taken for dead and its devices for offline.
 const (
 	heartbeatEvery = 15 * time.Second
-	nodeStaleAfter = time.Minute
+	NodeStaleAfter = time.Minute
 )
 
 // New builds an engine.
@@ -137,7 +137,7 @@ func (e *Engine) RunOnce(ctx context.Context) error { return e.pass(ctx) }
 func (e *Engine) pass(ctx context.Context) error {
 	now := e.cfg.Now()
 	if now.Sub(e.heartbeat) >= heartbeatEvery {
-		n, err := e.cfg.Store.NodeHeartbeat(ctx, e.cfg.Node, now, now.Add(-nodeStaleAfter))
+		n, err := e.cfg.Store.NodeHeartbeat(ctx, e.cfg.Node, now, now.Add(-NodeStaleAfter))
 		if err != nil {
 			return err
 		}

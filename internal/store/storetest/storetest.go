@@ -463,20 +463,23 @@ func testSettingEnsure(t *testing.T, s ota.Store) {
 func testNodeHeartbeat(t *testing.T, s ota.Store) {
 	p := MustProduct(t, s)
 	t0 := ota.Now()
-	for _, d := range []struct{ name, node string }{{"on-a", "a"}, {"on-b", "b"}, {"on-dead", "dead"}} {
-		MustDevice(t, s, p.ID, d.name)
-		must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: d.name, Online: true, Node: d.node, At: t0}))
-	}
 	must2 := func(n int, err error) int {
 		t.Helper()
 		must(t, err)
 		return n
 	}
+	// Replicas register before their devices connect.
 	must2(s.NodeHeartbeat(ctx(t), "dead", t0.Add(-time.Hour), t0.Add(-2*time.Hour)))
+	must2(s.NodeHeartbeat(ctx(t), "a", t0, t0.Add(-2*time.Hour)))
+	must2(s.NodeHeartbeat(ctx(t), "b", t0, t0.Add(-2*time.Hour)))
+	for _, d := range []struct{ name, node string }{{"on-a", "a"}, {"on-b", "b"}, {"on-dead", "dead"}} {
+		MustDevice(t, s, p.ID, d.name)
+		must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: d.name, Online: true, Node: d.node, At: t0}))
+	}
 	if n := must2(s.NodeHeartbeat(ctx(t), "b", t0, t0.Add(-2*time.Hour))); n != 0 {
 		t.Fatalf("marked %d devices offline while every node is alive", n)
 	}
-	// Node a comes up; dead has not been seen for an hour.
+	// Node a beats again; dead has not been seen for an hour.
 	if n := must2(s.NodeHeartbeat(ctx(t), "a", t0, t0.Add(-time.Minute))); n != 1 {
 		t.Fatalf("marked %d devices offline, want 1 (the dead node's)", n)
 	}
