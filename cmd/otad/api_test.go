@@ -200,3 +200,22 @@ func TestInjectionStoredVerbatim(t *testing.T) {
 }
 
 func ioCopy(b *strings.Builder, resp *http.Response) (int64, error) { return io.Copy(b, resp.Body) }
+
+// TestCurlDefaultContentType: `curl -d '{...}'` sends
+// application/x-www-form-urlencoded; the README's walk-through relies on
+// JSON being accepted under it.
+func TestCurlDefaultContentType(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	req, _ := http.NewRequest("POST", a.HTTPURL()+"/v1/products", strings.NewReader(`{"id":"CURL000001","name":"curl"}`))
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("status %d, want 201", resp.StatusCode)
+	}
+	a.do("GET", "/v1/products/CURL000001", nil).wantStatus(t, 200)
+}

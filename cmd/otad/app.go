@@ -244,6 +244,12 @@ func randomID() string {
 
 // Start serves: HTTP, downloads, the MQTT broker and the job engine.
 func (a *app) Start(ctx context.Context) error {
+	// Register this replica before devices connect to it, so that no other
+	// replica takes them for a dead node's; the engine keeps it fresh.
+	now := ota.Now()
+	if _, err := a.store.NodeHeartbeat(ctx, a.node, now, now.Add(-engine.NodeStaleAfter)); err != nil {
+		return err
+	}
 	if err := a.broker.Start(ctx); err != nil {
 		return err
 	}

@@ -90,7 +90,7 @@ func TestSimulatorUpgrade(t *testing.T) {
 	}()
 	wait := func(what string, cond func() bool) {
 		t.Helper()
-		end := time.Now().Add(15 * time.Second)
+		end := time.Now().Add(60 * time.Second)
 		for !cond() {
 			if time.Now().After(end) {
 				t.Fatalf("timed out waiting for %s; output:\n%s", what, out.String())

@@ -17,11 +17,14 @@ import (
 const maxJSONBody = 64 << 10
 
 // decodeJSON reads exactly one JSON object into v, refusing unknown fields,
-// wrong types, trailing data and bodies over maxJSONBody.
+// wrong types, trailing data and bodies over maxJSONBody. The body is JSON
+// whatever the content type says, as long as it says nothing else than
+// JSON or curl's default for -d (application/x-www-form-urlencoded), so
+// that `curl -d '{...}'` works as people type it.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && mt != "application/merge-patch+json") {
+		if err != nil || (mt != "application/json" && mt != "application/merge-patch+json" && mt != "application/x-www-form-urlencoded") {
 			return ota.Errorf(ota.EINVALID, "content type must be application/json")
 		}
 	}

@@ -21,7 +21,7 @@ import (
 )
 
 // deadline is how long tests wait for anything that should happen at once.
-const deadline = 15 * time.Second
+const deadline = 30 * time.Second
 
 type env struct {
 	t       testing.TB

@@ -57,7 +57,15 @@ type Engine struct {
 	notified    prometheus.Counter
 	transitions *prometheus.CounterVec
 	dispatchMu  sync.Mutex // one dispatch pass at a time per replica
+	heartbeat   time.Time  // last NodeHeartbeat, touched only by pass
 }
+
+// Node liveness: a replica refreshes its row every heartbeatEvery; one
+// unseen for NodeStaleAfter is taken for dead and its devices for offline.
+const (
+	heartbeatEvery = 15 * time.Second
+	NodeStaleAfter = time.Minute
+)
 
 // New builds an engine.
 func New(cfg Config) (*Engine, error) {
@@ -128,6 +136,16 @@ func (e *Engine) RunOnce(ctx context.Context) error { return e.pass(ctx) }
 // pass does every kind of due work once.
 func (e *Engine) pass(ctx context.Context) error {
 	now := e.cfg.Now()
+	if now.Sub(e.heartbeat) >= heartbeatEvery {
+		n, err := e.cfg.Store.NodeHeartbeat(ctx, e.cfg.Node, now, now.Add(-NodeStaleAfter))
+		if err != nil {
+			return err
+		}
+		e.heartbeat = now
+		if n > 0 {
+			e.log.Info("devices of a stopped otad marked offline", "devices", n)
+		}
+	}
 	if err := e.expire(ctx, now); err != nil {
 		return err
 	}

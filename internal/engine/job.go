@@ -63,6 +63,10 @@ func (e *Engine) CancelJob(ctx context.Context, productID, id string) error {
 // durable in the store. It never fails the device: errors are logged, and
 // the store's compare-and-set makes a lost race harmless.
 func (e *Engine) HandleReport(ctx context.Context, r ota.Report) {
+	// It runs on the device's connection: bound it, so a slow database
+	// delays this device's next packets by seconds at most.
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	if err := e.handleReport(ctx, r); err != nil && !ota.IsCode(err, ota.ECONFLICT) && ctx.Err() == nil {
 		e.log.Error("report not applied to its job", "product_id", r.ProductID, "device", r.DeviceName, "type", r.Type, "err", err)
 	}

@@ -85,6 +85,12 @@ type Store interface {
 	// JobExecutionsExpired returns in-progress executions whose deadline has passed.
 	JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*JobExecution, error)
 
+	// NodeHeartbeat records that node is alive at at, forgets nodes not
+	// seen since staleBefore, and marks offline the devices held by nodes
+	// it does not know (a crashed replica's). It returns how many devices
+	// it marked offline.
+	NodeHeartbeat(ctx context.Context, node string, at, staleBefore time.Time) (int, error)
+
 	// SettingEnsure stores value under key unless the key is already set,
 	// and returns the stored value: the first replica to ask decides.
 	SettingEnsure(ctx context.Context, key, value string) (string, error)

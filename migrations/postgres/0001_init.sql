@@ -115,3 +115,10 @@ CREATE TABLE settings (
     key   text PRIMARY KEY,
     value text NOT NULL
 );
+
+-- Live otad replicas: each refreshes its row; devices held by a replica
+-- that stopped refreshing (it crashed) are marked offline by the others.
+CREATE TABLE nodes (
+    name    text PRIMARY KEY,
+    seen_at timestamptz NOT NULL
+);

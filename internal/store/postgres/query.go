@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/otad/otad/internal/ota"
 )
@@ -162,37 +163,18 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 }
 
 func (s *Store) DeviceReportsRecord(ctx context.Context, reports []ota.Report) error {
-	if len(reports) == 0 {
+	rounds := splitOnePerDevice(reports)
+	switch len(rounds) {
+	case 0:
 		return nil
-	}
-	if len(reports) > 1 && onePerDevice(reports) {
-		return s.deviceReportsRecordSet(ctx, reports)
-	}
-	batch := &pgx.Batch{}
-	for _, r := range reports {
-		at := r.At.UTC()
-		// The event is inserted only while the device exists, so a report
-		// racing a delete is dropped rather than failing the whole batch.
-		batch.Queue(`INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
-			SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND name = $2)`,
-			r.ProductID, r.DeviceName, r.Type, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg, at)
-		switch r.Type {
-		case ota.EventReportVersion:
-			batch.Queue(`UPDATE devices SET version = $3, online = true, last_seen_at = $4 WHERE product_id = $1 AND name = $2`,
-				r.ProductID, r.DeviceName, r.Version, at)
-		case ota.EventReportProgress:
-			batch.Queue(`UPDATE devices SET online = true, last_seen_at = $3, upgrade_version = $4, upgrade_state = $5,
-				upgrade_percent = CASE WHEN $6::integer IS NOT NULL THEN $6::integer
-					WHEN $5 = 'done' THEN 100
-					WHEN upgrade_version = $4 THEN upgrade_percent ELSE 0 END,
-				upgrade_result_code = COALESCE($7, 0), upgrade_result_msg = $8, upgrade_updated_at = $3
-				WHERE product_id = $1 AND name = $2`,
-				r.ProductID, r.DeviceName, at, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg)
-		}
+	case 1:
+		return s.deviceReportsRecordSet(ctx, s.pool, rounds[0]) // one statement is atomic
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
-			return fmt.Errorf("record reports: %w", interpretError(err, "report"))
+		for _, round := range rounds {
+			if err := s.deviceReportsRecordSet(ctx, tx, round); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -314,26 +296,32 @@ func derefInt(n *int) int {
 	return *n
 }
 
-// onePerDevice reports whether no device has two reports in the batch: the
-// broker's usual batches, where each device has at most one report in flight.
-func onePerDevice(reports []ota.Report) bool {
-	seen := make(map[[2]string]struct{}, len(reports))
+// splitOnePerDevice splits a batch into rounds in which each device has at
+// most one report, keeping each device's reports in order: the broker's
+// batches, where a device has one report in flight, are a single round.
+func splitOnePerDevice(reports []ota.Report) [][]ota.Report {
+	var rounds [][]ota.Report
+	seen := make(map[[2]string]int, len(reports))
 	for _, r := range reports {
 		k := [2]string{r.ProductID, r.DeviceName}
-		if _, ok := seen[k]; ok {
-			return false
+		i := seen[k]
+		seen[k] = i + 1
+		if i == len(rounds) {
+			rounds = append(rounds, nil)
 		}
-		seen[k] = struct{}{}
+		rounds[i] = append(rounds[i], r)
 	}
-	return true
+	return rounds
 }
 
-// deviceReportsRecordSet applies a batch with one device per report in a
-// single set-based statement: each device row is updated once, with the
-// same rules as the per-report path, and the events of the devices that
-// exist are inserted in batch order. With batches of 100 or more it writes
-// about twice the reports per second of the per-report statements.
-func (s *Store) deviceReportsRecordSet(ctx context.Context, reports []ota.Report) error {
+// deviceReportsRecordSet applies a batch with one report per device in a
+// single set-based statement: each device row is updated once and the
+// events of the devices that exist are inserted in batch order; reports of
+// devices deleted meanwhile are dropped. With batches of 100 or more it
+// writes about twice the reports per second of one statement per report.
+func (s *Store) deviceReportsRecordSet(ctx context.Context, db interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, reports []ota.Report) error {
 	n := len(reports)
 	pids, names, types, versions, states, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	percents, codes := make([]*int32, n), make([]*int32, n)
@@ -350,7 +338,7 @@ func (s *Store) deviceReportsRecordSet(ctx context.Context, reports []ota.Report
 		}
 		ats[i] = r.At.UTC()
 	}
-	_, err := s.pool.Exec(ctx, `WITH r AS (
+	_, err := db.Exec(ctx, `WITH r AS (
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::integer[], $8::text[], $9::timestamptz[])
 				WITH ORDINALITY AS r(product_id, device_name, type, version, state, percent, result_code, result_msg, created_at, ord)
 		), upd AS (
@@ -390,4 +378,23 @@ func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, e
 		return "", fmt.Errorf("read setting %s: %w", key, err)
 	}
 	return v, nil
+}
+
+func (s *Store) NodeHeartbeat(ctx context.Context, node string, at, staleBefore time.Time) (int, error) {
+	var n int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO nodes (name, seen_at) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET seen_at = $2`, node, at.UTC()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM nodes WHERE seen_at < $1`, staleBefore.UTC()); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE devices SET online = false WHERE online AND node <> '' AND node NOT IN (SELECT name FROM nodes)`)
+		n = tag.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("node heartbeat: %w", err)
+	}
+	return int(n), nil
 }

@@ -330,3 +330,25 @@ func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, e
 	}
 	return v, nil
 }
+
+func (s *Store) NodeHeartbeat(ctx context.Context, node string, at, staleBefore time.Time) (int, error) {
+	var n int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO nodes (name, seen_at) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET seen_at = ?2`, node, fmtTime(at)); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM nodes WHERE seen_at < ?`, fmtTime(staleBefore)); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET online = 0 WHERE online AND node <> '' AND node NOT IN (SELECT name FROM nodes)`)
+		if err != nil {
+			return err
+		}
+		n, _ = res.RowsAffected()
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("node heartbeat: %w", interpretError(err, "node"))
+	}
+	return int(n), nil
+}

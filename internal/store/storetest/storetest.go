@@ -32,6 +32,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"Verbatim", testVerbatim},
 		{"DevicePresenceNode", testDevicePresenceNode},
 		{"SettingEnsure", testSettingEnsure},
+		{"NodeHeartbeat", testNodeHeartbeat},
 		{"JobCreate", testJobCreate},
 		{"JobLifecycle", testJobLifecycle},
 		{"JobExecutionClaim", testJobExecutionClaim},
@@ -456,5 +457,40 @@ func testSettingEnsure(t *testing.T, s ota.Store) {
 	must(t, err)
 	if v != "first" {
 		t.Fatalf("second ensure = %q, want the first value kept", v)
+	}
+}
+
+func testNodeHeartbeat(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	t0 := ota.Now()
+	must2 := func(n int, err error) int {
+		t.Helper()
+		must(t, err)
+		return n
+	}
+	// Replicas register before their devices connect.
+	must2(s.NodeHeartbeat(ctx(t), "dead", t0.Add(-time.Hour), t0.Add(-2*time.Hour)))
+	must2(s.NodeHeartbeat(ctx(t), "a", t0, t0.Add(-2*time.Hour)))
+	must2(s.NodeHeartbeat(ctx(t), "b", t0, t0.Add(-2*time.Hour)))
+	for _, d := range []struct{ name, node string }{{"on-a", "a"}, {"on-b", "b"}, {"on-dead", "dead"}} {
+		MustDevice(t, s, p.ID, d.name)
+		must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: d.name, Online: true, Node: d.node, At: t0}))
+	}
+	if n := must2(s.NodeHeartbeat(ctx(t), "b", t0, t0.Add(-2*time.Hour))); n != 0 {
+		t.Fatalf("marked %d devices offline while every node is alive", n)
+	}
+	// Node a beats again; dead has not been seen for an hour.
+	if n := must2(s.NodeHeartbeat(ctx(t), "a", t0, t0.Add(-time.Minute))); n != 1 {
+		t.Fatalf("marked %d devices offline, want 1 (the dead node's)", n)
+	}
+	for name, want := range map[string]bool{"on-a": true, "on-b": true, "on-dead": false} {
+		d, err := s.DeviceGet(ctx(t), p.ID, name)
+		must(t, err)
+		if d.Online != want {
+			t.Errorf("%s online = %v, want %v", name, d.Online, want)
+		}
+	}
+	if n := must2(s.NodeHeartbeat(ctx(t), "a", t0.Add(time.Second), t0.Add(-time.Minute))); n != 0 {
+		t.Fatalf("second heartbeat marked %d offline", n)
 	}
 }
