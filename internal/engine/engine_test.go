@@ -420,3 +420,27 @@ func TestDispatchSurvivesRestart(t *testing.T) {
 		t.Fatalf("counts %v", counts)
 	}
 }
+
+// A device's connect-time report_version that a dispatch pass overtakes
+// (the pass notifies the device, then the report is applied) does not
+// re-send update_firmware; a report received after the notification does.
+func TestJobReportBeforeNotification(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, name string) {
+		f := newFixture(t, name, 1)
+		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}})
+		r := ota.Report{ProductID: f.pid, DeviceName: "d00", Type: ota.EventReportVersion, Version: "1.0.0", At: f.clock.Now()}
+		must(t, f.store.DeviceReportsRecord(t.Context(), []ota.Report{r}))
+		f.clock.Add(time.Millisecond)
+		f.pass()
+		f.wantState(j.ID, "d00", ota.ExecNotified)
+		f.eng.HandleReport(t.Context(), r)
+		if n := f.out.count("d00"); n != 1 {
+			t.Fatalf("%d messages, want 1: a report older than the notification re-sent it", n)
+		}
+		f.clock.Add(time.Second)
+		f.version("d00", "1.0.0")
+		if n := f.out.count("d00"); n != 2 {
+			t.Fatalf("%d messages, want 2: a report after the notification must re-send it", n)
+		}
+	})
+}

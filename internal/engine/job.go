@@ -113,6 +113,12 @@ func (e *Engine) onVersion(ctx context.Context, j *ota.Job, x *ota.JobExecution,
 			return e.dispatch(ctx, j, x.DeviceName)
 		}
 	case ota.ExecNotified, ota.ExecDownloading:
+		if x.NotifiedAt != nil && r.At.Before(*x.NotifiedAt) {
+			// The report was received before this notification went out
+			// (a device's connect-time report racing a dispatch pass):
+			// it says nothing of whether the device got it.
+			return nil
+		}
 		// The device missed the message or restarted: send it again.
 		fw, err := e.cfg.Store.FirmwareGet(ctx, j.ProductID, j.FirmwareVersion)
 		if err != nil {
