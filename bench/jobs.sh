@@ -5,13 +5,14 @@
 # by cmd/otasim (real MQTT, real HTTP downloads with MD5 check).
 #
 #   notify:  N devices online that do not act on orders; a job with pacing
-#            off; the time from job creation until every execution is
-#            claimed (API: none queued) and until every update_firmware is
-#            published (otad_job_notifications_total = N).
+#            off; the time from job creation until the last device is
+#            notified (the executions' notified_at), and as seen by polling
+#            the API: none queued, N update_firmware published
+#            (otad_job_notifications_total).
 #   upgrade: the same N devices reconnect and carry out the upgrade, all
 #            at once (download, MD5 check, progress, done, report_version);
-#            a second job; the time until every device is notified and
-#            until every device is done (API: job completed).
+#            a second job; the time until the last device is notified and
+#            until the last one is done (the executions' finished_at).
 #   For each phase, otad's CPU time (user+system, from /proc) and its RSS.
 #
 # Usage: bench/jobs.sh   (N=10000 FW_SIZE=16384; N at most 20000)
@@ -100,6 +101,7 @@ for _ in $(seq 1 300); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; slee
 curl -fsS "$API/readyz" >/dev/null || { cat "$WORK/otad.err" >&2; exit 1; }
 
 PID_=BENCH00001
+PAGE_LIMIT=1000
 log "provisioning $N devices through the API"
 "$WORK/otasim" provision -api "$API" -token "$TOKEN" -product "$PID_" -n "$N" -out "$WORK/devices.csv" >&2
 head -c "$FW_SIZE" /dev/urandom >"$WORK/fw.bin"
@@ -117,28 +119,50 @@ job() {
 # execution was queued, at which N update_firmware had been published since
 # NOTIFIED_BASE, and at which the job completed.
 watch() {
-	python3 - "$API" "$TOKEN" "/v1/products/$PID_/jobs/$1" "$2" "$N" "$T0" <<'PY'
-import json, sys, time, urllib.request
+	python3 - "$API" "$TOKEN" "/v1/products/$PID_/jobs/$1" "$2" "$N" "$T0" "$PAGE_LIMIT" <<'PY'
+import datetime, json, sys, time, urllib.request
 api, token, path, base, n, t0 = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6])
+limit = int(sys.argv[7])
 def get(p, auth=True):
     req = urllib.request.Request(api + p, headers={"Authorization": "Bearer " + token} if auth else {})
     return urllib.request.urlopen(req, timeout=30).read().decode()
 def notified():
     return sum(float(l.split()[-1]) for l in get("/metrics", False).splitlines() if l.startswith("otad_job_notifications_total"))
 claimed = published = None
+slowest = 0.0
 end = time.time() + 300
 while time.time() < end:
+    t1 = time.time()
     j = json.loads(get(path))
     t = time.time() - t0
     if claimed is None and j["counts"]["queued"] == 0:
         claimed = t
     if published is None and notified() - base >= n:
         published = time.time() - t0
+    slowest = max(slowest, time.time() - t1)
     if j.get("completed_at"):
-        print("%.2f %.2f %.2f" % (claimed or -1, published or -1, t))
-        sys.exit(0)
+        break
     time.sleep(0.05)
-sys.exit("job did not complete within 5 minutes")
+else:
+    sys.exit("job did not complete within 5 minutes")
+# Exact figures from the executions' own timestamps: the last notification
+# and the last device finished, from the job's creation.
+def ts(s):
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+created = ts(j["created_at"])
+last_notified = last_finished = 0.0
+cursor = ""
+while True:
+    page = json.loads(get(path + "/devices?limit=%d%s" % (limit, "&cursor=" + cursor if cursor else "")))
+    for x in page["items"]:
+        if x.get("notified_at"):
+            last_notified = max(last_notified, ts(x["notified_at"]) - created)
+        if x.get("finished_at"):
+            last_finished = max(last_finished, ts(x["finished_at"]) - created)
+    cursor = page.get("next_cursor") or ""
+    if not cursor:
+        break
+print("%.2f %.2f %.2f %.2f %.2f %.2f" % (claimed or -1, published or -1, t, last_notified, last_finished, slowest))
 PY
 }
 
@@ -153,11 +177,11 @@ CPU0=$(cpu_s "$OTAD")
 T0=$(now)
 # The devices never answer: each attempt times out after 15s, no retry.
 JOB1=$(job 2.0.0 '"timeout_seconds": 15, "max_retries": 0')
-read -r N_CLAIMED N_PUBLISHED N_END < <(watch "$JOB1" "$BASE")
+read -r N_CLAIMED N_PUBLISHED N_END N_LASTN N_LASTF N_POLL < <(watch "$JOB1" "$BASE")
 [ -n "$N_END" ] || exit 1
 N_CPU=$(echo "$(cpu_s "$OTAD") - $CPU0" | bc)
 N_RSS=$(status_kib "$OTAD" VmRSS)
-log "notify: claimed ${N_CLAIMED}s, published ${N_PUBLISHED}s; job timed out and closed at ${N_END}s"
+log "notify: last notified_at ${N_LASTN}s; seen claimed ${N_CLAIMED}s, published ${N_PUBLISHED}s; job timed out and closed at ${N_END}s"
 kill -INT "$SIM"; wait "$SIM" || true
 
 log "upgrade: $N devices reconnect and carry out the upgrade at once"
@@ -170,7 +194,7 @@ BASE=$(metric otad_job_notifications_total)
 CPU0=$(cpu_s "$OTAD")
 T0=$(now)
 JOB2=$(job 3.0.0 '"timeout_seconds": 600, "max_retries": 0')
-read -r U_CLAIMED U_PUBLISHED U_END < <(watch "$JOB2" "$BASE")
+read -r U_CLAIMED U_PUBLISHED U_END U_LASTN U_LASTF U_POLL < <(watch "$JOB2" "$BASE")
 [ -n "$U_END" ] || exit 1
 U_CPU=$(echo "$(cpu_s "$OTAD") - $CPU0" | bc)
 U_RSS=$(status_kib "$OTAD" VmRSS)
@@ -182,12 +206,15 @@ grep '"phase":"done"' "$WORK/sim2.json" >&2
 cat <<EOF
 
 Job benchmark, $N devices online, firmware $FW_SIZE bytes, $(nproc) cores, $(date -u +%FT%TZ)
-                                        notify only     notify + upgrade
-every execution claimed (s)             $(printf '%11s %20s' "$N_CLAIMED" "$U_CLAIMED")
-every update_firmware published (s)     $(printf '%11s %20s' "$N_PUBLISHED" "$U_PUBLISHED")
-every device done, job completed (s)    $(printf '%11s %20s' "-" "$U_END")
-otad CPU time in the phase (s)          $(printf '%11s %20s' "$N_CPU" "$U_CPU")
-otad RSS at the end of the phase (MiB)  $(printf '%11s %20s' "$((N_RSS / 1024))" "$((U_RSS / 1024))")
-otad peak RSS (MiB)                     $((HWM / 1024))
+seconds from job creation                       notify only     notify + upgrade
+last device notified (executions' notified_at)  $(printf '%11s %20s' "$N_LASTN" "$U_LASTN")
+last device done (executions' finished_at)      $(printf '%11s %20s' "-" "$U_LASTF")
+seen by polling: none queued                    $(printf '%11s %20s' "$N_CLAIMED" "$U_CLAIMED")
+seen by polling: N update_firmware published    $(printf '%11s %20s' "$N_PUBLISHED" "$U_PUBLISHED")
+seen by polling: job completed                  $(printf '%11s %20s' "$N_END" "$U_END")
+slowest poll of the job API                     $(printf '%11s %20s' "$N_POLL" "$U_POLL")
+otad CPU time in the phase (s)                  $(printf '%11s %20s' "$N_CPU" "$U_CPU")
+otad RSS at the end of the phase (MiB)          $(printf '%11s %20s' "$((N_RSS / 1024))" "$((U_RSS / 1024))")
+otad peak RSS (MiB)                             $((HWM / 1024))
 final counts of the upgrade job: $COUNTS
 EOF

@@ -24,7 +24,11 @@ var simBuild = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "otasim")
-	out, err := exec.Command("go", "build", "-o", bin, "../otasim").CombinedOutput()
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "../otasim")...).CombinedOutput()
 	if err != nil {
 		return "", &buildError{string(out), err}
 	}
@@ -132,6 +136,9 @@ func (p *simProcess) stop(t *testing.T) (map[string]simDevice, simSummary) {
 	if sum.BadMessages != 0 {
 		t.Fatalf("otad sent messages a device SDK would not understand:\n%s", p.out)
 	}
+	if strings.Contains(p.stderr.String(), "DATA RACE") {
+		t.Fatalf("otasim:\n%s", p.stderr)
+	}
 	return devs, sum
 }
 
@@ -189,6 +196,34 @@ func writeCSV(t *testing.T, from string, names ...string) string {
 		t.Fatal(err)
 	}
 	return file
+}
+
+// otasim provision creates the product and the devices through the
+// console API and writes credentials the simulated devices log in with.
+func TestSimProvision(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	bin, err := simBuild()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "devices.csv")
+	args := []string{"provision", "-api", a.HTTPURL(), "-token", testToken, "-product", "PROV000001", "-n", "25", "-version", "1.2.3", "-out", file}
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+		t.Fatalf("otasim provision: %v\n%s", err, out)
+	}
+	var page struct {
+		Items []struct{ Name, Version string }
+	}
+	a.do("GET", "/v1/products/PROV000001/devices?limit=100", nil).decode(t, &page)
+	if len(page.Items) != 25 || page.Items[0].Name != "sim-00000" || page.Items[0].Version != "1.2.3" {
+		t.Fatalf("devices after provision: %+v", page.Items)
+	}
+	sim := startSim(t, a.MQTTAddr(), file, "-version", "1.2.3") // fails unless all 25 log in
+	sim.stop(t)
+	// The secrets are shown once: provisioning the same names again fails.
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err == nil || !strings.Contains(string(out), "409") {
+		t.Fatalf("second provision: %v\n%s", err, out)
+	}
 }
 
 type execJSON struct {

@@ -12,7 +12,7 @@ const (
 	behaveFail     = "fail"     // download, then report fail with the code (default -5), every attempt
 	behaveFlaky    = "flaky"    // fail the first attempt with the code (default -5), succeed on the next
 	behaveTimeout  = "timeout"  // download, then never report again (the attempt times out)
-	behaveStall    = "stall"    // stop reading half way through the download and never report again
+	behaveStall    = "stall"    // stop half way through the download and never report again
 	behaveOffline  = "offline"  // drop offline half way through the download, come back, resume with Range
 	behaveRollback = "rollback" // report done, then report_version of the old version
 )

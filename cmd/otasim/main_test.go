@@ -181,6 +181,9 @@ func TestFlags(t *testing.T) {
 		{"-devices", "x", "-broker", "example.com:1883"},
 		{"-devices", "x", "-n", "60000"},
 		{"-devices", "x", "-broker", "nonsense"},
+		{"-devices", "x", "-behaviour", "explode=5%"},
+		{"-devices", "x", "-behaviour", "fail:-4=60%,timeout=50%"},
+		{"-devices", "x", "-download-rate", "-1"},
 	} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("%v accepted", args)
