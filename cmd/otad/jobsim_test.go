@@ -272,15 +272,16 @@ func inFlight(j jobJSON) int {
 
 // One job over devices that succeed, are offline when it starts and connect
 // later, drop offline mid-download and resume, fail once then succeed on
-// the retry, fail every time, time out, and roll back.
+// the retry, fail every time, time out (silent after the download, or
+// stalled half way through it), and roll back.
 func TestJobDevicesEndToEnd(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, engine string) {
 		a := startApp(t, engine, nil)
 		pid := "E2EJOB0001"
 		a.do("POST", "/v1/products", map[string]string{"id": pid, "name": "e2e"}).wantStatus(t, 201)
 		behaviours := map[string]string{"ok-0": "ok", "ok-1": "ok", "late-0": "ok", "late-1": "ok",
-			"offline-0": "offline", "flaky-0": "flaky:-1", "fail-0": "fail:-4", "timeout-0": "timeout", "rollback-0": "rollback"}
-		online := []string{"ok-0", "ok-1", "offline-0", "flaky-0", "fail-0", "timeout-0", "rollback-0"}
+			"offline-0": "offline", "flaky-0": "flaky:-1", "fail-0": "fail:-4", "timeout-0": "timeout", "stall-0": "stall", "rollback-0": "rollback"}
+		online := []string{"ok-0", "ok-1", "offline-0", "flaky-0", "fail-0", "timeout-0", "stall-0", "rollback-0"}
 		late := []string{"late-0", "late-1"}
 		file := a.provisionDevices(t, pid, behaviours, append(online, late...)...)
 		img := a.uploadFirmware(t, pid, "2.0.0", 64<<10)
@@ -288,7 +289,7 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 		sim := startSim(t, a.MQTTAddr(), writeCSV(t, file, online...), "-offline-for", "1s")
 		j := a.createJob(t, pid, map[string]any{"firmware_version": "2.0.0", "targets": map[string]any{"all": true},
 			"timeout_seconds": 6, "max_retries": 1, "retry_backoff_seconds": 1})
-		if j.Total != 9 {
+		if j.Total != 10 {
 			t.Fatalf("job %+v", j)
 		}
 		eventually(t, "the online devices that succeed at once to be done", func() bool {
@@ -306,7 +307,7 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 
 		eventually(t, "the job to complete", func() bool { return a.job(t, pid, j.ID).CompletedAt != nil })
 		j = a.job(t, pid, j.ID)
-		want := map[string]int{"queued": 0, "notified": 0, "downloading": 0, "burning": 0, "done": 6, "failed": 2, "timed_out": 1, "canceled": 0}
+		want := map[string]int{"queued": 0, "notified": 0, "downloading": 0, "burning": 0, "done": 6, "failed": 2, "timed_out": 2, "canceled": 0}
 		if j.Status != "completed" || fmt.Sprint(j.Counts) != fmt.Sprint(want) {
 			t.Fatalf("completed job: status %s counts %v, want %v", j.Status, j.Counts, want)
 		}
@@ -318,6 +319,7 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 			"flaky-0":    {State: "done", Attempts: 2},
 			"fail-0":     {State: "failed", Attempts: 2, ResultCode: -4},
 			"timeout-0":  {State: "timed_out", Attempts: 2},
+			"stall-0":    {State: "timed_out", Attempts: 2},
 			"rollback-0": {State: "failed", Attempts: 1, ResultCode: -5},
 		} {
 			x := xs[name]
@@ -341,10 +343,12 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 		for name, w := range map[string]simDevice{
 			"ok-0": {Version: "2.0.0", Attempts: 1, UpgradesDone: 1}, "ok-1": {Version: "2.0.0", Attempts: 1, UpgradesDone: 1},
 			"late-0": {Version: "2.0.0", Attempts: 1, UpgradesDone: 1}, "late-1": {Version: "2.0.0", Attempts: 1, UpgradesDone: 1},
-			"offline-0":  {Version: "2.0.0", Attempts: 1, UpgradesDone: 1, Reconnects: 1, ResumedFrom: int64(len(img) / 2)},
-			"flaky-0":    {Version: "2.0.0", Attempts: 2, UpgradesDone: 1, UpgradesFailed: 1},
-			"fail-0":     {Version: "1.0.0", Attempts: 2, UpgradesFailed: 2},
-			"timeout-0":  {Version: "1.0.0", Attempts: 2},
+			"offline-0": {Version: "2.0.0", Attempts: 1, UpgradesDone: 1, Reconnects: 1, ResumedFrom: int64(len(img) / 2)},
+			"flaky-0":   {Version: "2.0.0", Attempts: 2, UpgradesDone: 1, UpgradesFailed: 1},
+			"fail-0":    {Version: "1.0.0", Attempts: 2, UpgradesFailed: 2},
+			"timeout-0": {Version: "1.0.0", Attempts: 2},
+			// Stuck half way through its download, it ignores the retry's order.
+			"stall-0":    {Version: "1.0.0", Attempts: 1, Updates: 2},
 			"rollback-0": {Version: "1.0.0", Attempts: 1, UpgradesDone: 1},
 		} {
 			d := devs[name]
@@ -354,7 +358,9 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 			}
 			// One update_firmware per attempt; the offline device may get
 			// it once more when it reconnects mid-download (and ignores it).
-			if extra := d.Updates - d.Attempts; extra < 0 || extra > d.Reconnects {
+			if w.Updates != 0 && d.Updates != w.Updates {
+				t.Errorf("device %s received update_firmware %d times, want %d", name, d.Updates, w.Updates)
+			} else if extra := d.Updates - d.Attempts; w.Updates == 0 && (extra < 0 || extra > d.Reconnects) {
 				t.Errorf("device %s received update_firmware %d times in %d attempts", name, d.Updates, d.Attempts)
 			}
 		}
