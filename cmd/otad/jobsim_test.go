@@ -499,3 +499,101 @@ func TestJobPacingAndRestart(t *testing.T) {
 		t.Logf("most devices upgrading at once: %d (API), %d (devices); done before the restart: %v", maxSeen, sum.MaxUpgrading, doneBefore)
 	})
 }
+
+// otad killed (SIGKILL: no graceful shutdown) in the middle of a job and
+// started again on the same database: the devices reconnect and the job
+// finishes, every device done, none upgraded again once done, and every
+// extra update_firmware explained by a reconnect or a retry.
+func TestJobSurvivesKill(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		env := map[string]string{
+			"OTAD_HTTP_ADDR": freeAddr(t), "OTAD_MQTT_ADDR": freeAddr(t),
+			"OTAD_DATA_DIR": t.TempDir(), "OTAD_API_TOKEN": testToken,
+		}
+		if engine == "postgres" {
+			env["OTAD_DATABASE_URL"] = testdb.PostgresURL(t)
+		}
+		p := startProcess(t, env)
+		c := &consoleClient{t: t, base: p.httpURL}
+		pid := "E2EKIL0001"
+		c.call("POST", "/v1/products", strings.NewReader(`{"id": "`+pid+`", "name": "e2e"}`), 201, nil)
+		var csv strings.Builder
+		csv.WriteString("product_id,device_name,secret\n")
+		var names []string
+		for i := range 8 {
+			name := fmt.Sprintf("k%d", i)
+			var d struct{ Secret string }
+			c.call("POST", "/v1/products/"+pid+"/devices", strings.NewReader(`{"name": "`+name+`", "version": "1.0.0"}`), 201, &d)
+			fmt.Fprintf(&csv, "%s,%s,%s\n", pid, name, d.Secret)
+			names = append(names, name)
+		}
+		file := filepath.Join(t.TempDir(), "devices.csv")
+		if err := os.WriteFile(file, []byte(csv.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.call("POST", "/v1/products/"+pid+"/firmware?version=2.0.0", strings.NewReader(strings.Repeat("firmware", 2048)), 201, nil)
+		// Each download takes about a second.
+		sim := startSim(t, env["OTAD_MQTT_ADDR"], file, "-download-rate", "16384", "-reconnect")
+		var j jobJSON
+		c.call("POST", "/v1/products/"+pid+"/jobs", strings.NewReader(`{"firmware_version": "2.0.0", "targets": {"all": true},
+			"timeout_seconds": 60, "max_concurrent": 2, "max_retries": 2, "retry_backoff_seconds": 1}`), 201, &j)
+		executions := func() map[string]execJSON {
+			var page struct{ Items []execJSON }
+			c.call("GET", "/v1/products/"+pid+"/jobs/"+j.ID+"/devices?limit=100", nil, 200, &page)
+			xs := map[string]execJSON{}
+			for _, x := range page.Items {
+				xs[x.DeviceName] = x
+			}
+			return xs
+		}
+		eventually(t, "two devices done", func() bool {
+			c.call("GET", "/v1/products/"+pid+"/jobs/"+j.ID, nil, 200, &j)
+			return j.Counts["done"] >= 2
+		})
+		p.cmd.Process.Kill()
+		<-p.exited
+		var doneBefore []string
+		// What the database holds now is what the killed otad left.
+		p = startProcess(t, env)
+		c.base = p.httpURL
+		for name, x := range executions() {
+			if x.State == "done" {
+				doneBefore = append(doneBefore, name)
+			}
+		}
+		if len(doneBefore) == len(names) {
+			t.Fatalf("the job finished before otad was killed")
+		}
+		eventually(t, "the job to complete after the kill", func() bool {
+			c.call("GET", "/v1/products/"+pid+"/jobs/"+j.ID, nil, 200, &j)
+			if n := inFlight(j); n > 2 {
+				t.Fatalf("%d devices upgrading at once with max_concurrent 2: %v", n, j.Counts)
+			}
+			return j.CompletedAt != nil
+		})
+		if j.Status != "completed" || j.Counts["done"] != 8 {
+			t.Fatalf("job after the kill: %s %v", j.Status, j.Counts)
+		}
+		devs, _ := sim.stop(t)
+		xs := executions()
+		for _, name := range names {
+			x, d := xs[name], devs[name]
+			if d.Version != "2.0.0" || x.Attempts < 1 || x.Attempts > 2 || d.Reconnects < 1 {
+				t.Errorf("%s: %+v; device %+v", name, x, d)
+			}
+			if d.Updates < x.Attempts || d.Updates > x.Attempts+d.Reconnects {
+				t.Errorf("%s got update_firmware %d times in %d attempts and %d reconnects", name, d.Updates, x.Attempts, d.Reconnects)
+			}
+		}
+		for _, name := range doneBefore {
+			if x, d := xs[name], devs[name]; x.Attempts != 1 || d.Updates != 1 || d.UpgradesDone != 1 {
+				t.Errorf("%s, done before the kill, was upgraded again: %+v; device %+v", name, x, d)
+			}
+		}
+		var seen []string
+		for _, name := range names {
+			seen = append(seen, fmt.Sprintf("%s: %d attempts, %d update_firmware", name, xs[name].Attempts, devs[name].Updates))
+		}
+		t.Logf("done before the kill: %v; %s", doneBefore, strings.Join(seen, ", "))
+	})
+}

@@ -352,18 +352,17 @@ func (d *device) upgrade(version, url, md5sum, size string) {
 	case d.behave.kind == behaveTimeout:
 		return // silent from here on: otad times the attempt out
 	}
-	if err := d.reportProgress(ctx, version, ota.ProgressBurning, 0, 0, ""); err != nil {
-		return
-	}
-	end()
-	if err := d.reportProgress(ctx, version, ota.ProgressDone, 100, 0, ""); err != nil {
-		return
-	}
-	d.done.Add(1)
-	s.count(&s.stats.UpgradesDone)
+	// Burn and boot the new image whether or not the reports get through
+	// (otad may be restarting): a device that lost them reports its new
+	// version when it reconnects (-reconnect).
+	_ = d.reportProgress(ctx, version, ota.ProgressBurning, 0, 0, "")
 	if d.behave.kind != behaveRollback {
 		d.setVersion(version)
 	}
+	end()
+	d.done.Add(1)
+	s.count(&s.stats.UpgradesDone)
+	_ = d.reportProgress(ctx, version, ota.ProgressDone, 100, 0, "")
 	// A rolled-back device boots its old image and reports that version.
 	_ = d.reportVersion(ctx)
 }
