@@ -29,36 +29,13 @@ if [ "$N" -gt 20000 ] || [ "$N" -lt 1 ] || [ "$FW_SIZE" -gt 1048576 ]; then
 	exit 2
 fi
 
-WORK=$(mktemp -d /tmp/otad-jobbench.XXXXXX)
-PG_BIN=""
-PIDS=()
-log() { printf 'bench: %s\n' "$*" >&2; }
-
-cleanup() {
-	set +e
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
-		as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1
-	fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+BENCH_NAME=jobbench
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 now() { date +%s.%N; }
 # cpu_s PID: user+system CPU seconds of a process so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-# wait_line FILE PATTERN: waits (up to 5 minutes) for a line in FILE.
-wait_line() {
-	for _ in $(seq 1 3000); do
-		grep -q "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	log "timed out waiting for '$2' in $1"; cat "$1" >&2; return 1
-}
 api() { # api METHOD PATH [curl args...]
 	local m=$1 p=$2; shift 2
 	curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p"
@@ -68,24 +45,13 @@ metric() { # metric NAME: sums a Prometheus metric's samples
 	curl -fsS "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
 }
 
-ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 2000)) ]; then
-	log "open files limit $(ulimit -n) is too low for N=$N"; exit 1
-fi
+raise_nofile $((N + 2000))
 
 log "building otad and otasim"
 go build -o "$WORK/otad" ./cmd/otad
 go build -o "$WORK/otasim" ./cmd/otasim
 
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-[ -n "$PG_BIN" ] || { log "PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
-mkdir -p "$WORK/pg"
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK" "$WORK/pg"; fi
-PG_PORT=$(free_port)
-as_postgres "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
-as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -w -l "$WORK/pg/log" \
-	-o "-h 127.0.0.1 -p $PG_PORT -k $WORK/pg -c max_connections=100" start >/dev/null
-log "postgres on 127.0.0.1:$PG_PORT (fsync on)"
+start_postgres
 
 HTTP_PORT=$(free_port)
 MQTT_PORT=$(free_port)

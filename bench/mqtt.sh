@@ -26,34 +26,11 @@ if [ "$N" -gt 20000 ] || [ "$TP_DEVICES" -gt "$N" ] || [ "$TP_REPORTS" -gt 1000 
 	exit 2
 fi
 
-WORK=$(mktemp -d /tmp/otad-bench.XXXXXX)
-PG_BIN=""
-PIDS=()
-log() { printf 'bench: %s\n' "$*" >&2; }
-
-cleanup() {
-	set +e
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
-		as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1
-	fi
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
-# wait_line FILE PATTERN: waits (up to 10 minutes) for a line in FILE.
-wait_line() {
-	for _ in $(seq 1 6000); do
-		grep -q "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	log "timed out waiting for '$2' in $1"; cat "$1" >&2; return 1
-}
 json() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d[sys.argv[2]])' "$1" "$2"; }
 metric() { # metric PORT NAME: sums a Prometheus metric's samples
 	python3 - "$1" "$2" <<'EOF'
@@ -63,29 +40,15 @@ print(sum(float(l.split()[-1]) for l in body.splitlines() if l.startswith(sys.ar
 EOF
 }
 
-ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 1000)) ]; then
-	log "open files limit $(ulimit -n) is too low for N=$N"; exit 1
-fi
+raise_nofile $((N + 1000))
 
 log "building otasim and brokerd"
 go build -o "$WORK/otasim" ./cmd/otasim
 go build -o "$WORK/brokerd" ./bench/brokerd
 
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-[ -n "$PG_BIN" ] || { log "PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { log "mosquitto not found (apt-get install mosquitto)"; exit 1; }
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-
-mkdir -p "$WORK/pg"
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK" "$WORK/pg"; fi
-PG_PORT=$(free_port)
-as_postgres "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
-# Durable settings: fsync and synchronous_commit stay on.
-as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -w -l "$WORK/pg/log" \
-	-o "-h 127.0.0.1 -p $PG_PORT -k $WORK/pg -c max_connections=100" start >/dev/null
-PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
-log "postgres on 127.0.0.1:$PG_PORT (fsync on)"
+start_postgres
 
 log "provisioning $N devices; starting otad's broker"
 "$WORK/brokerd" -postgres "$PG_URL" -provision "$N" -devices-out "$WORK/devices.csv" ${BROKERD_FLAGS:-} >"$WORK/brokerd.out" 2>"$WORK/brokerd.err" &
