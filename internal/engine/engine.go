@@ -58,6 +58,9 @@ type Engine struct {
 	transitions *prometheus.CounterVec
 	dispatchMu  sync.Mutex // one dispatch pass at a time per replica
 	heartbeat   time.Time  // last NodeHeartbeat, touched only by pass
+
+	jobsMu sync.Mutex
+	jobs   map[string]*ota.Job // see job
 }
 
 // Node liveness: a replica refreshes its row every heartbeatEvery; one
@@ -85,6 +88,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:  cfg,
 		log:  cfg.Logger.With("component", "engine"),
 		wake: make(chan struct{}, 1),
+		jobs: make(map[string]*ota.Job),
 		notified: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otad_job_notifications_total",
 			Help: "update_firmware messages sent to devices.",

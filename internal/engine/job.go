@@ -80,7 +80,7 @@ func (e *Engine) handleReport(ctx context.Context, r ota.Report) error {
 	if err != nil {
 		return err
 	}
-	j, err := e.cfg.Store.JobGet(ctx, x.JobID)
+	j, err := e.job(ctx, x.JobID)
 	if err != nil {
 		return err
 	}
@@ -208,3 +208,31 @@ func failureText(code int) string {
 }
 
 func intp(n int) *int { return &n }
+
+// job returns a job for report handling from a small cache: every report
+// needs its job, and all a report uses of it but the status never changes.
+// A stale status is harmless there: a queued device of a job canceled
+// meanwhile is no longer queued, so dispatching it claims nothing, and a
+// scheduled job that started is dispatched by the next pass.
+func (e *Engine) job(ctx context.Context, id string) (*ota.Job, error) {
+	e.jobsMu.Lock()
+	j, ok := e.jobs[id]
+	e.jobsMu.Unlock()
+	if ok {
+		return j, nil
+	}
+	j, err := e.cfg.Store.JobGet(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	e.jobsMu.Lock()
+	if len(e.jobs) >= maxCachedJobs {
+		clear(e.jobs)
+	}
+	e.jobs[id] = j
+	e.jobsMu.Unlock()
+	return j, nil
+}
+
+// maxCachedJobs bounds the job cache; past it the cache starts afresh.
+const maxCachedJobs = 256
