@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sync"
 
 	"github.com/getkin/kin-openapi/openapi3"
 )
@@ -16,15 +15,7 @@ import (
 //go:embed openapi.yaml
 var OpenAPIYAML []byte
 
-var openAPIJSON = sync.OnceValues(func() ([]byte, error) {
-	doc, err := LoadOpenAPI()
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(doc)
-})
-
-// LoadOpenAPI parses and validates the embedded document.
+// LoadOpenAPI parses the embedded document.
 func LoadOpenAPI() (*openapi3.T, error) {
 	doc, err := openapi3.NewLoader().LoadFromData(OpenAPIYAML)
 	if err != nil {
@@ -33,14 +24,18 @@ func LoadOpenAPI() (*openapi3.T, error) {
 	return doc, nil
 }
 
-func (s *Server) openAPIJSON(w http.ResponseWriter, r *http.Request) {
-	b, err := openAPIJSON()
+// openAPIDocJSON renders the document as JSON, once, when the server is built.
+func openAPIDocJSON() ([]byte, error) {
+	doc, err := LoadOpenAPI()
 	if err != nil {
-		s.writeError(w, r, err)
-		return
+		return nil, err
 	}
+	return json.Marshal(doc)
+}
+
+func (s *Server) openAPIJSON(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Write(b)
+	w.Write(s.openAPI)
 }
 
 func (s *Server) openAPIYAML(w http.ResponseWriter, r *http.Request) {

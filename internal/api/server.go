@@ -59,6 +59,7 @@ type Server struct {
 	uploadStall     time.Duration
 	download        http.Handler
 
+	openAPI  []byte // the OpenAPI document as JSON
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	router   chi.Router
@@ -98,6 +99,10 @@ func New(cfg Config) (*Server, error) {
 		if err := cfg.Registry.Register(c); err != nil {
 			return nil, err
 		}
+	}
+	var err error
+	if s.openAPI, err = openAPIDocJSON(); err != nil {
+		return nil, err
 	}
 	s.router = s.routes()
 	return s, nil
