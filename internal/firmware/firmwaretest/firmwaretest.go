@@ -20,6 +20,7 @@ import (
 
 	"github.com/otad/otad/internal/firmware"
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/testdb"
 )
 
 // Backend is one blob backend under test.
@@ -64,10 +65,7 @@ func S3Config(t testing.TB, partSize int64) firmware.S3Config {
 	t.Helper()
 	endpoint := os.Getenv("OTAD_TEST_S3_ENDPOINT")
 	if endpoint == "" {
-		if os.Getenv("OTAD_TEST_REQUIRE_SERVICES") != "" {
-			t.Fatal("OTAD_TEST_S3_ENDPOINT is not set, and OTAD_TEST_REQUIRE_SERVICES requires S3")
-		}
-		t.Skip("OTAD_TEST_S3_ENDPOINT is not set: run ./scripts/test.sh for the S3 tests")
+		testdb.SkipOrFail(t, "OTAD_TEST_S3_ENDPOINT is not set: run ./scripts/test.sh for the S3 tests")
 	}
 	var rnd [6]byte
 	rand.Read(rnd[:])
