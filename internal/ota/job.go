@@ -261,3 +261,22 @@ func ValidateJobID(id string) error {
 	}
 	return nil
 }
+
+// JobTargetsMissing is the error of a job naming devices that do not exist.
+func JobTargetsMissing(names []string) error {
+	return &Error{Code: EINVALID, Message: fmt.Sprintf("%d targeted devices do not exist", len(names)),
+		Detail: map[string]any{"devices": names}}
+}
+
+// JobTargetsBusy is the error of a job over devices in another active job;
+// names may be empty when the conflict was only seen at insertion.
+func JobTargetsBusy(names []string) error {
+	msg := "targeted devices are in another active job"
+	if len(names) > 0 {
+		msg = fmt.Sprintf("%d targeted devices are in another active job", len(names))
+	}
+	return &Error{Code: ECONFLICT, Message: msg, Detail: map[string]any{"devices": names}}
+}
+
+// ErrJobTargetsNone is the error of a job whose targets match no device.
+var ErrJobTargetsNone = &Error{Code: EINVALID, Message: "no device matches the job's targets"}

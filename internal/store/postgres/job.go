@@ -33,16 +33,16 @@ func scanJob(row pgx.Row) (*ota.Job, error) {
 	return &j, nil
 }
 
-// targetFilter is the SQL condition on devices d selecting a job's targets,
-// with its arguments starting at $3 ($1 is the product, $2 the version).
-func targetFilter(t ota.JobTargets) (string, []any) {
+// targetFilter is the SQL condition on devices d selecting a job's
+// targets, and its one argument, bound to the placeholder param.
+func targetFilter(t ota.JobTargets, param string) (string, any) {
 	switch {
 	case t.All:
-		return "true", nil
+		return param + "::text[] IS NULL", []string(nil)
 	case len(t.Versions) > 0:
-		return "d.version = ANY($3::text[])", []any{t.Versions}
+		return "d.version = ANY(" + param + "::text[])", t.Versions
 	default:
-		return "d.name = ANY($3::text[])", []any{t.Devices}
+		return "d.name = ANY(" + param + "::text[])", t.Devices
 	}
 }
 
@@ -54,67 +54,57 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 	if err != nil {
 		return fmt.Errorf("job targets: %w", err)
 	}
-	filter, fargs := targetFilter(j.Targets)
-	args := append([]any{j.ProductID, j.FirmwareVersion}, fargs...)
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if len(j.Targets.Devices) > 0 {
 			rows, err := tx.Query(ctx, `SELECT name FROM unnest($2::text[]) AS t(name)
 				WHERE NOT EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND devices.name = t.name) ORDER BY name LIMIT 100`,
 				j.ProductID, j.Targets.Devices)
+			missing, err := collect(rows, err, "missing devices", scanString)
 			if err != nil {
-				return fmt.Errorf("create job: %w", err)
-			}
-			missing, err := pgx.CollectRows(rows, pgx.RowTo[string])
-			if err != nil {
-				return fmt.Errorf("create job: %w", err)
+				return err
 			}
 			if len(missing) > 0 {
-				return &ota.Error{Code: ota.EINVALID, Message: fmt.Sprintf("%d targeted devices do not exist", len(missing)), Detail: map[string]any{"devices": missing}}
+				return ota.JobTargetsMissing(missing)
 			}
 		}
+		filter, arg := targetFilter(j.Targets, "$2")
 		rows, err := tx.Query(ctx, `SELECT e.device_name FROM job_executions e JOIN devices d ON d.product_id = e.product_id AND d.name = e.device_name
-			WHERE e.product_id = $1 AND $2::text IS NOT NULL AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`, args...)
+			WHERE e.product_id = $1 AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`, j.ProductID, arg)
+		busy, err := collect(rows, err, "busy devices", scanString)
 		if err != nil {
-			return fmt.Errorf("create job: %w", err)
-		}
-		busy, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return fmt.Errorf("create job: %w", err)
+			return err
 		}
 		if len(busy) > 0 {
-			return conflictingDevices(busy)
+			return ota.JobTargetsBusy(busy)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
 			j.ID, j.ProductID, j.FirmwareVersion, j.Status, string(targets), j.TimeoutSeconds, j.MaxRetries, j.RetryBackoffSeconds,
 			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt)); err != nil {
 			return interpretError(err, "job")
 		}
+		filter, arg = targetFilter(j.Targets, "$3")
 		tag, err := tx.Exec(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
-			SELECT $`+fmt.Sprint(len(args)+1)+`, d.product_id, d.name,
+			SELECT $4, d.product_id, d.name,
 				CASE WHEN d.version = $2 THEN 'done' ELSE 'queued' END, d.version,
 				CASE WHEN d.version = $2 THEN 100 ELSE 0 END,
-				CASE WHEN d.version = $2 THEN $`+fmt.Sprint(len(args)+2)+`::timestamptz END,
-				$`+fmt.Sprint(len(args)+2)+`, $`+fmt.Sprint(len(args)+2)+`
-			FROM devices d WHERE d.product_id = $1 AND `+filter, append(args, j.ID, j.CreatedAt)...)
+				CASE WHEN d.version = $2 THEN $5::timestamptz END, $5, $5
+			FROM devices d WHERE d.product_id = $1 AND `+filter, j.ProductID, j.FirmwareVersion, arg, j.ID, j.CreatedAt)
 		if err != nil {
 			if ota.IsCode(interpretError(err, "job execution"), ota.ECONFLICT) {
-				return conflictingDevices(nil)
+				return ota.JobTargetsBusy(nil)
 			}
 			return fmt.Errorf("create job executions: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
-			return ota.Errorf(ota.EINVALID, "no device matches the job's targets")
+			return ota.ErrJobTargetsNone
 		}
 		return nil
 	})
 }
 
-func conflictingDevices(names []string) error {
-	msg := "targeted devices are in another active job"
-	if len(names) > 0 {
-		msg = fmt.Sprintf("%d targeted devices are in another active job", len(names))
-	}
-	return &ota.Error{Code: ota.ECONFLICT, Message: msg, Detail: map[string]any{"devices": names}}
+func scanString(row pgx.Row) (string, error) {
+	var v string
+	return v, row.Scan(&v)
 }
 
 func (s *Store) JobGet(ctx context.Context, id string) (*ota.Job, error) {
@@ -128,19 +118,13 @@ func (s *Store) JobGet(ctx context.Context, id string) (*ota.Job, error) {
 func (s *Store) JobList(ctx context.Context, p ota.JobListParams) ([]*ota.Job, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE product_id = $1 AND id > $2 ORDER BY id LIMIT $3`,
 		p.ProductID, p.After, ota.PageLimit(p.Limit))
-	if err != nil {
-		return nil, fmt.Errorf("list jobs: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Job, error) { return scanJob(row) })
+	return collect(rows, err, "jobs", scanJob)
 }
 
 func (s *Store) JobListActive(ctx context.Context) ([]*ota.Job, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE status IN ('scheduled', 'running')
 		OR (status = 'canceled' AND completed_at IS NULL) ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("list active jobs: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Job, error) { return scanJob(row) })
+	return collect(rows, err, "active jobs", scanJob)
 }
 
 func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error) {
@@ -228,13 +212,6 @@ func scanExec(row pgx.Row) (*ota.JobExecution, error) {
 	return &e, nil
 }
 
-func collectExecs(rows pgx.Rows, err error, what string) ([]*ota.JobExecution, error) {
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.JobExecution, error) { return scanExec(row) })
-}
-
 func (s *Store) JobExecutionGet(ctx context.Context, jobID, deviceName string) (*ota.JobExecution, error) {
 	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND device_name = $2`, jobID, deviceName))
 	if err != nil {
@@ -246,7 +223,7 @@ func (s *Store) JobExecutionGet(ctx context.Context, jobID, deviceName string) (
 func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListParams) ([]*ota.JobExecution, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND device_name > $2
 		AND ($3 = '' OR state = $3) ORDER BY device_name LIMIT $4`, p.JobID, p.After, p.State, ota.PageLimit(p.Limit))
-	return collectExecs(rows, err, "list job executions")
+	return collect(rows, err, "job executions", scanExec)
 }
 
 func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*ota.JobExecution, error) {
@@ -291,11 +268,11 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
 			LIMIT $4 FOR UPDATE OF x SKIP LOCKED)
 		RETURNING `+execColumns, p.JobID, p.Node, p.DeviceName, p.Limit, p.At.UTC(), p.Deadline.UTC())
-	return collectExecs(rows, err, "claim job executions")
+	return collect(rows, err, "claimed job executions", scanExec)
 }
 
 func (s *Store) JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*ota.JobExecution, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions
 		WHERE deadline_at < $1 AND state IN ('notified', 'downloading', 'burning') ORDER BY deadline_at LIMIT $2`, now.UTC(), limit)
-	return collectExecs(rows, err, "expired job executions")
+	return collect(rows, err, "expired job executions", scanExec)
 }

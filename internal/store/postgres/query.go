@@ -23,28 +23,36 @@ func (s *Store) ProductCreate(ctx context.Context, p *ota.Product) error {
 }
 
 func (s *Store) ProductGet(ctx context.Context, id string) (*ota.Product, error) {
-	var p ota.Product
-	err := s.pool.QueryRow(ctx, `SELECT id, name, description, created_at FROM products WHERE id = $1`, id).
-		Scan(&p.ID, &p.Name, &p.Description, &p.CreatedAt)
+	p, err := scanProduct(s.pool.QueryRow(ctx, `SELECT id, name, description, created_at FROM products WHERE id = $1`, id))
 	if err != nil {
 		return nil, interpretError(err, "product")
 	}
-	p.CreatedAt = utc(p.CreatedAt)
-	return &p, nil
+	return p, nil
 }
 
 func (s *Store) ProductList(ctx context.Context, params ota.ProductListParams) ([]*ota.Product, error) {
 	rows, err := s.pool.Query(ctx, `SELECT id, name, description, created_at FROM products WHERE id > $1 ORDER BY id LIMIT $2`,
 		params.After, ota.PageLimit(params.Limit))
+	return collect(rows, err, "products", scanProduct)
+}
+
+func scanProduct(row pgx.Row) (*ota.Product, error) {
+	var p ota.Product
+	err := row.Scan(&p.ID, &p.Name, &p.Description, &p.CreatedAt)
+	p.CreatedAt = utc(p.CreatedAt)
+	return &p, err
+}
+
+// collect scans every row with scan; err is the query's.
+func collect[T any](rows pgx.Rows, err error, what string, scan func(pgx.Row) (T, error)) ([]T, error) {
 	if err != nil {
-		return nil, fmt.Errorf("list products: %w", err)
+		return nil, fmt.Errorf("list %s: %w", what, err)
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Product, error) {
-		var p ota.Product
-		err := row.Scan(&p.ID, &p.Name, &p.Description, &p.CreatedAt)
-		p.CreatedAt = utc(p.CreatedAt)
-		return &p, err
-	})
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (T, error) { return scan(row) })
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", what, err)
+	}
+	return out, nil
 }
 
 const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled,
@@ -104,10 +112,7 @@ func (s *Store) DeviceList(ctx context.Context, params ota.DeviceListParams) ([]
 	q := `SELECT ` + deviceColumns + ` FROM devices WHERE ` + strings.Join(where, " AND ") +
 		fmt.Sprintf(` ORDER BY name LIMIT $%d`, len(args))
 	rows, err := s.pool.Query(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list devices: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Device, error) { return scanDevice(row) })
+	return collect(rows, err, "devices", scanDevice)
 }
 
 func (s *Store) DeviceDelete(ctx context.Context, productID, name string) error {
@@ -188,10 +193,7 @@ func (s *Store) DeviceEventList(ctx context.Context, p ota.DeviceEventListParams
 	rows, err := s.pool.Query(ctx, `SELECT id, product_id, device_name, type, version, state, percent, result_code, result_msg, created_at
 		FROM device_events WHERE product_id = $1 AND device_name = $2 AND id < $3 ORDER BY id DESC LIMIT $4`,
 		p.ProductID, p.DeviceName, before, ota.PageLimit(p.Limit))
-	if err != nil {
-		return nil, fmt.Errorf("list device events: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.DeviceEvent, error) {
+	return collect(rows, err, "device events", func(row pgx.Row) (*ota.DeviceEvent, error) {
 		var e ota.DeviceEvent
 		err := row.Scan(&e.ID, &e.ProductID, &e.DeviceName, &e.Type, &e.Version, &e.State, &e.Percent, &e.ResultCode, &e.ResultMsg, &e.CreatedAt)
 		e.CreatedAt = utc(e.CreatedAt)
@@ -228,10 +230,7 @@ func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ot
 func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*ota.Firmware, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+firmwareColumns+` FROM firmware WHERE product_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
 		p.ProductID, p.After, ota.PageLimit(p.Limit))
-	if err != nil {
-		return nil, fmt.Errorf("list firmware: %w", err)
-	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (*ota.Firmware, error) { return scanFirmware(row) })
+	return collect(rows, err, "firmware", scanFirmware)
 }
 
 func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) error {

@@ -30,18 +30,19 @@ func scanJob(row scanner) (*ota.Job, error) {
 	return &j, nil
 }
 
-// targetFilter is the SQL condition on devices d selecting a job's targets;
-// ?3 is its argument, a JSON array.
-func targetFilter(t ota.JobTargets) (string, string) {
+// targetFilter is the SQL condition on devices d selecting a job's
+// targets, and its one argument (a JSON array), bound to the placeholder
+// param.
+func targetFilter(t ota.JobTargets, param string) (string, string) {
 	switch {
 	case t.All:
-		return "1", "[]"
+		return param + " = '[]'", "[]"
 	case len(t.Versions) > 0:
 		b, _ := json.Marshal(t.Versions)
-		return "d.version IN (SELECT value FROM json_each(?3))", string(b)
+		return "d.version IN (SELECT value FROM json_each(" + param + "))", string(b)
 	default:
 		b, _ := json.Marshal(t.Devices)
-		return "d.name IN (SELECT value FROM json_each(?3))", string(b)
+		return "d.name IN (SELECT value FROM json_each(" + param + "))", string(b)
 	}
 }
 
@@ -53,35 +54,30 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 	if err != nil {
 		return fmt.Errorf("job targets: %w", err)
 	}
-	filter, farg := targetFilter(j.Targets)
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if len(j.Targets.Devices) > 0 {
+			names, _ := json.Marshal(j.Targets.Devices)
 			rows, err := tx.QueryContext(ctx, `SELECT value FROM json_each(?2) AS t
 				WHERE NOT EXISTS (SELECT 1 FROM devices WHERE product_id = ?1 AND devices.name = t.value) ORDER BY value LIMIT 100`,
-				j.ProductID, farg)
-			missing, err := collect(rows, err, "missing devices", func(row scanner) (string, error) {
-				var n string
-				return n, row.Scan(&n)
-			})
+				j.ProductID, string(names))
+			missing, err := collect(rows, err, "missing devices", scanString)
 			if err != nil {
 				return err
 			}
 			if len(missing) > 0 {
-				return &ota.Error{Code: ota.EINVALID, Message: fmt.Sprintf("%d targeted devices do not exist", len(missing)), Detail: map[string]any{"devices": missing}}
+				return ota.JobTargetsMissing(missing)
 			}
 		}
+		filter, arg := targetFilter(j.Targets, "?2")
 		rows, err := tx.QueryContext(ctx, `SELECT e.device_name FROM job_executions e JOIN devices d ON d.product_id = e.product_id AND d.name = e.device_name
-			WHERE e.product_id = ?1 AND ?2 IS NOT NULL AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`,
-			j.ProductID, j.FirmwareVersion, farg)
-		busy, err := collect(rows, err, "busy devices", func(row scanner) (string, error) {
-			var n string
-			return n, row.Scan(&n)
-		})
+			WHERE e.product_id = ?1 AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`,
+			j.ProductID, arg)
+		busy, err := collect(rows, err, "busy devices", scanString)
 		if err != nil {
 			return err
 		}
 		if len(busy) > 0 {
-			return conflictingDevices(busy)
+			return ota.JobTargetsBusy(busy)
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			j.ID, j.ProductID, j.FirmwareVersion, j.Status, string(targets), j.TimeoutSeconds, j.MaxRetries, j.RetryBackoffSeconds,
@@ -89,31 +85,29 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 			return interpretError(err, "job")
 		}
 		at := fmtTime(j.CreatedAt)
+		filter, arg = targetFilter(j.Targets, "?3")
 		res, err := tx.ExecContext(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
 			SELECT ?4, d.product_id, d.name,
 				CASE WHEN d.version = ?2 THEN 'done' ELSE 'queued' END, d.version,
 				CASE WHEN d.version = ?2 THEN 100 ELSE 0 END,
 				CASE WHEN d.version = ?2 THEN ?5 END, ?5, ?5
-			FROM devices d WHERE d.product_id = ?1 AND `+filter, j.ProductID, j.FirmwareVersion, farg, j.ID, at)
+			FROM devices d WHERE d.product_id = ?1 AND `+filter, j.ProductID, j.FirmwareVersion, arg, j.ID, at)
 		if err != nil {
 			if ota.IsCode(interpretError(err, "job execution"), ota.ECONFLICT) {
-				return conflictingDevices(nil)
+				return ota.JobTargetsBusy(nil)
 			}
 			return fmt.Errorf("create job executions: %w", err)
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
-			return ota.Errorf(ota.EINVALID, "no device matches the job's targets")
+			return ota.ErrJobTargetsNone
 		}
 		return nil
 	})
 }
 
-func conflictingDevices(names []string) error {
-	msg := "targeted devices are in another active job"
-	if len(names) > 0 {
-		msg = fmt.Sprintf("%d targeted devices are in another active job", len(names))
-	}
-	return &ota.Error{Code: ota.ECONFLICT, Message: msg, Detail: map[string]any{"devices": names}}
+func scanString(row scanner) (string, error) {
+	var v string
+	return v, row.Scan(&v)
 }
 
 func (s *Store) JobGet(ctx context.Context, id string) (*ota.Job, error) {
