@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -13,7 +14,7 @@ import (
 // Jobs is the job engine as the API uses it.
 type Jobs interface {
 	CreateJob(ctx context.Context, j *ota.Job) error
-	CancelJob(ctx context.Context, productID, id string) error
+	CancelJob(ctx context.Context, id string) error
 }
 
 type jobCreateRequest struct {
@@ -131,7 +132,7 @@ func (s *Server) jobDevices(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	state := r.URL.Query().Get("state")
-	if state != "" && !validExecState(state) {
+	if state != "" && !slices.Contains(ota.ExecStates, state) {
 		return ota.Errorf(ota.EINVALID, "state must be one of queued, notified, downloading, burning, done, failed, timed_out, canceled")
 	}
 	xs, err := s.store.JobExecutionList(r.Context(), ota.JobExecutionListParams{JobID: j.ID, State: state, After: after, Limit: limit})
@@ -141,26 +142,15 @@ func (s *Server) jobDevices(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, newPage(xs, limit, func(x *ota.JobExecution) string { return x.DeviceName }))
 }
 
-func validExecState(s string) bool {
-	for _, st := range ota.ExecStates {
-		if s == st {
-			return true
-		}
-	}
-	return false
-}
-
 func (s *Server) jobCancel(w http.ResponseWriter, r *http.Request) error {
 	j, err := s.job(r)
 	if err != nil {
 		return err
 	}
-	if err := s.jobs.CancelJob(r.Context(), j.ProductID, j.ID); err != nil {
+	if err := s.jobs.CancelJob(r.Context(), j.ID); err != nil {
 		return err
 	}
-	if j, err = s.store.JobGet(r.Context(), j.ID); err != nil {
-		return err
-	}
+	j.Status = ota.JobCanceled
 	d, err := s.jobDetail(r.Context(), j)
 	if err != nil {
 		return err

@@ -341,7 +341,7 @@ func TestJobCancelAndSchedule(t *testing.T) {
 		j := f.create(&ota.Job{Targets: ota.JobTargets{Devices: []string{"d00", "d01", "d02"}}, MaxConcurrent: 1})
 		f.pass()
 		f.wantState(j.ID, "d00", ota.ExecNotified)
-		must(t, f.eng.CancelJob(t.Context(), f.pid, j.ID))
+		must(t, f.eng.CancelJob(t.Context(), j.ID))
 		f.pass()
 		f.wantState(j.ID, "d01", ota.ExecCanceled)
 		f.wantState(j.ID, "d02", ota.ExecCanceled)
@@ -355,7 +355,7 @@ func TestJobCancelAndSchedule(t *testing.T) {
 		if got.Status != ota.JobCanceled || got.CompletedAt == nil {
 			t.Fatalf("canceled job %+v", got)
 		}
-		if err := f.eng.CancelJob(t.Context(), f.pid, j.ID); ota.ErrorCode(err) != ota.ECONFLICT {
+		if err := f.eng.CancelJob(t.Context(), j.ID); ota.ErrorCode(err) != ota.ECONFLICT {
 			t.Fatalf("second cancel: %v", err)
 		}
 

@@ -41,16 +41,10 @@ func (e *Engine) CreateJob(ctx context.Context, j *ota.Job) error {
 	return nil
 }
 
-// CancelJob cancels a job of a product: queued devices are canceled and
-// nothing more is dispatched; devices already upgrading are still tracked.
-func (e *Engine) CancelJob(ctx context.Context, productID, id string) error {
-	j, err := e.cfg.Store.JobGet(ctx, id)
-	if err != nil {
-		return err
-	}
-	if j.ProductID != productID {
-		return ota.Errorf(ota.ENOTFOUND, "job not found")
-	}
+// CancelJob cancels a job: queued devices are canceled and nothing more is
+// dispatched; devices already upgrading are still tracked. A job that has
+// ended is ECONFLICT.
+func (e *Engine) CancelJob(ctx context.Context, id string) error {
 	if err := e.cfg.Store.JobCancel(ctx, id, e.cfg.Now()); err != nil {
 		return err
 	}
