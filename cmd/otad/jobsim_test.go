@@ -86,7 +86,7 @@ func startSim(t *testing.T, broker, csvFile string, args ...string) *simProcess 
 			<-p.exited
 		}
 	})
-	eventually(t, "otasim's devices to connect", func() bool {
+	waitFor(t, "otasim's devices to connect", func() bool {
 		if strings.Contains(p.out.String(), `"phase":"holding"`) {
 			return true
 		}
@@ -140,19 +140,6 @@ func (p *simProcess) stop(t *testing.T) (map[string]simDevice, simSummary) {
 		t.Fatalf("otasim:\n%s", p.stderr)
 	}
 	return devs, sum
-}
-
-// eventually polls cond until it holds, failing the test after a minute:
-// generous, so that a loaded machine does not fail it.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // provisionDevices creates devices on version 1.0.0 through the API and
@@ -292,7 +279,7 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 		if j.Total != 10 {
 			t.Fatalf("job %+v", j)
 		}
-		eventually(t, "the online devices that succeed at once to be done", func() bool {
+		waitFor(t, "the online devices that succeed at once to be done", func() bool {
 			xs := a.jobExecutions(t, pid, j.ID)
 			return xs["ok-0"].State == "done" && xs["ok-1"].State == "done" && xs["offline-0"].State == "done"
 		})
@@ -305,7 +292,7 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 		}
 		lateSim := startSim(t, a.MQTTAddr(), writeCSV(t, file, late...))
 
-		eventually(t, "the job to complete", func() bool { return a.job(t, pid, j.ID).CompletedAt != nil })
+		waitFor(t, "the job to complete", func() bool { return a.job(t, pid, j.ID).CompletedAt != nil })
 		j = a.job(t, pid, j.ID)
 		want := map[string]int{"queued": 0, "notified": 0, "downloading": 0, "burning": 0, "done": 6, "failed": 2, "timed_out": 2, "canceled": 0}
 		if j.Status != "completed" || fmt.Sprint(j.Counts) != fmt.Sprint(want) {
@@ -386,10 +373,10 @@ func TestJobCancelEndToEnd(t *testing.T) {
 		sim := startSim(t, a.MQTTAddr(), file, "-download-rate", "16384")
 		j := a.createJob(t, pid, map[string]any{"firmware_version": "2.0.0", "targets": map[string]any{"all": true},
 			"timeout_seconds": 60, "max_concurrent": 1})
-		eventually(t, "a first device to be done", func() bool { return a.job(t, pid, j.ID).Counts["done"] >= 1 })
+		waitFor(t, "a first device to be done", func() bool { return a.job(t, pid, j.ID).Counts["done"] >= 1 })
 		r := a.do("POST", "/v1/products/"+pid+"/jobs/"+j.ID+"/cancel", nil)
 		r.wantStatus(t, 200)
-		eventually(t, "the canceled job to close", func() bool { return a.job(t, pid, j.ID).CompletedAt != nil })
+		waitFor(t, "the canceled job to close", func() bool { return a.job(t, pid, j.ID).CompletedAt != nil })
 		j = a.job(t, pid, j.ID)
 		if j.Status != "canceled" || j.Counts["done"]+j.Counts["canceled"] != 6 || j.Counts["canceled"] < 1 {
 			t.Fatalf("canceled job: %s %v", j.Status, j.Counts)
@@ -453,7 +440,7 @@ func TestJobPacingAndRestart(t *testing.T) {
 			}
 		}
 		get := watch(a)
-		eventually(t, "two devices done", func() bool { return get().Counts["done"] >= 2 })
+		waitFor(t, "two devices done", func() bool { return get().Counts["done"] >= 2 })
 		var doneBefore []string
 		for name, x := range a.jobExecutions(t, pid, j.ID) {
 			if x.State == "done" {
@@ -468,7 +455,7 @@ func TestJobPacingAndRestart(t *testing.T) {
 		}
 		a = startApp(t, engine, env)
 		get = watch(a)
-		eventually(t, "the job to complete after the restart", func() bool { return get().CompletedAt != nil })
+		waitFor(t, "the job to complete after the restart", func() bool { return get().CompletedAt != nil })
 		j = get()
 		if j.Status != "completed" || j.Counts["done"] != 8 {
 			t.Fatalf("job after restart: %s %v", j.Status, j.Counts)
@@ -546,7 +533,7 @@ func TestJobSurvivesKill(t *testing.T) {
 			}
 			return xs
 		}
-		eventually(t, "two devices done", func() bool {
+		waitFor(t, "two devices done", func() bool {
 			c.call("GET", "/v1/products/"+pid+"/jobs/"+j.ID, nil, 200, &j)
 			return j.Counts["done"] >= 2
 		})
@@ -564,7 +551,7 @@ func TestJobSurvivesKill(t *testing.T) {
 		if len(doneBefore) == len(names) {
 			t.Fatalf("the job finished before otad was killed")
 		}
-		eventually(t, "the job to complete after the kill", func() bool {
+		waitFor(t, "the job to complete after the kill", func() bool {
 			c.call("GET", "/v1/products/"+pid+"/jobs/"+j.ID, nil, 200, &j)
 			if n := inFlight(j); n > 2 {
 				t.Fatalf("%d devices upgrading at once with max_concurrent 2: %v", n, j.Counts)

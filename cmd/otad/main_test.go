@@ -137,7 +137,7 @@ func TestGracefulShutdown(t *testing.T) {
 // waitFor polls cond until it holds, failing after a generous deadline.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
