@@ -117,7 +117,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, err
 	}
-	signer, err := ota.NewDownloadSigner(strings.TrimSuffix(a.publicURL, "/"), []byte(secret))
+	signer, err := ota.NewDownloadSigner(a.publicURL, []byte(secret))
 	if err != nil {
 		return nil, fmt.Errorf("OTAD_PUBLIC_URL: %w", err)
 	}

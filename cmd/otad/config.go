@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/otad/otad/internal/ota"
 )
 
 // Config is otad's whole configuration. Every field is a flag whose default
@@ -131,15 +132,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("OTAD_DATABASE_URL must start with postgres:// (leave it empty for SQLite)")
 	}
 	if c.PublicURL != "" {
-		u, err := url.Parse(c.PublicURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("OTAD_PUBLIC_URL must be an http:// or https:// URL")
-		}
-		if len(u.Host) > 64 {
-			return fmt.Errorf("OTAD_PUBLIC_URL: a host longer than 64 characters breaks device SDKs")
-		}
-		if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
-			return fmt.Errorf("OTAD_PUBLIC_URL must be scheme://host[:port] without a path: device SDKs take everything before the last slash as the host")
+		if _, err := ota.DownloadBase(c.PublicURL); err != nil {
+			return fmt.Errorf("OTAD_PUBLIC_URL: %s", ota.ErrorMessage(err))
 		}
 	}
 	if (c.MQTTTLSAddr != "") != (c.MQTTTLSCert != "" && c.MQTTTLSKey != "") {

@@ -56,20 +56,33 @@ type DownloadSigner struct {
 // (devices derive the Host header from everything before the last slash).
 // The secret must be at least 16 bytes. Both problems are EINVALID.
 func NewDownloadSigner(publicURL string, secret []byte) (*DownloadSigner, error) {
-	u, err := url.Parse(publicURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, Errorf(EINVALID, "public URL must be an absolute http:// or https:// URL")
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery || (u.Path != "" && u.Path != "/") {
-		return nil, Errorf(EINVALID, "public URL must be scheme://host[:port] with no path, query or credentials: device SDKs take everything before the last slash as the host")
-	}
-	if len(u.Host) > DownloadHostMaxLen {
-		return nil, Errorf(EINVALID, "public URL host must be at most %d characters (a device SDK limit)", DownloadHostMaxLen)
+	base, err := DownloadBase(publicURL)
+	if err != nil {
+		return nil, err
 	}
 	if len(secret) < DownloadSecretMinLen {
 		return nil, Errorf(EINVALID, "download signing secret must be at least %d bytes", DownloadSecretMinLen)
 	}
-	return &DownloadSigner{base: u.Scheme + "://" + u.Host, secret: append([]byte(nil), secret...)}, nil
+	return &DownloadSigner{base: base, secret: append([]byte(nil), secret...)}, nil
+}
+
+// DownloadBase checks a public download URL against the device SDKs'
+// rules and returns it as scheme://host[:port]: http or https, a host of at
+// most 64 characters, and no path, query or credentials (devices derive the
+// Host header from everything before the last slash). A URL that breaks
+// them is EINVALID.
+func DownloadBase(publicURL string) (string, error) {
+	u, err := url.Parse(publicURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", Errorf(EINVALID, "public URL must be an absolute http:// or https:// URL")
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery || (u.Path != "" && u.Path != "/") {
+		return "", Errorf(EINVALID, "public URL must be scheme://host[:port] with no path, query or credentials: device SDKs take everything before the last slash as the host")
+	}
+	if len(u.Host) > DownloadHostMaxLen {
+		return "", Errorf(EINVALID, "public URL host must be at most %d characters (a device SDK limit)", DownloadHostMaxLen)
+	}
+	return u.Scheme + "://" + u.Host, nil
 }
 
 // URL returns the download URL of f that stops working at expires.
