@@ -36,15 +36,24 @@ type migratingStore interface {
 }
 
 // openStore opens Postgres when a database URL is set, else SQLite in the
-// data dir.
-func openStore(ctx context.Context, cfg *Config) (migratingStore, error) {
+// data dir, and the bus that carries signals between the replicas sharing
+// it (LISTEN/NOTIFY; in-process for SQLite, which is single-node).
+func openStore(ctx context.Context, cfg *Config, log *slog.Logger) (migratingStore, ota.Bus, error) {
 	if cfg.DatabaseURL != "" {
-		return postgres.Open(ctx, cfg.DatabaseURL)
+		s, err := postgres.Open(ctx, cfg.DatabaseURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		return s, s.Bus(log), nil
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("create data dir: %w", err)
+		return nil, nil, fmt.Errorf("create data dir: %w", err)
 	}
-	return sqlite.Open(ctx, filepath.Join(cfg.DataDir, "otad.db"))
+	s, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "otad.db"))
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, s.Bus(log), nil
 }
 
 // app is one running otad: every component, wired. Tests start it on :0
@@ -64,9 +73,10 @@ type app struct {
 	engine               *engine.Engine
 	publicURL            string
 
-	cancel context.CancelFunc
-	failed chan error
-	wg     sync.WaitGroup
+	cancel   context.CancelFunc // ends the engine
+	engineWG sync.WaitGroup
+	failed   chan error
+	wg       sync.WaitGroup // the HTTP servers
 }
 
 // newApp opens the store, migrates it, binds the HTTP listeners and builds
@@ -80,7 +90,8 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	}()
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	if a.store, err = openStore(ctx, cfg); err != nil {
+	var bus ota.Bus
+	if a.store, bus, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	applied, err := a.store.Migrate(ctx)
@@ -126,8 +137,8 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		return nil, err
 	}
 
-	// The broker tells the engine of every durable report; the engine
-	// notifies devices through the broker.
+	// The broker hands every report to the engine, which applies it in the
+	// broker's batched writer; the engine notifies devices through the broker.
 	var tlsConfig *tls.Config
 	if cfg.MQTTTLSAddr != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.MQTTTLSCert, cfg.MQTTTLSKey)
@@ -136,21 +147,21 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	var eng *engine.Engine
 	a.broker, err = broker.New(log, a.store, broker.Options{
 		Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTTLSAddr, TLSConfig: tlsConfig, Node: a.node, Registerer: a.reg,
-		OnReport: func(ctx context.Context, r ota.Report) { eng.HandleReport(ctx, r) },
 	})
 	if err != nil {
 		return nil, err
 	}
-	eng, err = engine.New(engine.Config{Logger: log, Store: a.store, Notifier: a.broker, URLs: signer, Node: a.node, Registerer: a.reg})
+	eng, err := engine.New(engine.Config{Logger: log, Store: a.store, Notifier: a.broker, URLs: signer, Node: a.node,
+		Bus: bus, Registerer: a.reg})
 	if err != nil {
 		return nil, err
 	}
+	a.broker.SetReports(eng)
 	a.engine = eng
 
-	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Notifier: a.broker, Jobs: eng, Blobs: a.blobs,
+	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs,
 		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg})
 	if err != nil {
 		return nil, err
@@ -262,9 +273,9 @@ func (a *app) Start(ctx context.Context) error {
 		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
 	}
 	a.log.Info("devices download firmware from", "component", "download", "public_url", a.publicURL)
-	a.wg.Add(1)
+	a.engineWG.Add(1)
 	go func() {
-		defer a.wg.Done()
+		defer a.engineWG.Done()
 		a.engine.Run(runCtx)
 	}()
 	return nil
@@ -307,24 +318,26 @@ func dialable(addr string) string {
 	return host + ":" + port
 }
 
-// Close stops accepting work, lets in-flight requests and reports finish
-// within ctx, stops the engine and closes the database last.
+// Close stops the engine first, so that nothing new is dispatched, then
+// the broker, which writes the reports in flight, then HTTP, letting
+// in-flight requests finish within ctx, and closes the database last.
 func (a *app) Close(ctx context.Context) error {
 	var errs []error
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.engineWG.Wait()
+	if a.broker != nil {
+		if err := a.broker.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
+		}
+	}
 	for _, srv := range []*http.Server{a.httpSrv, a.downloadSrv} {
 		if srv != nil {
 			if err := srv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 			}
 		}
-	}
-	if a.broker != nil {
-		if err := a.broker.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
-		}
-	}
-	if a.cancel != nil {
-		a.cancel()
 	}
 	a.wg.Wait()
 	errs = append(errs, a.closeResources())

@@ -60,7 +60,7 @@ func TestJobsAPI(t *testing.T) {
 			"timeout_seconds": 600, "max_retries": 0, "max_concurrent": 2})
 		r.wantStatus(t, 201)
 		r.decode(t, &j)
-		if j.Status != "running" || j.Total != 3 || j.Counts["queued"] != 3 || len(j.Counts) != 8 {
+		if j.Status != "running" || j.Total != 3 || j.Counts["queued"] != 3 || len(j.Counts) != 9 {
 			t.Fatalf("created job %+v", j)
 		}
 		// Devices d1 and d2 are busy: a job over the devices on 1.0.0 overlaps.

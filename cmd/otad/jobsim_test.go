@@ -219,6 +219,7 @@ type execJSON struct {
 	Percent    int    `json:"percent"`
 	Attempts   int    `json:"attempts"`
 	ResultCode int    `json:"result_code"`
+	ResultName string `json:"result_name"`
 	ResultMsg  string `json:"result_msg"`
 }
 
@@ -294,7 +295,7 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 
 		waitFor(t, "the job to complete", func() bool { return a.job(t, pid, j.ID).CompletedAt != nil })
 		j = a.job(t, pid, j.ID)
-		want := map[string]int{"queued": 0, "notified": 0, "downloading": 0, "burning": 0, "done": 6, "failed": 2, "timed_out": 2, "canceled": 0}
+		want := map[string]int{"queued": 0, "notified": 0, "downloading": 0, "burning": 0, "done": 6, "failed": 1, "timed_out": 2, "canceled": 0, "rolled_back": 1}
 		if j.Status != "completed" || fmt.Sprint(j.Counts) != fmt.Sprint(want) {
 			t.Fatalf("completed job: status %s counts %v, want %v", j.Status, j.Counts, want)
 		}
@@ -304,17 +305,17 @@ func TestJobDevicesEndToEnd(t *testing.T) {
 			"late-0": {State: "done", Attempts: 1}, "late-1": {State: "done", Attempts: 1},
 			"offline-0":  {State: "done", Attempts: 1},
 			"flaky-0":    {State: "done", Attempts: 2},
-			"fail-0":     {State: "failed", Attempts: 2, ResultCode: -4},
+			"fail-0":     {State: "failed", Attempts: 2, ResultCode: -4, ResultName: "md5_mismatch"},
 			"timeout-0":  {State: "timed_out", Attempts: 2},
 			"stall-0":    {State: "timed_out", Attempts: 2},
-			"rollback-0": {State: "failed", Attempts: 1, ResultCode: -5},
+			"rollback-0": {State: "rolled_back", Attempts: 1},
 		} {
 			x := xs[name]
-			if x.State != w.State || x.Attempts != w.Attempts || x.ResultCode != w.ResultCode {
-				t.Errorf("%s: %+v, want state %s attempts %d result_code %d", name, x, w.State, w.Attempts, w.ResultCode)
+			if x.State != w.State || x.Attempts != w.Attempts || x.ResultCode != w.ResultCode || x.ResultName != w.ResultName {
+				t.Errorf("%s: %+v, want state %s attempts %d result_code %d (%s)", name, x, w.State, w.Attempts, w.ResultCode, w.ResultName)
 			}
 		}
-		if m := xs["rollback-0"].ResultMsg; !strings.Contains(m, "rolled back") {
+		if m := xs["rollback-0"].ResultMsg; !strings.Contains(m, "reports version 1.0.0 after done") {
 			t.Errorf("rollback result_msg %q", m)
 		}
 		if m := xs["timeout-0"].ResultMsg; !strings.Contains(m, "no result within 6s") {

@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := cfg.logger(stderr)
 	if cmd == "migrate" {
-		st, err := openStore(ctx, cfg)
+		st, _, err := openStore(ctx, cfg, log)
 		if err != nil {
 			return err
 		}

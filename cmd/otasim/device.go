@@ -43,6 +43,7 @@ type device struct {
 	stopping     bool      // the run closes the connection on purpose
 	offlineUntil time.Time // an offline device stays away until then
 	dialMu       sync.Mutex
+	broker       int // index of the broker in -broker's list; guarded by dialMu once running
 
 	upgrading atomic.Bool
 	rsp       chan string // versions answered by report_version_rsp
@@ -109,8 +110,10 @@ func (d *device) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c, err := dialMQTT(ctx, d.sim.cfg.broker, d.clientID(), user, pass, d.sim.cfg.keepalive)
+	brokers := d.sim.cfg.brokers
+	c, err := dialMQTT(ctx, brokers[d.broker%len(brokers)], d.clientID(), user, pass, d.sim.cfg.keepalive)
 	if err != nil {
+		d.broker++ // fail over to the next broker of the list
 		return err
 	}
 	d.mu.Lock()

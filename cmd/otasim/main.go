@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -53,6 +54,7 @@ const maxDevices = 50000
 
 type config struct {
 	broker         string
+	brokers        []string // broker, split
 	devicesFile    string
 	n              int
 	connectRate    int
@@ -76,7 +78,8 @@ type config struct {
 func parseFlags(args []string) (config, error) {
 	var c config
 	fs := flag.NewFlagSet("otasim", flag.ContinueOnError)
-	fs.StringVar(&c.broker, "broker", "127.0.0.1:1883", "MQTT broker address (host:port)")
+	fs.StringVar(&c.broker, "broker", "127.0.0.1:1883", "MQTT broker address (host:port); a comma-separated list fails over: "+
+		"devices connect to the first and, when a connection attempt fails, try the next, as behind a TCP load balancer")
 	fs.StringVar(&c.devicesFile, "devices", "", "CSV file of product_id,device_name,secret (required)")
 	fs.IntVar(&c.n, "n", 0, "number of devices to simulate (0: all in the file)")
 	fs.IntVar(&c.connectRate, "connect-rate", 1000, "new connections per second")
@@ -109,12 +112,15 @@ func parseFlags(args []string) (config, error) {
 	if c.devicesFile == "" {
 		return c, errors.New("-devices is required")
 	}
-	host, _, err := net.SplitHostPort(c.broker)
-	if err != nil {
-		return c, fmt.Errorf("-broker: %w", err)
-	}
-	if !c.allowRemote && !isLoopback(host) {
-		return c, fmt.Errorf("-broker %s is not a loopback address (use -allow-remote)", c.broker)
+	c.brokers = strings.Split(c.broker, ",")
+	for _, b := range c.brokers {
+		host, _, err := net.SplitHostPort(b)
+		if err != nil {
+			return c, fmt.Errorf("-broker: %w", err)
+		}
+		if !c.allowRemote && !isLoopback(host) {
+			return c, fmt.Errorf("-broker %s is not a loopback address (use -allow-remote)", b)
+		}
 	}
 	if c.n < 0 || c.n > maxDevices || c.connectRate <= 0 || c.reports < 0 {
 		return c, fmt.Errorf("-n must be 0 to %d, -connect-rate positive, -reports not negative", maxDevices)

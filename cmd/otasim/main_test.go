@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/otad/otad/internal/broker"
+	"github.com/otad/otad/internal/engine"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/storetest"
 	"github.com/otad/otad/internal/store/testdb"
@@ -41,14 +42,24 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+type noURLs struct{}
+
+func (noURLs) URL(*ota.Firmware, time.Time) string { return "http://fw.test/x" }
+
 // The simulator connects devices to the real broker, reports, and carries
 // out an upgrade otad orders: download, progress, done, new version.
 func TestSimulatorUpgrade(t *testing.T) {
 	store := testdb.SQLite(t)
-	b, err := broker.New(slog.New(slog.DiscardHandler), store, broker.Options{Addr: "127.0.0.1:0"})
+	log := slog.New(slog.DiscardHandler)
+	b, err := broker.New(log, store, broker.Options{Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	eng, err := engine.New(engine.Config{Logger: log, Store: store, Notifier: b, URLs: noURLs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetReports(eng)
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -115,13 +115,10 @@ func (s *Server) deviceUpdate(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if req.Disabled != nil {
-		if err := s.store.DeviceSetDisabled(r.Context(), d.ProductID, d.Name, *req.Disabled); err != nil {
+		if err := s.jobs.SetDeviceDisabled(r.Context(), d.ProductID, d.Name, *req.Disabled); err != nil {
 			return err
 		}
 		d.Disabled = *req.Disabled
-		if d.Disabled && s.notifier != nil {
-			s.notifier.Disconnect(d.ProductID, d.Name)
-		}
 	}
 	return writeJSON(w, http.StatusOK, d)
 }
@@ -131,11 +128,8 @@ func (s *Server) deviceDelete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeviceDelete(r.Context(), d.ProductID, d.Name); err != nil {
+	if err := s.jobs.DeleteDevice(r.Context(), d.ProductID, d.Name); err != nil {
 		return err
-	}
-	if s.notifier != nil {
-		s.notifier.Disconnect(d.ProductID, d.Name)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

@@ -661,7 +661,9 @@ func TestFirmwareDelete(t *testing.T) {
 		}
 		job := &ota.Job{ID: "job1", ProductID: fwProduct, FirmwareVersion: "4.1", Status: ota.JobRunning,
 			Targets: ota.JobTargets{Devices: []string{"lamp1"}}, TimeoutSeconds: 600}
-		if err := s.store.JobCreate(ctx, job); err != nil {
+		if err := s.store.JobCreate(ctx, ota.JobCreateParams{Job: job, Initial: func(v string) ota.JobExecution {
+			return ota.NewExecution(job, v, ota.Now())
+		}}); err != nil {
 			t.Fatal(err)
 		}
 		base := "/v1/products/" + fwProduct + "/firmware/"

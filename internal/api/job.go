@@ -15,6 +15,10 @@ import (
 type Jobs interface {
 	CreateJob(ctx context.Context, j *ota.Job) error
 	CancelJob(ctx context.Context, id string) error
+	// DeleteDevice and SetDeviceDisabled change a device and close its
+	// MQTT session on whichever replica holds it.
+	DeleteDevice(ctx context.Context, productID, name string) error
+	SetDeviceDisabled(ctx context.Context, productID, name string, disabled bool) error
 }
 
 type jobCreateRequest struct {
@@ -26,6 +30,9 @@ type jobCreateRequest struct {
 	MaxConcurrent       int            `json:"max_concurrent"`
 	MaxPerMinute        int            `json:"max_per_minute"`
 	StartAt             *time.Time     `json:"start_at"`
+	// RollbackWindowSeconds omitted is ota.DefaultRollbackWindow; 0 turns
+	// rollback detection off.
+	RollbackWindowSeconds *int `json:"rollback_window_seconds"`
 }
 
 // jobDetail is a job with its executions counted per state.
@@ -49,6 +56,10 @@ func (s *Server) jobCreate(w http.ResponseWriter, r *http.Request) error {
 		MaxConcurrent: req.MaxConcurrent, MaxPerMinute: req.MaxPerMinute, StartAt: req.StartAt}
 	if req.MaxRetries != nil {
 		j.MaxRetries = *req.MaxRetries
+	}
+	j.RollbackWindowSeconds = ota.DefaultRollbackWindow
+	if req.RollbackWindowSeconds != nil {
+		j.RollbackWindowSeconds = *req.RollbackWindowSeconds
 	}
 	if err := s.jobs.CreateJob(r.Context(), j); err != nil {
 		return err

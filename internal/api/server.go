@@ -26,8 +26,6 @@ import (
 type Config struct {
 	Logger *slog.Logger
 	Store  ota.Store
-	// Notifier disconnects deleted and disabled devices; nil when no broker runs.
-	Notifier ota.Notifier
 	// Jobs creates and cancels upgrade jobs.
 	Jobs Jobs
 	// Blobs stores firmware images.
@@ -50,7 +48,6 @@ type Config struct {
 type Server struct {
 	log      *slog.Logger
 	store    ota.Store
-	notifier ota.Notifier
 	jobs     Jobs
 	blobs    ota.Blobs
 	gatherer prometheus.Gatherer
@@ -70,7 +67,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		log:      cfg.Logger.With("component", "api"),
 		store:    cfg.Store,
-		notifier: cfg.Notifier,
 		jobs:     cfg.Jobs,
 		blobs:    cfg.Blobs,
 		gatherer: cfg.Gatherer,

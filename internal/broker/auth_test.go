@@ -278,7 +278,7 @@ func (g *gatedStore) DeviceGet(ctx context.Context, pid, name string) (*ota.Devi
 }
 
 // A device disabled while its connection is being authenticated (the
-// lookup saw it enabled) is disconnected as soon as its session exists.
+// lookup saw it enabled) is refused.
 func TestDisconnectDuringAuthentication(t *testing.T) {
 	e := newEnv(t, "sqlite")
 	d := e.device("racer")

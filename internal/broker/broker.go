@@ -62,12 +62,10 @@ type Options struct {
 	// written; past it the report is not acknowledged. Default 15s.
 	ReportTimeout time.Duration
 
-	// OnReport, when set, is called with every report after it is durable
-	// and the device has been answered (PUBACK, report_version_rsp). It runs
-	// on the reporting device's connection goroutine: later packets of that
-	// device wait for it, other devices do not. ctx ends when the broker
-	// closes.
-	OnReport func(ctx context.Context, r ota.Report)
+	// Reports applies the reports devices publish, in batches, before they
+	// are acknowledged (the engine). Required by Start; see also
+	// Broker.SetReports.
+	Reports ReportApplier
 
 	// Node names this otad replica in the devices' presence
 	// (DevicePresenceParams.Node); the engine must claim work for the same
@@ -124,8 +122,10 @@ type Broker struct {
 
 	listeners []*listener
 
-	// sessions maps a client ID to the connection that currently holds it,
-	// so that a taken-over connection does not mark its device offline.
+	// sessions maps a client ID to the one connection that holds it: the
+	// newest to reach OnSessionEstablish, until it ends. Older ones have
+	// been closed. A Disconnect closes the holder; a taken-over connection
+	// does not mark its device offline.
 	mu       sync.Mutex
 	sessions map[string]*mqtt.Client
 	// revoked remembers Disconnect calls by client ID (with the sequence
@@ -202,14 +202,21 @@ func New(log *slog.Logger, store ota.Store, opts Options) (*Broker, error) {
 	return b, nil
 }
 
+// SetReports sets Options.Reports before Start: the engine that applies
+// reports is built with the broker as its notifier.
+func (b *Broker) SetReports(r ReportApplier) { b.opts.Reports = r }
+
 // Start opens the listeners and starts the report writers and the presence
 // workers. They run until Close; ctx only bounds the start itself.
 func (b *Broker) Start(ctx context.Context) error {
+	if b.opts.Reports == nil {
+		return errors.New("broker: no report applier")
+	}
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("broker: already started")
 	}
 	b.ctx, b.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	b.rec = newRecorder(b.store, b.log, b.metrics, b.opts.ReportBatch, b.opts.ReportWriters)
+	b.rec = newRecorder(b.opts.Reports, b.log, b.metrics, b.opts.ReportBatch, b.opts.ReportWriters)
 	b.rec.start()
 	b.presence = newPresence(b.store, b.log, b.metrics)
 	b.presence.start()
@@ -227,7 +234,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			b.Close()
 			return fmt.Errorf("broker: listen %s: %w", a.addr, err)
 		}
-		l := newListener(a.id, nl, a.tls, b.opts.ConnectTimeout, b.log, b.metrics)
+		l := newListener(a.id, nl, a.tls, b.opts.ConnectTimeout, b.log, b.metrics, b.connectionEnded)
 		if err := b.server.AddListener(l); err != nil {
 			nl.Close()
 			b.Close()
@@ -340,20 +347,64 @@ func (b *Broker) Disconnect(productID, deviceName string) {
 			}
 		}
 	}
+	// The holder is the only connection of id that can still be open,
+	// CONNACK sent or not: older ones were closed when it took over, and
+	// later ones see the revocation in OnConnect or OnSessionEstablish.
+	cl := b.sessions[id]
 	b.mu.Unlock()
-	if cl, ok := b.server.Clients.Get(id); ok && !cl.Closed() {
+	if cl != nil && !cl.Closed() {
 		b.kick(cl, packets.ErrNotAuthorized)
 		b.log.Info("device disconnected", "product_id", productID, "device", deviceName, "reason", "revoked")
 	}
 }
 
+// kickWriteTimeout bounds the DISCONNECT written to a connection being
+// closed, which may have stopped reading.
+const kickWriteTimeout = time.Second
+
 // kick ends a client's connection, with a DISCONNECT for MQTT 5.
 func (b *Broker) kick(cl *mqtt.Client, code packets.Code) {
 	if cl.Properties.ProtocolVersion == 5 {
+		if cl.Net.Conn != nil {
+			_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(kickWriteTimeout))
+		}
 		_ = b.server.DisconnectClient(cl, code)
 		return
 	}
 	cl.Stop(code)
+}
+
+// connectionEnded runs when mochi is done with a connection. If it still
+// holds its client ID, the ID is free again and the device offline.
+func (b *Broker) connectionEnded(dc *deviceConn) {
+	cl, s := dc.client, dc.sess.Load()
+	if cl == nil || s == nil {
+		return // never reached OnSessionEstablish
+	}
+	// mochi leaves a client in Clients when its CONNACK could not be sent
+	// (it was closed while connecting) and keeps MQTT 3 non-clean sessions;
+	// otad keeps no session past its connection. Left there, the entry
+	// would be deleted by client ID by mochi's expiry sweep later, maybe
+	// with a newer connection's. No newer connection of the ID reaches
+	// mochi's Clients before dc.done closes, or, if none took cl over,
+	// before cl leaves b.sessions below (OnSessionEstablish).
+	if mc, ok := b.server.Clients.Get(cl.ID); ok && mc == cl {
+		b.server.UnsubscribeClient(cl)
+		cl.ClearInflights()
+		b.server.Clients.Delete(cl.ID)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sessions[cl.ID] != cl {
+		return // taken over
+	}
+	delete(b.sessions, cl.ID)
+	if dc.online.Load() {
+		// Under b.mu, so that it is queued before the online event of the
+		// next connection.
+		b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "error", cl.StopCause())
+		b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, Node: b.opts.Node, At: b.opts.Now()})
+	}
 }
 
 // revokedSince reports whether Disconnect was called for id after sequence
@@ -361,6 +412,10 @@ func (b *Broker) kick(cl *mqtt.Client, code packets.Code) {
 func (b *Broker) revokedSince(id string, seq uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.revokedLocked(id, seq)
+}
+
+func (b *Broker) revokedLocked(id string, seq uint64) bool {
 	r, ok := b.revoked[id]
 	return ok && r.seq > seq
 }

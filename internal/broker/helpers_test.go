@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	otadengine "github.com/otad/otad/internal/engine"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/storetest"
 	"github.com/otad/otad/internal/store/testdb"
@@ -40,12 +41,6 @@ func newEnv(t testing.TB, engine string, mod ...func(*Options)) *env {
 	opts := Options{
 		Addr:       "127.0.0.1:0",
 		Registerer: prometheus.NewRegistry(),
-		OnReport: func(_ context.Context, r ota.Report) {
-			select {
-			case e.reports <- r:
-			default:
-			}
-		},
 	}
 	for _, f := range mod {
 		f(&opts)
@@ -55,6 +50,13 @@ func newEnv(t testing.TB, engine string, mod ...func(*Options)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The real engine applies the reports, as in otad; the test sees each
+	// report it applied.
+	eng, err := otadengine.New(otadengine.Config{Logger: log, Store: store, Notifier: b, URLs: noURLs{}, Node: b.opts.Node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetReports(reportTap{eng, e.reports})
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -63,6 +65,31 @@ func newEnv(t testing.TB, engine string, mod ...func(*Options)) *env {
 	e.product = storetest.MustProduct(t, store)
 	return e
 }
+
+// reportTap hands the reports the engine applied to the test.
+type reportTap struct {
+	eng *otadengine.Engine
+	ch  chan ota.Report
+}
+
+func (rt reportTap) ApplyReports(ctx context.Context, reports []ota.Report) ([]error, error) {
+	refused, err := rt.eng.ApplyReports(ctx, reports)
+	if err == nil {
+		for i, r := range reports {
+			if refused[i] == nil {
+				select {
+				case rt.ch <- r:
+				default:
+				}
+			}
+		}
+	}
+	return refused, err
+}
+
+type noURLs struct{}
+
+func (noURLs) URL(*ota.Firmware, time.Time) string { return "http://fw.test/x" }
 
 // testWriter sends log lines to t.Log, dropping them once the test is over.
 type testWriter struct{ t testing.TB }
@@ -302,7 +329,7 @@ func (c *v5) next(t testing.TB) *paho5.Publish {
 	return nil
 }
 
-// nextReport waits for the broker to hand a durable report to OnReport.
+// nextReport waits for the engine to apply a report.
 func (e *env) nextReport() ota.Report {
 	e.t.Helper()
 	select {

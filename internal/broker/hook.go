@@ -23,10 +23,6 @@ type session struct {
 	updateTopic string
 	// authSeq orders the authentication against Broker.Disconnect calls.
 	authSeq uint64
-	// pending is a report made durable while handling the current PUBLISH,
-	// handed to Options.OnReport once mochi has acknowledged it. Only the
-	// connection's own goroutine touches it.
-	pending *ota.Report
 }
 
 // hook is the broker's mochi hook: authentication, ACL, reports, presence.
@@ -42,7 +38,7 @@ func (h *hook) ID() string { return "otad" }
 var provided = []byte{
 	mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 	mqtt.OnSessionEstablish, mqtt.OnSessionEstablished, mqtt.OnDisconnect,
-	mqtt.OnPublish, mqtt.OnPacketProcessed, mqtt.OnWill, mqtt.OnWillSent,
+	mqtt.OnPublish, mqtt.OnWill, mqtt.OnWillSent,
 	mqtt.OnPacketEncode, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnPublishDropped,
 }
 
@@ -112,6 +108,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if err := check(d); err != nil {
 		return h.refuse(cl, ota.AuthReason(err), pid, name, err)
 	}
+	if h.b.revokedSince(clientID, seq) {
+		return h.refuse(cl, reasonRevoked, pid, name, errRevoked)
+	}
 	h.b.metrics.logins.WithLabelValues(method).Inc()
 	// A delayed Will would be sent from mochi's event loop, where the
 	// store must not be waited on: send it when the connection ends.
@@ -166,34 +165,66 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	return sessionOf(cl.Net.Conn) != nil
 }
 
-// OnSessionEstablish runs before mochi takes over an existing session of
-// the same client ID, so the old connection's disconnect is known to be
-// stale when it comes.
-func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
-	h.b.mu.Lock()
-	h.b.sessions[cl.ID] = cl
-	h.b.mu.Unlock()
-}
+// reasonRevoked refuses a connection whose device was disabled or deleted
+// (Broker.Disconnect) while it was signing in.
+const reasonRevoked = "revoked"
 
-// OnSessionEstablished records the device online, unless it was disabled or
-// deleted while it authenticated.
-func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+var errRevoked = ota.Errorf(ota.EUNAUTHORIZED, "device was disabled or deleted while signing in")
+
+// OnSessionEstablish makes cl the one connection of its client ID. mochi
+// takes a session over without holding a lock from its look-up of the
+// client ID to its Clients.Add, so concurrent sign-ins with one ID miss
+// each other and stay connected, and an old connection that ends after a
+// newer one was added removes the newer one from Clients. Here, under b.mu,
+// the newest connection replaces the holder in b.sessions, closes it
+// ("session taken over") and waits until mochi is done with it, so that
+// mochi's take-overs and clean-ups happen one connection at a time. The
+// wait lasts as long as the hook the old connection is in (a store write
+// is bounded by ReportTimeout) and holds up only the new connection.
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	dc, _ := cl.Net.Conn.(*deviceConn)
 	s := sessionOf(cl.Net.Conn)
 	if s == nil {
+		return // OnConnectAuthenticate admits no such connection
+	}
+	dc.client = cl
+	h.b.mu.Lock()
+	prev := h.b.sessions[cl.ID]
+	h.b.sessions[cl.ID] = cl
+	revoked := h.b.revokedLocked(cl.ID, s.authSeq)
+	h.b.mu.Unlock()
+	if revoked {
+		// Disconnect found the previous holder, if any, and not cl:
+		// refuse it, but let it take its place in the order.
+		h.refuse(cl, reasonRevoked, s.productID, s.deviceName, errRevoked)
+		cl.Stop(packets.ErrNotAuthorized)
+	}
+	if prev == nil {
 		return
 	}
-	if h.b.revokedSince(cl.ID, s.authSeq) {
-		h.b.metrics.refused.WithLabelValues("revoked").Inc()
-		h.b.log.Info("connection closed: device revoked while connecting", "product_id", s.productID, "device", s.deviceName)
-		h.b.kick(cl, packets.ErrNotAuthorized)
+	h.b.kick(prev, packets.ErrSessionTakenOver)
+	pdc := prev.Net.Conn.(*deviceConn)
+	<-pdc.done
+	if pdc.online.Load() {
+		dc.online.Store(true) // the device is online until cl ends
+	}
+}
+
+// OnSessionEstablished records the device online.
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	dc, _ := cl.Net.Conn.(*deviceConn)
+	s := sessionOf(cl.Net.Conn)
+	if s == nil || cl.Closed() {
 		return
 	}
+	dc.online.Store(true)
 	h.b.log.Debug("device connected", "product_id", s.productID, "device", s.deviceName, "protocol", cl.Properties.ProtocolVersion, "remote", cl.Net.Remote)
 	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: true, Node: h.b.opts.Node, At: h.b.opts.Now()})
 }
 
-// OnDisconnect records the device offline unless a newer connection has
-// taken its session over.
+// OnDisconnect notes a connection closed for a packet too large. The
+// device is recorded offline once mochi is done with the connection
+// (Broker.connectionEnded).
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	s := sessionOf(cl.Net.Conn)
 	if s == nil {
@@ -203,17 +234,6 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 		h.b.metrics.dropped.WithLabelValues(dropTooLarge).Inc()
 		h.b.log.Warn("connection closed: packet too large", "product_id", s.productID, "device", s.deviceName, "limit", h.b.opts.MaxPacketSize)
 	}
-	h.b.mu.Lock()
-	current := h.b.sessions[cl.ID] == cl
-	if current {
-		delete(h.b.sessions, cl.ID)
-	}
-	h.b.mu.Unlock()
-	if !current {
-		return
-	}
-	h.b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "error", err)
-	h.b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, Node: h.b.opts.Node, At: h.b.opts.Now()})
 }
 
 // OnACLCheck lets a device publish only to its report topic and subscribe
@@ -283,6 +303,7 @@ const (
 	dropTooLarge   = "too_large"
 	dropMalformed  = "malformed"
 	dropStoreError = "store_error"
+	dropRevoked    = "revoked"
 )
 
 // OnPublish turns a device's PUBLISH on its report topic (mochi has checked
@@ -296,7 +317,6 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if s == nil {
 		return pk, packets.ErrRejectPacket
 	}
-	s.pending = nil
 	qos := pk.FixedHeader.Qos
 	r, err := ota.ParseReport(s.productID, s.deviceName, pk.Payload, h.b.opts.Now())
 	if err != nil {
@@ -317,6 +337,16 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
 	err = h.b.rec.record(ctx, r)
 	cancel()
+	if ota.IsCode(err, ota.EFORBIDDEN) {
+		// Disabled or deleted while connected: the engine closes the
+		// session; the report is neither stored nor acknowledged.
+		h.b.metrics.dropped.WithLabelValues(dropRevoked).Inc()
+		if cl.Properties.ProtocolVersion == 5 && qos > 0 {
+			return pk, packets.ErrNotAuthorized // PUBACK 0x87
+		}
+		cl.Stop(packets.ErrNotAuthorized)
+		return pk, packets.ErrRejectPacket
+	}
 	if err != nil {
 		h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
 		h.b.log.Error("report not stored", "product_id", s.productID, "device", s.deviceName, "type", r.Type, "qos", qos, "error", err)
@@ -338,24 +368,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			h.b.log.Debug("report_version_rsp not sent", "product_id", s.productID, "device", s.deviceName, "error", err)
 		}
 	}
-	s.pending = &r
 	return pk, packets.CodeSuccessIgnore
-}
-
-// OnPacketProcessed hands a durable, acknowledged report to OnReport.
-func (h *hook) OnPacketProcessed(cl *mqtt.Client, pk packets.Packet, _ error) {
-	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
-		return
-	}
-	s := sessionOf(cl.Net.Conn)
-	if s == nil || s.pending == nil {
-		return
-	}
-	r := *s.pending
-	s.pending = nil
-	if h.b.opts.OnReport != nil {
-		h.b.opts.OnReport(h.b.ctx, r)
-	}
 }
 
 // OnWill keeps a device's Will (checked at CONNECT to be on its report
@@ -388,9 +401,6 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	h.b.metrics.reports.WithLabelValues(r.Type).Inc()
-	if h.b.opts.OnReport != nil {
-		h.b.opts.OnReport(h.b.ctx, r)
-	}
 }
 
 // OnPublishDropped counts messages to a device that mochi dropped because

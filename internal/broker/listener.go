@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
 
@@ -25,6 +26,9 @@ type listener struct {
 	timeout time.Duration
 	log     *slog.Logger
 	metrics *metrics
+	// ended is called with each connection once mochi is done with it:
+	// every hook of the connection has returned.
+	ended func(*deviceConn)
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -34,8 +38,8 @@ type listener struct {
 
 var _ listeners.Listener = (*listener)(nil)
 
-func newListener(id string, nl net.Listener, tlsConfig *tls.Config, timeout time.Duration, log *slog.Logger, m *metrics) *listener {
-	return &listener{id: id, nl: nl, tls: tlsConfig, timeout: timeout, log: log, metrics: m, conns: make(map[net.Conn]struct{})}
+func newListener(id string, nl net.Listener, tlsConfig *tls.Config, timeout time.Duration, log *slog.Logger, m *metrics, ended func(*deviceConn)) *listener {
+	return &listener{id: id, nl: nl, tls: tlsConfig, timeout: timeout, log: log, metrics: m, ended: ended, conns: make(map[net.Conn]struct{})}
 }
 
 func (l *listener) ID() string              { return l.id }
@@ -68,13 +72,15 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		// mochi sets no deadline until CONNECT has been read, and then
 		// replaces this one with the keepalive deadline.
 		_ = conn.SetDeadline(time.Now().Add(l.timeout))
-		c := &deviceConn{Conn: conn, raw: conn}
+		c := &deviceConn{Conn: conn, raw: conn, done: make(chan struct{})}
 		if l.tls != nil {
 			c.Conn = tls.Server(conn, l.tls)
 		}
 		go func() {
 			defer l.untrack(c.raw)
 			err := establish(l.id, c)
+			l.ended(c)
+			close(c.done)
 			if err == nil {
 				return
 			}
@@ -95,6 +101,17 @@ type deviceConn struct {
 	raw         net.Conn
 	connectRead atomic.Bool             // a CONNECT packet arrived
 	sess        atomic.Pointer[session] // set once the device is authenticated
+
+	// client is the mochi client of the connection once it has reached
+	// OnSessionEstablish. Only the connection's own goroutine touches it.
+	client *mqtt.Client
+	// online is set when the device's presence is online because of this
+	// connection, or of one it took the session over from.
+	online atomic.Bool
+	// done is closed, after listener.ended, when mochi is done with the
+	// connection: its attachClient has returned, so no hook of it runs any
+	// more and it has made its last change to mochi's Clients.
+	done chan struct{}
 }
 
 func sessionOf(c net.Conn) *session {

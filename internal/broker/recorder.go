@@ -10,13 +10,20 @@ import (
 	"github.com/otad/otad/internal/ota"
 )
 
+// ReportApplier applies a batch of device reports, with the transitions
+// they cause, in one transaction (the engine implements it). It returns an
+// error for the batch when nothing was written, else one per refused report.
+type ReportApplier interface {
+	ApplyReports(ctx context.Context, reports []ota.Report) ([]error, error)
+}
+
 // recorder writes reports with group commit: each device's goroutine hands
 // its report over and waits, while a few writers each take everything
-// queued (up to a batch) and write it in one DeviceReportsRecord
-// transaction. Under load many devices share one commit; alone, a report
-// is written at once.
+// queued (up to a batch) and apply it in one transaction through the
+// engine. Under load many devices share one commit; alone, a report is
+// written at once.
 type recorder struct {
-	store    ota.Store
+	apply    ReportApplier
 	log      *slog.Logger
 	metrics  *metrics
 	maxBatch int
@@ -38,9 +45,9 @@ var errRecorderClosed = ota.Errorf(ota.EUNAVAILABLE, "broker is closing")
 // writeTimeout bounds one batch transaction.
 const writeTimeout = 10 * time.Second
 
-func newRecorder(store ota.Store, log *slog.Logger, m *metrics, maxBatch, writers int) *recorder {
+func newRecorder(apply ReportApplier, log *slog.Logger, m *metrics, maxBatch, writers int) *recorder {
 	return &recorder{
-		store:    store,
+		apply:    apply,
 		log:      log,
 		metrics:  m,
 		maxBatch: maxBatch,
@@ -127,27 +134,35 @@ func (rc *recorder) write(batch []*reportReq) {
 		reports[i] = req.r
 	}
 	start := time.Now()
-	err := rc.commit(reports)
+	refused, err := rc.commit(reports)
 	rc.metrics.batchSize.Observe(float64(len(batch)))
 	rc.metrics.commitSeconds.Observe(time.Since(start).Seconds())
 	if err == nil || len(batch) == 1 {
-		for _, req := range batch {
-			req.done <- err
+		for i, req := range batch {
+			if err == nil {
+				req.done <- refused[i]
+			} else {
+				req.done <- err
+			}
 		}
 		return
 	}
-	rc.log.Warn("report batch failed, writing one by one", "reports", len(batch), "error", err)
+	rc.log.Warn("report batch failed, writing one by one", "reports", len(batch), "err", err)
 	for i, req := range batch {
-		req.done <- rc.commit(reports[i : i+1])
+		refused, err := rc.commit(reports[i : i+1])
+		if err == nil {
+			err = refused[0]
+		}
+		req.done <- err
 	}
 }
 
-func (rc *recorder) commit(reports []ota.Report) error {
+func (rc *recorder) commit(reports []ota.Report) ([]error, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
 	defer cancel()
-	err := rc.store.DeviceReportsRecord(ctx, reports)
+	refused, err := rc.apply.ApplyReports(ctx, reports)
 	if err != nil && errors.Is(err, context.DeadlineExceeded) {
-		return ota.Errorf(ota.EUNAVAILABLE, "database did not answer in %s", writeTimeout)
+		return nil, ota.Errorf(ota.EUNAVAILABLE, "database did not answer in %s", writeTimeout)
 	}
-	return err
+	return refused, err
 }

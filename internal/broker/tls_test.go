@@ -24,6 +24,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	otadengine "github.com/otad/otad/internal/engine"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/sqlite"
 	"github.com/otad/otad/internal/store/storetest"
@@ -201,10 +202,16 @@ func TestBrokerChildProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := New(slog.New(slog.NewTextHandler(os.Stderr, nil)), s, Options{Addr: "127.0.0.1:0"})
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	b, err := New(log, s, Options{Addr: "127.0.0.1:0"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	eng, err := otadengine.New(otadengine.Config{Logger: log, Store: s, Notifier: b, URLs: noURLs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetReports(eng)
 	if err := b.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}

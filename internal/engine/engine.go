@@ -1,9 +1,10 @@
-// Package engine drives upgrade jobs: it starts scheduled jobs, notifies
-// devices as rollout pacing allows, moves each device's execution through
-// the state machine on its reports, times out and retries attempts, and
-// completes jobs. Everything it knows is in the store, so a restarted otad,
-// or another replica, carries on where it stopped. It works only through
-// the ota interfaces.
+// Package engine drives upgrade jobs: it starts scheduled jobs, claims and
+// notifies devices as rollout pacing allows, applies each batch of device
+// reports with the transitions they cause in one transaction, times out
+// and retries attempts, and ends jobs. Every decision is ota.Step's; the
+// engine performs its effects. Everything it knows is in the store, so a
+// restarted otad, or another replica, carries on where it stopped. It works
+// only through the ota interfaces.
 package engine
 
 import (
@@ -30,13 +31,16 @@ type Config struct {
 	Store    ota.Store
 	Notifier ota.Notifier
 	URLs     URLSigner
+	// Bus carries wake-ups and disconnects between replicas; default a
+	// LocalBus (one replica).
+	Bus ota.Bus
 	// Node names this otad replica; only devices connected to it are
 	// notified by it.
 	Node string
 	// Interval is how often the engine looks for work it was not woken
 	// for: due retries, timeouts, scheduled starts. Default 1s.
 	Interval time.Duration
-	// Batch is the most devices notified per job and store round trip.
+	// Batch is the most devices claimed per job and store round trip.
 	// Default 500.
 	Batch int
 	// URLSlack is added to a job's timeout for the download URL's expiry,
@@ -58,9 +62,12 @@ type Engine struct {
 	transitions *prometheus.CounterVec
 	dispatchMu  sync.Mutex // one dispatch pass at a time per replica
 	heartbeat   time.Time  // last NodeHeartbeat, touched only by pass
+	endCheck    time.Time  // last time every active job was checked for its end
 
-	jobsMu sync.Mutex
-	jobs   map[string]*ota.Job // see job
+	mu       sync.Mutex
+	jobs     map[string]*ota.Job      // see job
+	firmware map[string]*ota.Firmware // see firmwareOf
+	ended    map[string]bool          // jobs that may have ended since the last pass
 }
 
 // Node liveness: a replica refreshes its row every heartbeatEvery; one
@@ -68,6 +75,9 @@ type Engine struct {
 const (
 	heartbeatEvery = 15 * time.Second
 	NodeStaleAfter = time.Minute
+	// endCheckEvery bounds how long a job whose end no event of this
+	// replica saw (another replica's) waits to be completed.
+	endCheckEvery = 5 * time.Second
 )
 
 // New builds an engine.
@@ -84,11 +94,16 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = ota.Now
 	}
+	if cfg.Bus == nil {
+		cfg.Bus = ota.NewLocalBus()
+	}
 	e := &Engine{
-		cfg:  cfg,
-		log:  cfg.Logger.With("component", "engine"),
-		wake: make(chan struct{}, 1),
-		jobs: make(map[string]*ota.Job),
+		cfg:      cfg,
+		log:      cfg.Logger.With("component", "engine"),
+		wake:     make(chan struct{}, 1),
+		jobs:     make(map[string]*ota.Job),
+		firmware: make(map[string]*ota.Firmware),
+		ended:    make(map[string]bool),
 		notified: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otad_job_notifications_total",
 			Help: "update_firmware messages sent to devices.",
@@ -116,9 +131,27 @@ func (e *Engine) Wake() {
 	}
 }
 
-// Run drives jobs until ctx ends. Errors of one pass are logged and the
-// next pass tries again: a database outage delays jobs, it ends nothing.
+// wakeAll wakes the engine of every replica.
+func (e *Engine) wakeAll(ctx context.Context, jobID string) {
+	if err := e.cfg.Bus.Send(ctx, ota.Signal{Kind: ota.SignalWake, JobID: jobID}); err != nil {
+		e.log.Warn("wake-up not sent to other replicas; they find the work at their next tick", "err", err)
+		e.Wake()
+	}
+}
+
+// Run drives jobs until ctx ends, and answers the signals of the bus.
+// Errors of one pass are logged and the next pass tries again: a database
+// outage delays jobs, it ends nothing.
 func (e *Engine) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := e.cfg.Bus.Listen(ctx, e.onSignal); err != nil && ctx.Err() == nil {
+			e.log.Error("replica bus stopped", "err", err)
+		}
+	}()
+	defer wg.Wait()
 	t := time.NewTicker(e.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -134,13 +167,27 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 }
 
+func (e *Engine) onSignal(s ota.Signal) {
+	switch s.Kind {
+	case ota.SignalWake:
+		if s.JobID != "" {
+			e.markEnded(s.JobID)
+		}
+		e.Wake()
+	case ota.SignalDisconnect:
+		if ota.ValidateProductID(s.ProductID) == nil && ota.ValidateDeviceName(s.DeviceName) == nil {
+			e.cfg.Notifier.Disconnect(s.ProductID, s.DeviceName)
+		}
+	}
+}
+
 // RunOnce does every kind of due work once, as each tick of Run does.
 func (e *Engine) RunOnce(ctx context.Context) error { return e.pass(ctx) }
 
 // pass does every kind of due work once.
 func (e *Engine) pass(ctx context.Context) error {
 	now := e.cfg.Now()
-	if now.Sub(e.heartbeat) >= heartbeatEvery {
+	if now.Sub(e.heartbeat) >= heartbeatEvery || now.Before(e.heartbeat) {
 		n, err := e.cfg.Store.NodeHeartbeat(ctx, e.cfg.Node, now, now.Add(-NodeStaleAfter))
 		if err != nil {
 			return err
@@ -157,96 +204,157 @@ func (e *Engine) pass(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list active jobs: %w", err)
 	}
+	checkAll := now.Sub(e.endCheck) >= endCheckEvery || now.Before(e.endCheck)
+	if checkAll {
+		e.endCheck = now
+	}
 	var errs []error
 	for _, j := range jobs {
 		if j.Status == ota.JobScheduled {
 			if j.StartAt != nil && j.StartAt.After(now) {
 				continue
 			}
-			if err := e.cfg.Store.JobStart(ctx, j.ID); err != nil && !ota.IsCode(err, ota.ECONFLICT) {
+			err := e.cfg.Store.JobSetStatus(ctx, ota.JobStatusParams{ID: j.ID, From: ota.JobScheduled, To: ota.JobRunning})
+			if err != nil && !ota.IsCode(err, ota.ECONFLICT) {
 				errs = append(errs, err)
 				continue
 			}
-			e.log.Info("job started", "job_id", j.ID, "product_id", j.ProductID)
+			if err == nil {
+				e.log.Info("job started", "job_id", j.ID, "product_id", j.ProductID)
+			}
 			j.Status = ota.JobRunning
 		}
 		if j.Status == ota.JobRunning {
-			if err := e.dispatch(ctx, j, ""); err != nil {
+			if err := e.dispatch(ctx, j); err != nil {
 				errs = append(errs, err)
 			}
 		}
-		done, err := e.cfg.Store.JobFinish(ctx, j.ID, e.cfg.Now())
-		if err != nil {
-			errs = append(errs, err)
-		} else if done {
-			e.log.Info("job finished", "job_id", j.ID, "status", j.Status)
+		if checkAll || e.takeEnded(j.ID) {
+			if err := e.end(ctx, j); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// dispatch notifies as many of a job's due, online devices as its pacing
-// allows; with device set, only that device.
-func (e *Engine) dispatch(ctx context.Context, j *ota.Job, device string) error {
+// end completes a running job, or closes a canceled one, once none of its
+// executions is active.
+func (e *Engine) end(ctx context.Context, j *ota.Job) error {
+	counts, err := e.cfg.Store.JobCounts(ctx, j.ID)
+	if err != nil {
+		return err
+	}
+	status, ok := ota.JobEnd(j, counts)
+	if !ok {
+		return nil
+	}
+	at := e.cfg.Now()
+	err = e.cfg.Store.JobSetStatus(ctx, ota.JobStatusParams{ID: j.ID, From: j.Status, To: status, CompletedAt: &at})
+	if ota.IsCode(err, ota.ECONFLICT) {
+		return nil // another replica ended it, or it was canceled meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	e.log.Info("job finished", "job_id", j.ID, "status", status, "counts", counts)
+	return nil
+}
+
+func (e *Engine) markEnded(jobID string) {
+	e.mu.Lock()
+	e.ended[jobID] = true
+	e.mu.Unlock()
+}
+
+func (e *Engine) takeEnded(jobID string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ok := e.ended[jobID]
+	delete(e.ended, jobID)
+	return ok
+}
+
+// dispatch claims and notifies as many of a job's due devices online on
+// this replica as its pacing allows.
+func (e *Engine) dispatch(ctx context.Context, j *ota.Job) error {
 	e.dispatchMu.Lock()
 	defer e.dispatchMu.Unlock()
-	fw, err := e.cfg.Store.FirmwareGet(ctx, j.ProductID, j.FirmwareVersion)
+	fw, err := e.firmwareOf(ctx, j)
 	if err != nil {
 		return fmt.Errorf("job %s firmware: %w", j.ID, err)
 	}
 	for {
 		now := e.cfg.Now()
-		limit := e.cfg.Batch
-		if j.MaxConcurrent > 0 || j.MaxPerMinute > 0 {
-			pace, err := e.cfg.Store.JobPace(ctx, j.ID, now.Add(-time.Minute))
-			if err != nil {
-				return err
-			}
-			if j.MaxConcurrent > 0 {
-				limit = min(limit, j.MaxConcurrent-pace.InFlight)
-			}
-			if j.MaxPerMinute > 0 {
-				limit = min(limit, j.MaxPerMinute-pace.NotifiedSince)
-			}
-		}
-		if limit <= 0 {
-			return nil
-		}
 		deadline := now.Add(time.Duration(j.TimeoutSeconds) * time.Second)
+		limit := 0
 		claimed, err := e.cfg.Store.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{
-			JobID: j.ID, Node: e.cfg.Node, DeviceName: device, Limit: limit, At: now, Deadline: deadline,
+			JobID: j.ID, Node: e.cfg.Node, At: now, Since: now.Add(-time.Minute),
+			Limit: func(p ota.JobPace) int { limit = ota.ClaimLimit(j, p, e.cfg.Batch); return limit },
+			Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+				s := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: deadline}, now)
+				return &s.Exec, s.Changed
+			},
 		})
 		if err != nil {
 			return fmt.Errorf("job %s claim: %w", j.ID, err)
 		}
 		for _, x := range claimed {
 			e.transitions.WithLabelValues(ota.ExecNotified).Inc()
-			e.notify(ctx, j, fw, x.DeviceName, deadline)
+			if err := e.notify(ctx, j, fw, x); err != nil {
+				e.publishFailed(ctx, j, x, err)
+			}
 		}
-		if len(claimed) < limit || device != "" {
+		if len(claimed) < limit || limit == 0 {
 			return nil
 		}
 	}
 }
 
-// notify sends update_firmware with a fresh URL. A device that is not
-// connected gets it again when it next reports its version.
-func (e *Engine) notify(ctx context.Context, j *ota.Job, fw *ota.Firmware, device string, deadline time.Time) {
+// publishFailed puts a claimed execution whose notification could not be
+// sent back to queued, its attempt not counted.
+func (e *Engine) publishFailed(ctx context.Context, j *ota.Job, x *ota.JobExecution, cause error) {
+	s := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventPublishFailed}, e.cfg.Now())
+	if !s.Changed {
+		return
+	}
+	err := e.cfg.Store.JobExecutionUpdate(ctx, &s.Exec)
+	switch {
+	case err == nil:
+		e.transitions.WithLabelValues(s.Exec.State).Inc()
+		e.log.Info("update_firmware not delivered; the device is queued again", "job_id", j.ID, "product_id", j.ProductID,
+			"device", x.DeviceName, "err", cause)
+		if j.MaxConcurrent > 0 {
+			e.wakeAll(ctx, j.ID)
+		}
+	case ota.IsCode(err, ota.ECONFLICT):
+		// The device reported meanwhile: it got the message after all.
+	default:
+		e.log.Error("claimed execution not released; it times out instead", "job_id", j.ID, "device", x.DeviceName, "err", err)
+	}
+}
+
+// notify sends update_firmware for x's current attempt with a fresh URL
+// that outlives the attempt.
+func (e *Engine) notify(ctx context.Context, j *ota.Job, fw *ota.Firmware, x *ota.JobExecution) error {
+	expires := e.cfg.Now().Add(e.cfg.URLSlack)
+	if x.DeadlineAt != nil {
+		expires = x.DeadlineAt.Add(e.cfg.URLSlack)
+	}
 	msg := ota.UpdateFirmware{
 		Type:     ota.TypeUpdateFirmware,
 		Version:  fw.Version,
-		URL:      e.cfg.URLs.URL(fw, deadline.Add(e.cfg.URLSlack)),
+		URL:      e.cfg.URLs.URL(fw, expires),
 		MD5:      fw.MD5,
 		FileSize: fw.Size,
 		SHA256:   fw.SHA256,
 		JobID:    j.ID,
 	}
-	if err := e.cfg.Notifier.Publish(ctx, j.ProductID, device, msg); err != nil {
-		e.log.Warn("update_firmware not delivered; it is sent again when the device reports its version",
-			"job_id", j.ID, "product_id", j.ProductID, "device", device, "err", err)
-		return
+	if err := e.cfg.Notifier.Publish(ctx, j.ProductID, x.DeviceName, msg); err != nil {
+		return err
 	}
 	e.notified.Inc()
+	return nil
 }
 
 // expire ends or retries attempts that ran past their deadline.
@@ -256,19 +364,23 @@ func (e *Engine) expire(ctx context.Context, now time.Time) error {
 		if err != nil {
 			return fmt.Errorf("expired executions: %w", err)
 		}
-		jobs := map[string]*ota.Job{}
 		for _, x := range expired {
-			j, ok := jobs[x.JobID]
-			if !ok {
-				if j, err = e.cfg.Store.JobGet(ctx, x.JobID); err != nil {
-					return err
-				}
-				jobs[x.JobID] = j
-			}
-			msg := fmt.Sprintf("no result within %ds of notification", j.TimeoutSeconds)
-			if err := e.fail(ctx, j, x, ota.ExecTimedOut, nil, msg); err != nil && !ota.IsCode(err, ota.ECONFLICT) {
+			j, err := e.job(ctx, x.JobID)
+			if err != nil {
 				return err
 			}
+			s := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventDeadline}, now)
+			if !s.Changed {
+				continue
+			}
+			err = e.cfg.Store.JobExecutionUpdate(ctx, &s.Exec)
+			if ota.IsCode(err, ota.ECONFLICT) {
+				continue // a report or another replica got there first
+			}
+			if err != nil {
+				return err
+			}
+			e.stepped(ctx, j, x, &s)
 		}
 		if len(expired) < e.cfg.Batch {
 			return nil
@@ -276,20 +388,78 @@ func (e *Engine) expire(ctx context.Context, now time.Time) error {
 	}
 }
 
-// fail ends an attempt: the execution is queued again after the job's
-// backoff while retries remain, else it ends in state end (failed or
-// timed_out).
-func (e *Engine) fail(ctx context.Context, j *ota.Job, x *ota.JobExecution, end string, code *int, msg string) error {
-	p := ota.JobExecutionTransitionParams{JobID: x.JobID, DeviceName: x.DeviceName, From: x.State, To: end,
-		ResultCode: code, ResultMsg: &msg, At: e.cfg.Now()}
-	if j.CanRetry(x.Attempts) {
-		next := p.At.Add(j.RetryDelay(x.Attempts))
-		p.To, p.NextAttemptAt = ota.ExecQueued, &next
+// stepped logs and counts a stored transition and asks for the work it
+// freed.
+func (e *Engine) stepped(ctx context.Context, j *ota.Job, from *ota.JobExecution, s *ota.ExecStep) {
+	x := &s.Exec
+	if x.State != from.State {
+		e.transitions.WithLabelValues(x.State).Inc()
 	}
-	if err := e.cfg.Store.JobExecutionTransition(ctx, p); err != nil {
-		return err
+	switch {
+	case x.State == ota.ExecQueued && from.State != ota.ExecQueued:
+		e.log.Info("attempt failed; retried later", "job_id", j.ID, "device", x.DeviceName, "attempt", from.Attempts,
+			"result_code", x.ResultCode, "result_name", x.ResultName, "result_msg", x.ResultMsg)
+	case x.State == ota.ExecFailed || x.State == ota.ExecTimedOut || x.State == ota.ExecRolledBack:
+		e.log.Info("device upgrade "+x.State, "job_id", j.ID, "device", x.DeviceName, "attempts", x.Attempts,
+			"result_code", x.ResultCode, "result_name", x.ResultName, "result_msg", x.ResultMsg)
 	}
-	e.transitions.WithLabelValues(p.To).Inc()
-	e.log.Info("attempt failed", "job_id", j.ID, "device", x.DeviceName, "attempt", x.Attempts, "state", p.To, "result_msg", msg)
-	return nil
+	if s.Freed {
+		e.markEnded(j.ID)
+		if j.MaxConcurrent > 0 {
+			e.wakeAll(ctx, j.ID) // a slot is free, perhaps for another replica's device
+		} else {
+			e.Wake()
+		}
+	}
 }
+
+// job returns a job for report handling from a small cache: every report
+// needs its job, and all a decision uses of it but the status never
+// changes. A stale status is harmless: a claim reads the job anew, and a
+// dispatch asked for a canceled job claims nothing.
+func (e *Engine) job(ctx context.Context, id string) (*ota.Job, error) {
+	e.mu.Lock()
+	j, ok := e.jobs[id]
+	e.mu.Unlock()
+	if ok {
+		return j, nil
+	}
+	j, err := e.cfg.Store.JobGet(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	if len(e.jobs) >= maxCached {
+		clear(e.jobs)
+	}
+	e.jobs[id] = j
+	e.mu.Unlock()
+	return j, nil
+}
+
+// firmwareOf returns a job's firmware from a small cache by job: a
+// firmware row never changes, and it cannot be deleted while its job runs
+// (a version deleted and uploaded again is another row, for other jobs).
+func (e *Engine) firmwareOf(ctx context.Context, j *ota.Job) (*ota.Firmware, error) {
+	key := j.ID
+	e.mu.Lock()
+	fw, ok := e.firmware[key]
+	e.mu.Unlock()
+	if ok {
+		return fw, nil
+	}
+	fw, err := e.cfg.Store.FirmwareGet(ctx, j.ProductID, j.FirmwareVersion)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	if len(e.firmware) >= maxCached {
+		clear(e.firmware)
+	}
+	e.firmware[key] = fw
+	e.mu.Unlock()
+	return fw, nil
+}
+
+// maxCached bounds each cache; past it the cache starts afresh.
+const maxCached = 256

@@ -87,13 +87,13 @@ func newFixture(t *testing.T, engineName string, n int) *fixture {
 	must(t, s.ProductCreate(ctx, &ota.Product{ID: f.pid, Name: "p"}))
 	must(t, s.FirmwareCreate(ctx, &ota.Firmware{ProductID: f.pid, Version: "2.0.0", Size: 1234,
 		MD5: "cc03e747a6afbbcbf8be7668acfebee5", SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", BlobKey: "k"}))
-	for i := range n {
-		f.addDevice(fmt.Sprintf("d%02d", i), true)
-	}
 	var err error
 	f.eng, err = engine.New(engine.Config{Logger: slog.New(slog.DiscardHandler), Store: s, Notifier: f.out, URLs: signer{},
 		Node: "n1", Now: f.clock.Now, Batch: 7})
 	must(t, err)
+	for i := range n {
+		f.addDevice(fmt.Sprintf("d%02d", i), true)
+	}
 	return f
 }
 
@@ -105,8 +105,14 @@ func (f *fixture) addDevice(name string, online bool) {
 	}
 }
 
+// online records the device connected (and, as devices do, reporting its
+// version) or disconnected.
 func (f *fixture) online(name string, on bool) {
 	must(f.t, f.store.DevicePresence(f.t.Context(), ota.DevicePresenceParams{ProductID: f.pid, DeviceName: name, Online: on, Node: "n1", At: f.clock.Now()}))
+	if on {
+		f.clock.Add(time.Microsecond)
+		f.apply(ota.Report{ProductID: f.pid, DeviceName: name, Type: ota.EventReportVersion, Version: "1.0.0", At: f.clock.Now()})
+	}
 }
 
 // pass runs one engine pass, as its Run loop does on every tick.
@@ -118,8 +124,16 @@ func (f *fixture) pass() {
 func (f *fixture) report(r ota.Report) {
 	r.ProductID = f.pid
 	r.At = f.clock.Now()
-	must(f.t, f.store.DeviceReportsRecord(f.t.Context(), []ota.Report{r}))
-	f.eng.HandleReport(f.t.Context(), r)
+	f.apply(r)
+	f.pass() // as Run does when a report wakes it
+}
+
+// apply applies one report as the broker's writer does.
+func (f *fixture) apply(r ota.Report) {
+	f.t.Helper()
+	refused, err := f.eng.ApplyReports(f.t.Context(), []ota.Report{r})
+	must(f.t, err)
+	must(f.t, refused[0])
 }
 
 func (f *fixture) version(name, v string) {
@@ -175,7 +189,7 @@ func TestJobHappyPath(t *testing.T) {
 		f := newFixture(t, name, 3)
 		f.addDevice("offline", false)
 		f.version("d02", "2.0.0") // already on the target: done at once
-		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}})
+		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}, RollbackWindowSeconds: 3600})
 		f.wantState(j.ID, "d02", ota.ExecDone)
 		f.pass()
 		for _, d := range []string{"d00", "d01"} {
@@ -214,8 +228,9 @@ func TestJobHappyPath(t *testing.T) {
 		f.wantState(j.ID, "d01", ota.ExecDone)
 
 		// A report for another version is recorded but moves nothing.
-		f.report(ota.Report{DeviceName: "offline", Type: ota.EventReportProgress, Version: "9.9", State: ota.ProgressDone})
+		f.apply(ota.Report{ProductID: f.pid, DeviceName: "offline", Type: ota.EventReportProgress, Version: "9.9", State: ota.ProgressDone, At: f.clock.Now()})
 		f.wantState(j.ID, "offline", ota.ExecQueued)
+		f.online("offline", false)
 
 		// The offline device connects and reports its version: it is
 		// notified at once, without waiting for the next pass.
@@ -237,11 +252,20 @@ func TestJobHappyPath(t *testing.T) {
 		if got.Status != ota.JobCompleted || got.CompletedAt == nil {
 			t.Fatalf("job %+v, want completed", got)
 		}
-		// A later report of the old version is a rollback.
+		// A later report of the old version is a rollback; the job stays
+		// completed and the other counts stand.
 		f.version("d00", "1.0.0")
-		x := f.wantState(j.ID, "d00", ota.ExecFailed)
+		x := f.wantState(j.ID, "d00", ota.ExecRolledBack)
 		if x.ResultMsg == "" {
 			t.Fatal("rollback without a reason")
+		}
+		f.pass()
+		got, err = f.store.JobGet(t.Context(), j.ID)
+		must(t, err)
+		counts, err := f.store.JobCounts(t.Context(), j.ID)
+		must(t, err)
+		if got.Status != ota.JobCompleted || counts[ota.ExecDone] != 3 || counts[ota.ExecRolledBack] != 1 {
+			t.Fatalf("after the rollback: job %s, counts %v", got.Status, counts)
 		}
 	})
 }
@@ -256,7 +280,7 @@ func TestJobRetryAndTimeout(t *testing.T) {
 		f.progress("d00", ota.ProgressFail, 0, -4)
 		f.progress("d00", ota.ProgressFail, 0, -5)
 		x := f.wantState(j.ID, "d00", ota.ExecQueued)
-		if x.ResultCode != -4 || x.ResultMsg != "MD5 mismatch" || x.NextAttemptAt == nil {
+		if x.ResultCode != -4 || x.ResultName != "md5_mismatch" || x.NextAttemptAt == nil {
 			t.Fatalf("after fail: %+v", x)
 		}
 		// Before the backoff, re-reporting does not re-dispatch.
@@ -429,11 +453,10 @@ func TestJobReportBeforeNotification(t *testing.T) {
 		f := newFixture(t, name, 1)
 		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}})
 		r := ota.Report{ProductID: f.pid, DeviceName: "d00", Type: ota.EventReportVersion, Version: "1.0.0", At: f.clock.Now()}
-		must(t, f.store.DeviceReportsRecord(t.Context(), []ota.Report{r}))
 		f.clock.Add(time.Millisecond)
 		f.pass()
 		f.wantState(j.ID, "d00", ota.ExecNotified)
-		f.eng.HandleReport(t.Context(), r)
+		f.apply(r) // received before the notification, applied after it
 		if n := f.out.count("d00"); n != 1 {
 			t.Fatalf("%d messages, want 1: a report older than the notification re-sent it", n)
 		}
@@ -441,6 +464,60 @@ func TestJobReportBeforeNotification(t *testing.T) {
 		f.version("d00", "1.0.0")
 		if n := f.out.count("d00"); n != 2 {
 			t.Fatalf("%d messages, want 2: a report after the notification must re-send it", n)
+		}
+	})
+}
+
+// The device's truth wins: a done, or the target version, reported after
+// the attempt timed out or failed for good makes the execution done.
+func TestJobDoneAfterTimeout(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, name string) {
+		f := newFixture(t, name, 2)
+		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}, MaxRetries: 0, TimeoutSeconds: 60})
+		f.pass()
+		f.clock.Add(61 * time.Second)
+		f.pass()
+		f.wantState(j.ID, "d00", ota.ExecTimedOut)
+		f.wantState(j.ID, "d01", ota.ExecTimedOut)
+		got, err := f.store.JobGet(t.Context(), j.ID)
+		must(t, err)
+		if got.Status != ota.JobCompleted {
+			t.Fatalf("job %s, want completed", got.Status)
+		}
+		f.progress("d00", ota.ProgressDone, 0, 0)
+		f.version("d01", "2.0.0")
+		f.wantState(j.ID, "d00", ota.ExecDone)
+		f.wantState(j.ID, "d01", ota.ExecDone)
+		counts, err := f.store.JobCounts(t.Context(), j.ID)
+		must(t, err)
+		if counts[ota.ExecDone] != 2 || counts[ota.ExecTimedOut] != 0 {
+			t.Fatalf("counts %v", counts)
+		}
+	})
+}
+
+// A notification that cannot be delivered puts the execution back to
+// queued without using an attempt.
+func TestJobPublishFailure(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, name string) {
+		f := newFixture(t, name, 1)
+		f.out.mu.Lock()
+		f.out.down["d00"] = true
+		f.out.mu.Unlock()
+		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}, MaxRetries: 0})
+		f.pass()
+		if x := f.wantState(j.ID, "d00", ota.ExecQueued); x.Attempts != 0 || x.NextAttemptAt == nil {
+			t.Fatalf("after a failed publish: %+v", x)
+		}
+		f.out.mu.Lock()
+		f.out.down["d00"] = false
+		f.out.mu.Unlock()
+		f.pass()
+		f.wantState(j.ID, "d00", ota.ExecQueued) // waits a little first
+		f.clock.Add(10 * time.Second)
+		f.pass()
+		if x := f.wantState(j.ID, "d00", ota.ExecNotified); x.Attempts != 1 || f.out.count("d00") != 1 {
+			t.Fatalf("after delivery: %+v, %d messages", x, f.out.count("d00"))
 		}
 	})
 }

@@ -13,6 +13,13 @@ type Device struct {
 	Online     bool       `json:"online"`
 	LastSeenAt *time.Time `json:"last_seen_at"`
 	Disabled   bool       `json:"disabled"`
+	// Node names the otad replica that holds (or last held) the device's
+	// connection.
+	Node string `json:"-"`
+	// Ready says the device reported its version in its current
+	// connection: only then is it sent update_firmware (a message sooner
+	// crosses its report_version, which then asks for it again).
+	Ready bool `json:"-"`
 	// Upgrade is the last upgrade progress the device reported, if any.
 	Upgrade   *UpgradeProgress `json:"upgrade"`
 	CreatedAt time.Time        `json:"created_at"`
@@ -24,6 +31,7 @@ type UpgradeProgress struct {
 	State      string    `json:"state"`   // downloading, burning, done, fail
 	Percent    int       `json:"percent"`
 	ResultCode int       `json:"result_code"`
+	ResultName string    `json:"result_name"` // ResultName(ResultCode)
 	ResultMsg  string    `json:"result_msg"`
 	UpdatedAt  time.Time `json:"updated_at"`
 }

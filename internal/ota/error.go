@@ -1,6 +1,6 @@
 // Package ota is the domain of otad: identities, products, devices, firmware,
 // upgrade jobs and their state machine, the errors every layer speaks, and the
-// interfaces (Store, Blobs, Notifier) the rest of the program implements.
+// interfaces (Store, Blobs, Notifier, Bus) the rest of the program implements.
 // It imports only the standard library.
 package ota
 

@@ -32,8 +32,11 @@ type Job struct {
 	MaxConcurrent       int        `json:"max_concurrent"` // 0: no limit
 	MaxPerMinute        int        `json:"max_per_minute"` // 0: no limit
 	StartAt             *time.Time `json:"start_at"`       // nil: at once
-	CreatedAt           time.Time  `json:"created_at"`
-	CompletedAt         *time.Time `json:"completed_at"`
+	// RollbackWindowSeconds is how long after done another version reported
+	// by the device counts as a rollback; 0 turns detection off.
+	RollbackWindowSeconds int        `json:"rollback_window_seconds"`
+	CreatedAt             time.Time  `json:"created_at"`
+	CompletedAt           *time.Time `json:"completed_at"`
 }
 
 // JobTargets names the devices of a job: a list of names, every device of
@@ -49,6 +52,7 @@ const (
 	DefaultJobTimeout      = 30 * 60
 	DefaultJobRetries      = 2
 	DefaultJobRetryBackoff = 30
+	DefaultRollbackWindow  = 3600
 	MaxJobDevices          = 100000
 )
 
@@ -107,6 +111,9 @@ func ValidateJob(j *Job) error {
 	if j.RetryBackoffSeconds < 1 || j.RetryBackoffSeconds > 24*3600 {
 		return Errorf(EINVALID, "retry_backoff_seconds must be from 1 to 86400")
 	}
+	if j.RollbackWindowSeconds < 0 || j.RollbackWindowSeconds > 30*24*3600 {
+		return Errorf(EINVALID, "rollback_window_seconds must be from 0 to 2592000")
+	}
 	if j.MaxConcurrent < 0 || j.MaxPerMinute < 0 {
 		return Errorf(EINVALID, "max_concurrent and max_per_minute must not be negative (0 means no limit)")
 	}
@@ -127,7 +134,7 @@ func (j *Job) RetryDelay(attempts int) time.Duration {
 // make another.
 func (j *Job) CanRetry(attempts int) bool { return attempts <= j.MaxRetries }
 
-// Execution states: one device's progress within one job.
+// Execution states: one device's progress within one job (see Step).
 const (
 	ExecQueued      = "queued"
 	ExecNotified    = "notified"
@@ -137,40 +144,34 @@ const (
 	ExecFailed      = "failed"
 	ExecTimedOut    = "timed_out"
 	ExecCanceled    = "canceled"
+	ExecRolledBack  = "rolled_back"
 )
 
 // ExecStates lists every execution state in the order of the state machine.
-var ExecStates = []string{ExecQueued, ExecNotified, ExecDownloading, ExecBurning, ExecDone, ExecFailed, ExecTimedOut, ExecCanceled}
+var ExecStates = []string{ExecQueued, ExecNotified, ExecDownloading, ExecBurning, ExecDone, ExecFailed, ExecTimedOut, ExecCanceled, ExecRolledBack}
 
-// ExecTerminal reports whether an execution in state s has ended.
-func ExecTerminal(s string) bool {
-	return s == ExecDone || s == ExecFailed || s == ExecTimedOut || s == ExecCanceled
-}
-
-// execOrder ranks the forward states, so that late and out-of-order reports
-// never move an execution backwards.
-var execOrder = map[string]int{ExecQueued: 0, ExecNotified: 1, ExecDownloading: 2, ExecBurning: 3, ExecDone: 4}
-
-// ExecCanTransition reports whether an execution may move from one state to
-// another. Forward moves may skip states (a device may go from downloading
-// straight to done); any active state may end as failed, timed_out or
-// canceled; a failed or timed-out execution may be queued again by a retry;
-// done and canceled are final.
-func ExecCanTransition(from, to string) bool {
-	switch from {
-	case ExecDone, ExecCanceled:
-		return false
-	case ExecFailed, ExecTimedOut:
-		return to == ExecQueued || to == ExecNotified
-	}
-	switch to {
-	case ExecFailed, ExecTimedOut, ExecCanceled:
+// ExecEnded reports whether an execution in state s has ended: the job
+// waits for it no longer. An ended execution may still change (a late done,
+// a rollback), but never becomes active again.
+func ExecEnded(s string) bool {
+	switch s {
+	case ExecDone, ExecFailed, ExecTimedOut, ExecCanceled, ExecRolledBack:
 		return true
 	}
-	f, ok1 := execOrder[from]
-	t, ok2 := execOrder[to]
-	return ok1 && ok2 && t > f
+	return false
 }
+
+// ExecInFlight reports whether an execution in state s holds one of its
+// job's max_concurrent slots: notified and not yet ended.
+func ExecInFlight(s string) bool {
+	return s == ExecNotified || s == ExecDownloading || s == ExecBurning
+}
+
+// ExecActiveStates lists the states of executions that have not ended.
+var ExecActiveStates = []string{ExecQueued, ExecNotified, ExecDownloading, ExecBurning}
+
+// ExecInFlightStates lists the states ExecInFlight accepts.
+var ExecInFlightStates = []string{ExecNotified, ExecDownloading, ExecBurning}
 
 // JobExecution is one device's progress within one job.
 type JobExecution struct {
@@ -185,6 +186,7 @@ type JobExecution struct {
 	// (PROTOCOL.md: -1 download timed out, -2 not found, -3 signature
 	// expired, -4 MD5 mismatch, -5 update failed), or otad's own reason.
 	ResultCode    int        `json:"result_code"`
+	ResultName    string     `json:"result_name"` // ResultName(ResultCode), filled by the stores
 	ResultMsg     string     `json:"result_msg"`
 	NotifiedAt    *time.Time `json:"notified_at"`
 	DeadlineAt    *time.Time `json:"deadline_at"` // the current attempt times out then
@@ -192,6 +194,8 @@ type JobExecution struct {
 	FinishedAt    *time.Time `json:"finished_at"`
 	CreatedAt     time.Time  `json:"created_at"`
 	UpdatedAt     time.Time  `json:"updated_at"`
+	// Rev counts the execution's writes: every update compares and sets it.
+	Rev int `json:"-"`
 }
 
 // JobListParams selects a page of a product's jobs, oldest first.
@@ -209,38 +213,70 @@ type JobExecutionListParams struct {
 	Limit int
 }
 
-// JobExecutionTransitionParams moves one execution from one state to
-// another, compare-and-set: it fails with ECONFLICT when the execution is no
-// longer in From. From may equal To to update progress in place.
-type JobExecutionTransitionParams struct {
-	JobID         string
-	DeviceName    string
-	From, To      string
-	Percent       *int
-	ResultCode    *int
-	ResultMsg     *string
-	NextAttemptAt *time.Time // set with To == ExecQueued for a retry
-	At            time.Time
+// JobCreateParams stores a new job.
+type JobCreateParams struct {
+	Job *Job
+	// Initial returns the first state of the execution of a device on
+	// deviceVersion (NewExecution); the store fills in the device's name.
+	Initial func(deviceVersion string) JobExecution
 }
 
-// JobExecutionClaimParams picks queued executions of one job that are due
-// and whose device is online on Node, and marks them notified.
+// JobStatusParams moves a job from one status to another, compare-and-set.
+type JobStatusParams struct {
+	ID          string
+	From, To    string
+	CompletedAt *time.Time // set with the move, when not nil
+}
+
+// JobCancelParams cancels a job and moves its executions.
+type JobCancelParams struct {
+	ID string
+	At time.Time
+	// Cancel returns what an execution of the job that has not ended
+	// becomes, and whether it changed (Step with EventCancel).
+	Cancel func(x *JobExecution) (*JobExecution, bool)
+}
+
+// JobExecutionClaimParams claims executions of one job for notification,
+// in a transaction that serialises the claims of that job across replicas,
+// so that pacing counted inside it holds for all of them.
 type JobExecutionClaimParams struct {
 	JobID string
-	Node  string
-	// DeviceName claims only this device, which the caller knows to be
-	// connected to it (it just reported): Node is not checked then.
-	DeviceName string
-	Limit      int
-	At         time.Time
-	Deadline   time.Time // when the attempt times out
+	// Node: only executions of devices online on this replica are claimed.
+	Node string
+	At   time.Time
+	// Since starts the window whose notifications JobPace.NotifiedSince counts.
+	Since time.Time
+	// Limit says how many due, queued executions to claim at most, given
+	// the job's pace as counted in the transaction.
+	Limit func(JobPace) int
+	// Claim returns a candidate as it is to be stored, and false to skip
+	// it (Step with EventClaim).
+	Claim func(x *JobExecution) (*JobExecution, bool)
 }
 
 // JobPace is what a job's rollout pacing needs to know.
 type JobPace struct {
-	InFlight       int // notified, downloading or burning
-	NotifiedSince  int // notified at or after the Since time asked about
-	ActiveOrQueued int // not yet ended
+	InFlight      int // notified, downloading or burning
+	NotifiedSince int // notified at or after JobExecutionClaimParams.Since
+}
+
+// DeviceKey names a device.
+type DeviceKey struct{ ProductID, Name string }
+
+// ReportBatch is what a batch of device reports reads and changes in one
+// transaction (Store.DeviceReportsApply).
+type ReportBatch struct {
+	Reports []Report
+	// Devices holds the reporting devices that exist, and Execs each one's
+	// current execution (JobExecutionCurrent), as stored when the
+	// transaction read them. The applier changes them in place; the store
+	// writes back every device and each execution that changed.
+	Devices map[DeviceKey]*Device
+	Execs   map[DeviceKey]*JobExecution
+	// Record is set by the applier: Record[i] appends Reports[i] to its
+	// device's history. Reports not recorded are dropped.
+	Record []bool
 }
 
 // NewJobID returns a job ID that sorts by creation time: 12 hex digits of

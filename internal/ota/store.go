@@ -23,66 +23,70 @@ type Store interface {
 	DeviceCreate(ctx context.Context, d *Device) error
 	DeviceGet(ctx context.Context, productID, name string) (*Device, error)
 	DeviceList(ctx context.Context, params DeviceListParams) ([]*Device, error)
-	// DeviceDelete removes a device and its history.
-	DeviceDelete(ctx context.Context, productID, name string) error
+	// DeviceDelete removes a device and its history in one transaction.
+	// Its job executions stay, for the jobs' records: each one that has not
+	// ended is replaced by end's result first (Step with EventDeviceDeleted).
+	DeviceDelete(ctx context.Context, productID, name string, end func(x *JobExecution) (*JobExecution, bool)) error
 	// DeviceSetDisabled enables or disables a device's MQTT access.
 	DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error
 	// DevicePresence records a connect or disconnect and its history event.
 	DevicePresence(ctx context.Context, params DevicePresenceParams) error
-	// DeviceReportsRecord applies a batch of device reports in one
-	// transaction: each is appended to the device's history, a
-	// report_version sets the device's version and last-seen time, and a
-	// report_progress sets its current upgrade progress. Reports of devices
-	// that no longer exist are skipped. When it returns nil, every report is
-	// durable.
-	DeviceReportsRecord(ctx context.Context, reports []Report) error
+	// DeviceReportsApply applies a batch of device reports in one
+	// transaction: it reads the reporting devices and their current
+	// executions (locked against other writers where the engine allows),
+	// calls apply with them, and writes what apply changed: the devices, the
+	// reports apply records into their history, and the executions, each
+	// compare-and-set on its Rev. apply may run more than once (a lost
+	// race is retried) and must have no effect outside the batch. When it
+	// returns nil, everything is durable. An execution changed meanwhile is
+	// ECONFLICT, and nothing is written.
+	DeviceReportsApply(ctx context.Context, reports []Report, apply func(ctx context.Context, b *ReportBatch) error) error
 	DeviceEventList(ctx context.Context, params DeviceEventListParams) ([]*DeviceEvent, error)
 
 	FirmwareCreate(ctx context.Context, f *Firmware) error
 	FirmwareGet(ctx context.Context, productID, version string) (*Firmware, error)
 	FirmwareList(ctx context.Context, params FirmwareListParams) ([]*Firmware, error)
 	// FirmwareDelete removes a firmware row. It fails with ECONFLICT while a
-	// job that is not completed or canceled uses the version.
+	// scheduled or running job uses the version or any execution of any
+	// job of the version has not ended.
 	FirmwareDelete(ctx context.Context, productID, version string) error
 
 	// JobCreate stores a job and one execution per targeted device in one
-	// transaction, resolving j.Targets against the devices as they are
-	// then. Devices already on the job's version start done. It fails with
-	// EINVALID when no device matches or a named device does not exist, and
-	// with ECONFLICT, Detail []string naming the devices, when targeted
-	// devices are in another active job; nothing is stored then.
-	JobCreate(ctx context.Context, j *Job) error
+	// transaction, resolving the job's targets against the devices as they
+	// are then, and holding the firmware row so that it cannot be deleted
+	// meanwhile (a deleted one is EINVALID). It fails with EINVALID when no
+	// device matches or a named device does not exist, and with ECONFLICT,
+	// Detail naming the devices, when targeted devices are in another
+	// active job; nothing is stored then.
+	JobCreate(ctx context.Context, params JobCreateParams) error
 	JobGet(ctx context.Context, id string) (*Job, error)
 	JobList(ctx context.Context, params JobListParams) ([]*Job, error)
 	// JobListActive returns every scheduled or running job of every product,
-	// and canceled ones whose executions have not all ended.
+	// and canceled ones not yet closed (CompletedAt nil).
 	JobListActive(ctx context.Context) ([]*Job, error)
 	// JobCounts counts a job's executions per state.
 	JobCounts(ctx context.Context, id string) (map[string]int, error)
-	// JobPace counts what rollout pacing needs.
-	JobPace(ctx context.Context, id string, since time.Time) (JobPace, error)
-	// JobStart moves a scheduled job to running; ECONFLICT if it is not scheduled.
-	JobStart(ctx context.Context, id string) error
-	// JobCancel cancels a scheduled or running job and its queued
-	// executions; ECONFLICT if the job has already ended.
-	JobCancel(ctx context.Context, id string, at time.Time) error
-	// JobFinish completes a running job, or closes a canceled one, when none
-	// of its executions is active. It reports whether it did.
-	JobFinish(ctx context.Context, id string, at time.Time) (bool, error)
+	// JobSetStatus moves a job between statuses, compare-and-set on From:
+	// ECONFLICT when it is no longer in From.
+	JobSetStatus(ctx context.Context, params JobStatusParams) error
+	// JobCancel cancels a scheduled or running job and applies Cancel to
+	// its executions that have not ended, in one transaction; ECONFLICT if
+	// the job has already ended. It returns the executions it changed.
+	JobCancel(ctx context.Context, params JobCancelParams) ([]*JobExecution, error)
 
 	JobExecutionGet(ctx context.Context, jobID, deviceName string) (*JobExecution, error)
 	JobExecutionList(ctx context.Context, params JobExecutionListParams) ([]*JobExecution, error)
 	// JobExecutionCurrent returns the device's active execution or, when it
 	// has none, its most recent one; ENOTFOUND when it was never in a job.
 	JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*JobExecution, error)
-	// JobExecutionTransition moves an execution between states,
-	// compare-and-set on From (see JobExecutionTransitionParams).
-	JobExecutionTransition(ctx context.Context, params JobExecutionTransitionParams) error
-	// JobExecutionClaim marks up to Limit due, queued executions of online
-	// devices notified, counting an attempt, and returns them. Concurrent
-	// claims never return the same execution.
+	// JobExecutionUpdate stores x, compare-and-set on x.Rev, and increments
+	// x.Rev: ECONFLICT when the execution was written since it was read.
+	JobExecutionUpdate(ctx context.Context, x *JobExecution) error
+	// JobExecutionClaim claims executions for notification (see
+	// JobExecutionClaimParams) and returns them as stored. Concurrent claims
+	// never return the same execution.
 	JobExecutionClaim(ctx context.Context, params JobExecutionClaimParams) ([]*JobExecution, error)
-	// JobExecutionsExpired returns in-progress executions whose deadline has passed.
+	// JobExecutionsExpired returns in-flight executions whose deadline has passed.
 	JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*JobExecution, error)
 
 	// NodeHeartbeat records that node is alive at at, forgets nodes not

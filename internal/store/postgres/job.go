@@ -3,25 +3,32 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/sqltext"
 )
 
-// terminalStates is the SQL list of states in which an execution has ended.
-const terminalStates = `('done', 'failed', 'timed_out', 'canceled')`
+// activeStates and inFlightStates are ota.ExecActiveStates and
+// ota.ExecInFlightStates as SQL lists.
+var (
+	activeStates   = sqltext.Strings(ota.ExecActiveStates)
+	inFlightStates = sqltext.Strings(ota.ExecInFlightStates)
+)
 
 const jobColumns = `id, product_id, firmware_version, status, targets, timeout_seconds, max_retries, retry_backoff_seconds,
-	max_concurrent, max_per_minute, start_at, created_at, completed_at`
+	max_concurrent, max_per_minute, start_at, created_at, completed_at, rollback_window_seconds`
 
 func scanJob(row pgx.Row) (*ota.Job, error) {
 	var j ota.Job
 	var targets string
 	err := row.Scan(&j.ID, &j.ProductID, &j.FirmwareVersion, &j.Status, &targets, &j.TimeoutSeconds, &j.MaxRetries,
-		&j.RetryBackoffSeconds, &j.MaxConcurrent, &j.MaxPerMinute, &j.StartAt, &j.CreatedAt, &j.CompletedAt)
+		&j.RetryBackoffSeconds, &j.MaxConcurrent, &j.MaxPerMinute, &j.StartAt, &j.CreatedAt, &j.CompletedAt,
+		&j.RollbackWindowSeconds)
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +53,8 @@ func targetFilter(t ota.JobTargets, param string) (string, any) {
 	}
 }
 
-func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
+func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
+	j := p.Job
 	if j.CreatedAt.IsZero() {
 		j.CreatedAt = ota.Now()
 	}
@@ -54,7 +62,19 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 	if err != nil {
 		return fmt.Errorf("job targets: %w", err)
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// Repeatable read: the versions the initial states are decided for are
+	// the versions the executions are inserted with.
+	return s.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+		// Hold the firmware row: a concurrent FirmwareDelete waits for
+		// this job, then sees it, or deleted it first and this fails.
+		var one int
+		err := tx.QueryRow(ctx, `SELECT 1 FROM firmware WHERE product_id = $1 AND version = $2 FOR SHARE`, j.ProductID, j.FirmwareVersion).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ota.Errorf(ota.EINVALID, "firmware version %s has not been uploaded", j.FirmwareVersion)
+		}
+		if err != nil {
+			return interpretError(err, "job firmware")
+		}
 		if len(j.Targets.Devices) > 0 {
 			rows, err := tx.Query(ctx, `SELECT name FROM unnest($2::text[]) AS t(name)
 				WHERE NOT EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND devices.name = t.name) ORDER BY name LIMIT 100`,
@@ -69,7 +89,7 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 		}
 		filter, arg := targetFilter(j.Targets, "$2")
 		rows, err := tx.Query(ctx, `SELECT e.device_name FROM job_executions e JOIN devices d ON d.product_id = e.product_id AND d.name = e.device_name
-			WHERE e.product_id = $1 AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`, j.ProductID, arg)
+			WHERE e.product_id = $1 AND e.state IN `+activeStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`, j.ProductID, arg)
 		busy, err := collect(rows, err, "busy devices", scanString)
 		if err != nil {
 			return err
@@ -77,26 +97,35 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 		if len(busy) > 0 {
 			return ota.JobTargetsBusy(busy)
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		if _, err := tx.Exec(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 			j.ID, j.ProductID, j.FirmwareVersion, j.Status, string(targets), j.TimeoutSeconds, j.MaxRetries, j.RetryBackoffSeconds,
-			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt)); err != nil {
+			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt), j.RollbackWindowSeconds); err != nil {
 			return interpretError(err, "job")
 		}
+		rows, err = tx.Query(ctx, `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = $1 AND `+filter, j.ProductID, arg)
+		versions, err := collect(rows, err, "target versions", scanString)
+		if err != nil {
+			return err
+		}
+		if len(versions) == 0 {
+			return ota.ErrJobTargetsNone
+		}
+		states, percents, finished := make([]string, len(versions)), make([]int32, len(versions)), make([]*time.Time, len(versions))
+		for i, v := range versions {
+			x := p.Initial(v)
+			states[i], percents[i], finished[i] = x.State, int32(x.Percent), utcPtr(x.FinishedAt)
+		}
 		filter, arg = targetFilter(j.Targets, "$3")
-		tag, err := tx.Exec(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
-			SELECT $4, d.product_id, d.name,
-				CASE WHEN d.version = $2 THEN 'done' ELSE 'queued' END, d.version,
-				CASE WHEN d.version = $2 THEN 100 ELSE 0 END,
-				CASE WHEN d.version = $2 THEN $5::timestamptz END, $5, $5
-			FROM devices d WHERE d.product_id = $1 AND `+filter, j.ProductID, j.FirmwareVersion, arg, j.ID, j.CreatedAt)
+		_, err = tx.Exec(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
+			SELECT $4, d.product_id, d.name, m.state, d.version, m.percent, m.finished_at, $5, $5
+			FROM devices d JOIN unnest($2::text[], $6::text[], $7::integer[], $8::timestamptz[]) AS m(version, state, percent, finished_at)
+				ON m.version = d.version
+			WHERE d.product_id = $1 AND `+filter, j.ProductID, versions, arg, j.ID, j.CreatedAt, states, percents, finished)
 		if err != nil {
 			if ota.IsCode(interpretError(err, "job execution"), ota.ECONFLICT) {
 				return ota.JobTargetsBusy(nil)
 			}
 			return fmt.Errorf("create job executions: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			return ota.ErrJobTargetsNone
 		}
 		return nil
 	})
@@ -142,73 +171,60 @@ func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error
 	return counts, nil
 }
 
-func (s *Store) JobPace(ctx context.Context, id string, since time.Time) (ota.JobPace, error) {
-	var p ota.JobPace
-	err := s.pool.QueryRow(ctx, `SELECT
-		count(*) FILTER (WHERE state IN ('notified', 'downloading', 'burning')),
-		count(*) FILTER (WHERE notified_at >= $2),
-		count(*) FILTER (WHERE state NOT IN `+terminalStates+`)
-		FROM job_executions WHERE job_id = $1`, id, since.UTC()).Scan(&p.InFlight, &p.NotifiedSince, &p.ActiveOrQueued)
+func (s *Store) JobSetStatus(ctx context.Context, p ota.JobStatusParams) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET status = $3, completed_at = COALESCE($4, completed_at) WHERE id = $1 AND status = $2`,
+		p.ID, p.From, p.To, utcPtr(p.CompletedAt))
 	if err != nil {
-		return p, fmt.Errorf("job pace: %w", err)
-	}
-	return p, nil
-}
-
-func (s *Store) JobStart(ctx context.Context, id string) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET status = 'running' WHERE id = $1 AND status = 'scheduled'`, id)
-	if err != nil {
-		return fmt.Errorf("start job: %w", err)
+		return fmt.Errorf("set job status: %w", interpretError(err, "job"))
 	}
 	if tag.RowsAffected() == 0 {
-		return ota.Errorf(ota.ECONFLICT, "job is not scheduled")
+		return ota.Errorf(ota.ECONFLICT, "job is not %s", p.From)
 	}
 	return nil
 }
 
-func (s *Store) JobCancel(ctx context.Context, id string, at time.Time) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.JobExecution, error) {
+	var changed []*ota.JobExecution
+	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		changed = nil
 		var status string
-		if err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE id = $1 FOR UPDATE`, id).Scan(&status); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE id = $1 FOR UPDATE`, p.ID).Scan(&status); err != nil {
 			return interpretError(err, "job")
 		}
 		if status != ota.JobScheduled && status != ota.JobRunning {
 			return ota.Errorf(ota.ECONFLICT, "job is already %s", status)
 		}
-		if _, err := tx.Exec(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = $1`, id); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = $1`, p.ID); err != nil {
 			return fmt.Errorf("cancel job: %w", err)
 		}
-		_, err := tx.Exec(ctx, `UPDATE job_executions SET state = 'canceled', finished_at = $2, updated_at = $2, next_attempt_at = NULL
-			WHERE job_id = $1 AND state = 'queued'`, id, at.UTC())
+		rows, err := tx.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND state IN `+activeStates+` FOR UPDATE`, p.ID)
+		active, err := collect(rows, err, "active executions", scanExec)
 		if err != nil {
-			return fmt.Errorf("cancel job executions: %w", err)
+			return err
 		}
-		return nil
+		for _, x := range active {
+			if y, ok := p.Cancel(x); ok {
+				changed = append(changed, y)
+			}
+		}
+		return execUpdateAll(ctx, tx, changed)
 	})
-}
-
-func (s *Store) JobFinish(ctx context.Context, id string, at time.Time) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET status = CASE WHEN status = 'running' THEN 'completed' ELSE status END, completed_at = $2
-		WHERE id = $1 AND status IN ('running', 'canceled') AND completed_at IS NULL
-		AND NOT EXISTS (SELECT 1 FROM job_executions WHERE job_id = $1 AND state NOT IN `+terminalStates+`)`, id, at.UTC())
-	if err != nil {
-		return false, fmt.Errorf("finish job: %w", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return changed, err
 }
 
 const execColumns = `job_id, product_id, device_name, state, from_version, percent, attempts, result_code, result_msg,
-	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at`
+	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at, rev`
 
 func scanExec(row pgx.Row) (*ota.JobExecution, error) {
 	var e ota.JobExecution
 	err := row.Scan(&e.JobID, &e.ProductID, &e.DeviceName, &e.State, &e.FromVersion, &e.Percent, &e.Attempts, &e.ResultCode, &e.ResultMsg,
-		&e.NotifiedAt, &e.DeadlineAt, &e.NextAttemptAt, &e.FinishedAt, &e.CreatedAt, &e.UpdatedAt)
+		&e.NotifiedAt, &e.DeadlineAt, &e.NextAttemptAt, &e.FinishedAt, &e.CreatedAt, &e.UpdatedAt, &e.Rev)
 	if err != nil {
 		return nil, err
 	}
 	e.NotifiedAt, e.DeadlineAt, e.NextAttemptAt, e.FinishedAt = utcPtr(e.NotifiedAt), utcPtr(e.DeadlineAt), utcPtr(e.NextAttemptAt), utcPtr(e.FinishedAt)
 	e.CreatedAt, e.UpdatedAt = utc(e.CreatedAt), utc(e.UpdatedAt)
+	e.ResultName = ota.ResultName(e.ResultCode)
 	return &e, nil
 }
 
@@ -228,51 +244,96 @@ func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListPara
 
 func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*ota.JobExecution, error) {
 	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = $1 AND device_name = $2
-		ORDER BY (state NOT IN `+terminalStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
+		ORDER BY (state IN `+activeStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
 	if err != nil {
 		return nil, interpretError(err, "job execution")
 	}
 	return e, nil
 }
 
-func (s *Store) JobExecutionTransition(ctx context.Context, p ota.JobExecutionTransitionParams) error {
-	var finished *time.Time
-	if ota.ExecTerminal(p.To) {
-		at := p.At.UTC()
-		finished = &at
+func (s *Store) JobExecutionUpdate(ctx context.Context, x *ota.JobExecution) error {
+	return execUpdateAll(ctx, s.pool, []*ota.JobExecution{x})
+}
+
+// execUpdateAll writes xs in one statement, each compare-and-set on its
+// Rev, and increments their Revs: ECONFLICT, and nothing written, when any
+// one changed meanwhile (within a transaction the caller rolls back).
+func execUpdateAll(ctx context.Context, db execer, xs []*ota.JobExecution) error {
+	if len(xs) == 0 {
+		return nil
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE job_executions SET state = $4, percent = COALESCE($5, percent),
-		result_code = COALESCE($6, result_code), result_msg = COALESCE($7, result_msg),
-		next_attempt_at = CASE WHEN $4 = 'queued' THEN $8::timestamptz END,
-		deadline_at = CASE WHEN $4 IN ('notified', 'downloading', 'burning') THEN deadline_at END,
-		finished_at = $9::timestamptz, updated_at = $10
-		WHERE job_id = $1 AND device_name = $2 AND state = $3`,
-		p.JobID, p.DeviceName, p.From, p.To, p.Percent, p.ResultCode, p.ResultMsg, utcPtr(p.NextAttemptAt), finished, p.At.UTC())
+	n := len(xs)
+	jobs, names, states, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	revs, percents, attempts, codes := make([]int32, n), make([]int32, n), make([]int32, n), make([]int32, n)
+	notified, deadline, next, finished, updated := make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n), make([]*time.Time, n), make([]time.Time, n)
+	for i, x := range xs {
+		jobs[i], names[i], states[i], msgs[i] = x.JobID, x.DeviceName, x.State, x.ResultMsg
+		revs[i], percents[i], attempts[i], codes[i] = int32(x.Rev), int32(x.Percent), int32(x.Attempts), int32(x.ResultCode)
+		notified[i], deadline[i], next[i], finished[i], updated[i] = utcPtr(x.NotifiedAt), utcPtr(x.DeadlineAt), utcPtr(x.NextAttemptAt), utcPtr(x.FinishedAt), x.UpdatedAt.UTC()
+	}
+	tag, err := db.Exec(ctx, `UPDATE job_executions x SET state = u.state, percent = u.percent, attempts = u.attempts,
+			result_code = u.result_code, result_msg = u.result_msg, notified_at = u.notified_at, deadline_at = u.deadline_at,
+			next_attempt_at = u.next_attempt_at, finished_at = u.finished_at, updated_at = u.updated_at, rev = x.rev + 1
+		FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::integer[], $6::integer[], $7::integer[], $8::text[],
+			$9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[])
+			AS u(job_id, device_name, rev, state, percent, attempts, result_code, result_msg, notified_at, deadline_at, next_attempt_at, finished_at, updated_at)
+		WHERE x.job_id = u.job_id AND x.device_name = u.device_name AND x.rev = u.rev`,
+		jobs, names, revs, states, percents, attempts, codes, msgs, notified, deadline, next, finished, updated)
 	if err != nil {
-		return fmt.Errorf("job execution transition: %w", err)
+		return fmt.Errorf("update job executions: %w", interpretError(err, "job execution"))
 	}
-	if tag.RowsAffected() == 0 {
-		return ota.Errorf(ota.ECONFLICT, "job execution is no longer %s", p.From)
+	if int(tag.RowsAffected()) != n {
+		return ota.Errorf(ota.ECONFLICT, "%d of %d job executions changed meanwhile", n-int(tag.RowsAffected()), n)
+	}
+	for _, x := range xs {
+		x.Rev++
 	}
 	return nil
 }
 
 func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimParams) ([]*ota.JobExecution, error) {
-	rows, err := s.pool.Query(ctx, `UPDATE job_executions e SET state = 'notified', attempts = attempts + 1, percent = 0,
-			notified_at = $5, deadline_at = $6, next_attempt_at = NULL, updated_at = $5
-		WHERE e.state = 'queued' AND (e.job_id, e.device_name) IN (
-			SELECT x.job_id, x.device_name FROM job_executions x
+	var claimed []*ota.JobExecution
+	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		claimed = nil
+		// The job's row lock orders the claims of every replica, so the
+		// pace counted here holds until this transaction commits.
+		var one int
+		if err := tx.QueryRow(ctx, `SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE`, p.JobID).Scan(&one); err != nil {
+			return interpretError(err, "job")
+		}
+		var pace ota.JobPace
+		if err := tx.QueryRow(ctx, `SELECT
+			count(*) FILTER (WHERE state IN `+inFlightStates+`),
+			count(*) FILTER (WHERE notified_at >= $2)
+			FROM job_executions WHERE job_id = $1`, p.JobID, p.Since.UTC()).Scan(&pace.InFlight, &pace.NotifiedSince); err != nil {
+			return fmt.Errorf("job pace: %w", err)
+		}
+		limit := p.Limit(pace)
+		if limit <= 0 {
+			return nil
+		}
+		rows, err := tx.Query(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x
 			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-			WHERE x.job_id = $1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $5)
-				AND d.online AND NOT d.disabled AND (($3 = '' AND d.node = $2) OR x.device_name = $3)
+			WHERE x.job_id = $1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $3)
+				AND d.online AND d.ready AND NOT d.disabled AND d.node = $2
 			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
-			LIMIT $4 FOR UPDATE OF x SKIP LOCKED)
-		RETURNING `+execColumns, p.JobID, p.Node, p.DeviceName, p.Limit, p.At.UTC(), p.Deadline.UTC())
-	return collect(rows, err, "claimed job executions", scanExec)
+			LIMIT $4 FOR UPDATE OF x SKIP LOCKED`, p.JobID, p.Node, p.At.UTC(), limit)
+		due, err := collect(rows, err, "due job executions", scanExec)
+		if err != nil {
+			return err
+		}
+		for _, x := range due {
+			if y, ok := p.Claim(x); ok {
+				claimed = append(claimed, y)
+			}
+		}
+		return execUpdateAll(ctx, tx, claimed)
+	})
+	return claimed, err
 }
 
 func (s *Store) JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*ota.JobExecution, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions
-		WHERE deadline_at < $1 AND state IN ('notified', 'downloading', 'burning') ORDER BY deadline_at LIMIT $2`, now.UTC(), limit)
+		WHERE deadline_at < $1 AND state IN `+inFlightStates+` ORDER BY deadline_at LIMIT $2`, now.UTC(), limit)
 	return collect(rows, err, "expired job executions", scanExec)
 }

@@ -145,9 +145,27 @@ func interpretError(err error, what string) error {
 			return ota.Errorf(ota.ECONFLICT, "%s already exists", what)
 		case "23503": // foreign_key_violation
 			return ota.Errorf(ota.ENOTFOUND, "%s refers to something that does not exist", what)
+		case "40001", "40P01": // serialization_failure, deadlock_detected
+			return ota.Errorf(ota.ECONFLICT, "%s changed concurrently; try again", what)
 		case "22021", "22P05": // invalid byte sequence / untranslatable character (NUL)
 			return ota.Errorf(ota.EINVALID, "%s contains characters that cannot be stored", what)
 		}
+	}
+	return err
+}
+
+// execer is a pool or a transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+// inTx runs fn in a transaction with opts, committing when it returns nil.
+// A serialization failure or deadlock is ECONFLICT.
+func (s *Store) inTx(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
+	err := pgx.BeginTxFunc(ctx, s.pool, opts, fn)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01") {
+		return interpretError(err, "transaction")
 	}
 	return err
 }

@@ -3,13 +3,14 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/sqltext"
 )
 
 // ProductCreate stores a new product; its ID must be free.
@@ -55,7 +56,7 @@ func collect[T any](rows pgx.Rows, err error, what string, scan func(pgx.Row) (T
 	return out, nil
 }
 
-const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled,
+const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled, node, ready,
 	upgrade_version, upgrade_state, upgrade_percent, upgrade_result_code, upgrade_result_msg, upgrade_updated_at, created_at`
 
 func scanDevice(row pgx.Row) (*ota.Device, error) {
@@ -63,7 +64,7 @@ func scanDevice(row pgx.Row) (*ota.Device, error) {
 	var uv, us, um *string
 	var up, uc *int
 	var ut *pgTime
-	err := row.Scan(&d.ProductID, &d.Name, &d.Secret, &d.Version, &d.Online, &d.LastSeenAt, &d.Disabled,
+	err := row.Scan(&d.ProductID, &d.Name, &d.Secret, &d.Version, &d.Online, &d.LastSeenAt, &d.Disabled, &d.Node, &d.Ready,
 		&uv, &us, &up, &uc, &um, &ut, &d.CreatedAt)
 	if err != nil {
 		return nil, err
@@ -72,7 +73,7 @@ func scanDevice(row pgx.Row) (*ota.Device, error) {
 	d.LastSeenAt = utcPtr(d.LastSeenAt)
 	if us != nil {
 		d.Upgrade = &ota.UpgradeProgress{Version: deref(uv), State: *us, Percent: derefInt(up),
-			ResultCode: derefInt(uc), ResultMsg: deref(um)}
+			ResultCode: derefInt(uc), ResultName: ota.ResultName(derefInt(uc)), ResultMsg: deref(um)}
 		if ut != nil {
 			d.Upgrade.UpdatedAt = utc(*ut)
 		}
@@ -115,15 +116,29 @@ func (s *Store) DeviceList(ctx context.Context, params ota.DeviceListParams) ([]
 	return collect(rows, err, "devices", scanDevice)
 }
 
-func (s *Store) DeviceDelete(ctx context.Context, productID, name string) error {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM devices WHERE product_id = $1 AND name = $2`, productID, name)
-	if err != nil {
-		return fmt.Errorf("delete device: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
-		return ota.Errorf(ota.ENOTFOUND, "device not found")
-	}
-	return nil
+func (s *Store) DeviceDelete(ctx context.Context, productID, name string, end func(*ota.JobExecution) (*ota.JobExecution, bool)) error {
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM devices WHERE product_id = $1 AND name = $2`, productID, name)
+		if err != nil {
+			return fmt.Errorf("delete device: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "device not found")
+		}
+		rows, err := tx.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = $1 AND device_name = $2 AND state IN `+activeStates+` FOR UPDATE`,
+			productID, name)
+		active, err := collect(rows, err, "active executions", scanExec)
+		if err != nil {
+			return err
+		}
+		var ended []*ota.JobExecution
+		for _, x := range active {
+			if y, ok := end(x); ok {
+				ended = append(ended, y)
+			}
+		}
+		return execUpdateAll(ctx, tx, ended)
+	})
 }
 
 func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error {
@@ -144,8 +159,10 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 	}
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		// A disconnect counts only from the node that holds the device: it
-		// may have reconnected to another replica meanwhile.
-		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, node = CASE WHEN $3 THEN $4 ELSE node END, last_seen_at = $5
+		// may have reconnected to another replica meanwhile. A connect makes the device not ready until it reports its version
+		// in this connection; the report may have been written first.
+		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, node = CASE WHEN $3 THEN $4 ELSE node END,
+			ready = $3 AND ready AND COALESCE(last_seen_at > $5, false), last_seen_at = GREATEST(last_seen_at, $5)
 			WHERE product_id = $1 AND name = $2 AND ($3 OR node = $4)`,
 			p.ProductID, p.DeviceName, p.Online, p.Node, p.At.UTC())
 		if err != nil {
@@ -167,22 +184,133 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 	})
 }
 
-func (s *Store) DeviceReportsRecord(ctx context.Context, reports []ota.Report) error {
-	rounds := splitOnePerDevice(reports)
-	switch len(rounds) {
-	case 0:
+func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, apply func(context.Context, *ota.ReportBatch) error) error {
+	if len(reports) == 0 {
 		return nil
-	case 1:
-		return s.deviceReportsRecordSet(ctx, s.pool, rounds[0]) // one statement is atomic
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		for _, round := range rounds {
-			if err := s.deviceReportsRecordSet(ctx, tx, round); err != nil {
-				return err
+	var keys [][2]string
+	seen := map[ota.DeviceKey]bool{}
+	for _, r := range reports {
+		k := ota.DeviceKey{ProductID: r.ProductID, Name: r.DeviceName}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, [2]string{k.ProductID, k.Name})
+		}
+	}
+	// Lock in one order, so that concurrent batches never deadlock.
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i][0] < keys[j][0] || keys[i][0] == keys[j][0] && keys[i][1] < keys[j][1]
+	})
+	pids, names := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		pids[i], names[i] = k[0], k[1]
+	}
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		b := &ota.ReportBatch{Reports: reports, Devices: make(map[ota.DeviceKey]*ota.Device, len(keys)),
+			Execs: make(map[ota.DeviceKey]*ota.JobExecution, len(keys)), Record: make([]bool, len(reports))}
+		// The device rows are locked: reports of one device are applied one
+		// batch at a time, whichever replica received them.
+		batch := &pgx.Batch{}
+		batch.Queue(`SELECT `+deviceColumns+` FROM devices d JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(product_id, name, ord)
+			USING (product_id, name) ORDER BY k.ord FOR UPDATE OF d`, pids, names)
+		batch.Queue(`SELECT DISTINCT ON (x.product_id, x.device_name) `+sqltext.Qualify("x.", execColumns)+`
+			FROM job_executions x JOIN unnest($1::text[], $2::text[]) AS k(product_id, name) ON x.product_id = k.product_id AND x.device_name = k.name
+			ORDER BY x.product_id, x.device_name, (x.state IN `+activeStates+`) DESC, x.created_at DESC, x.job_id DESC`, pids, names)
+		br := tx.SendBatch(ctx, batch)
+		rows, err := br.Query()
+		devices, err := collect(rows, err, "reporting devices", scanDevice)
+		if err != nil {
+			br.Close()
+			return err
+		}
+		rows, err = br.Query()
+		execs, err := collect(rows, err, "reporting devices' executions", scanExec)
+		if err != nil {
+			br.Close()
+			return err
+		}
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("read reporting devices: %w", err)
+		}
+		for _, d := range devices {
+			b.Devices[ota.DeviceKey{ProductID: d.ProductID, Name: d.Name}] = d
+		}
+		read := make(map[ota.DeviceKey]ota.JobExecution, len(execs))
+		for _, x := range execs {
+			k := ota.DeviceKey{ProductID: x.ProductID, Name: x.DeviceName}
+			b.Execs[k], read[k] = x, *x
+		}
+		if err := apply(ctx, b); err != nil {
+			return err
+		}
+		var changed []*ota.JobExecution
+		for k, x := range b.Execs {
+			if *x != read[k] {
+				changed = append(changed, x)
 			}
 		}
-		return nil
+		if err := devicesWrite(ctx, tx, b); err != nil {
+			return err
+		}
+		return execUpdateAll(ctx, tx, changed)
 	})
+}
+
+// devicesWrite stores what a batch changed of its devices and appends its
+// recorded reports to their history, in two statements.
+func devicesWrite(ctx context.Context, tx pgx.Tx, b *ota.ReportBatch) error {
+	n := len(b.Devices)
+	pids, names, versions, nodes := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	online, ready, seen := make([]bool, 0, n), make([]bool, 0, n), make([]*time.Time, 0, n)
+	uv, us, um := make([]*string, 0, n), make([]*string, 0, n), make([]*string, 0, n)
+	up, uc := make([]*int32, 0, n), make([]*int32, 0, n)
+	ut := make([]*time.Time, 0, n)
+	for _, d := range b.Devices {
+		pids, names, versions, nodes = append(pids, d.ProductID), append(names, d.Name), append(versions, d.Version), append(nodes, d.Node)
+		online, ready, seen = append(online, d.Online), append(ready, d.Ready), append(seen, utcPtr(d.LastSeenAt))
+		if u := d.Upgrade; u != nil {
+			p, c, at := int32(u.Percent), int32(u.ResultCode), u.UpdatedAt.UTC()
+			uv, us, um, up, uc, ut = append(uv, &u.Version), append(us, &u.State), append(um, &u.ResultMsg), append(up, &p), append(uc, &c), append(ut, &at)
+		} else {
+			uv, us, um, up, uc, ut = append(uv, nil), append(us, nil), append(um, nil), append(up, nil), append(uc, nil), append(ut, nil)
+		}
+	}
+	batch := &pgx.Batch{}
+	batch.Queue(`UPDATE devices d SET version = u.version, online = u.online, node = u.node, last_seen_at = u.last_seen_at,
+			ready = u.ready, upgrade_version = u.uv, upgrade_state = u.us, upgrade_percent = u.up, upgrade_result_code = u.uc,
+			upgrade_result_msg = u.um, upgrade_updated_at = u.ut
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], $6::timestamptz[],
+			$7::text[], $8::text[], $9::integer[], $10::integer[], $11::text[], $12::timestamptz[], $13::boolean[])
+			AS u(product_id, name, version, online, node, last_seen_at, uv, us, up, uc, um, ut, ready)
+		WHERE d.product_id = u.product_id AND d.name = u.name`,
+		pids, names, versions, online, nodes, seen, uv, us, up, uc, um, ut, ready)
+	var rp, rn, rt, rv, rs, rm []string
+	var rpct, rcode []*int32
+	var rat []time.Time
+	for i, r := range b.Reports {
+		if !b.Record[i] {
+			continue
+		}
+		rp, rn, rt, rv, rs, rm = append(rp, r.ProductID), append(rn, r.DeviceName), append(rt, r.Type), append(rv, r.Version), append(rs, r.State), append(rm, r.ResultMsg)
+		rpct, rcode, rat = append(rpct, int32p(r.Percent)), append(rcode, int32p(r.ResultCode)), append(rat, r.At.UTC())
+	}
+	if len(rp) > 0 {
+		batch.Queue(`INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::integer[], $8::text[], $9::timestamptz[])`,
+			rp, rn, rt, rv, rs, rpct, rcode, rm, rat)
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("record reports: %w", interpretError(err, "report"))
+	}
+	return nil
+}
+
+func int32p(n *int) *int32 {
+	if n == nil {
+		return nil
+	}
+	v := int32(*n)
+	return &v
 }
 
 func (s *Store) DeviceEventList(ctx context.Context, p ota.DeviceEventListParams) ([]*ota.DeviceEvent, error) {
@@ -234,7 +362,7 @@ func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*
 }
 
 func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		// Lock the row so a job created concurrently waits for the outcome.
 		var key string
 		if err := tx.QueryRow(ctx, `SELECT blob_key FROM firmware WHERE product_id = $1 AND version = $2 FOR UPDATE`, productID, version).Scan(&key); err != nil {
@@ -247,6 +375,14 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 		}
 		if active {
 			return ota.Errorf(ota.ECONFLICT, "firmware %s is used by an active job", version)
+		}
+		var installing int
+		if err := tx.QueryRow(ctx, `SELECT count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+			WHERE j.product_id = $1 AND j.firmware_version = $2 AND x.state IN `+activeStates, productID, version).Scan(&installing); err != nil {
+			return fmt.Errorf("delete firmware: %w", err)
+		}
+		if installing > 0 {
+			return ota.Errorf(ota.ECONFLICT, "firmware %s is still being installed by %d devices", version, installing)
 		}
 		_, err := tx.Exec(ctx, `DELETE FROM firmware WHERE product_id = $1 AND version = $2`, productID, version)
 		return interpretError(err, "firmware")
@@ -293,79 +429,6 @@ func derefInt(n *int) int {
 		return 0
 	}
 	return *n
-}
-
-// splitOnePerDevice splits a batch into rounds in which each device has at
-// most one report, keeping each device's reports in order: the broker's
-// batches, where a device has one report in flight, are a single round.
-func splitOnePerDevice(reports []ota.Report) [][]ota.Report {
-	var rounds [][]ota.Report
-	seen := make(map[[2]string]int, len(reports))
-	for _, r := range reports {
-		k := [2]string{r.ProductID, r.DeviceName}
-		i := seen[k]
-		seen[k] = i + 1
-		if i == len(rounds) {
-			rounds = append(rounds, nil)
-		}
-		rounds[i] = append(rounds[i], r)
-	}
-	return rounds
-}
-
-// deviceReportsRecordSet applies a batch with one report per device in a
-// single set-based statement: each device row is updated once and the
-// events of the devices that exist are inserted in batch order; reports of
-// devices deleted meanwhile are dropped. With batches of 100 or more it
-// writes about twice the reports per second of one statement per report.
-func (s *Store) deviceReportsRecordSet(ctx context.Context, db interface {
-	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
-}, reports []ota.Report) error {
-	n := len(reports)
-	pids, names, types, versions, states, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	percents, codes := make([]*int32, n), make([]*int32, n)
-	ats := make([]time.Time, n)
-	for i, r := range reports {
-		pids[i], names[i], types[i], versions[i], states[i], msgs[i] = r.ProductID, r.DeviceName, r.Type, r.Version, r.State, r.ResultMsg
-		if r.Percent != nil {
-			v := int32(*r.Percent)
-			percents[i] = &v
-		}
-		if r.ResultCode != nil {
-			v := int32(*r.ResultCode)
-			codes[i] = &v
-		}
-		ats[i] = r.At.UTC()
-	}
-	_, err := db.Exec(ctx, `WITH r AS (
-			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[], $7::integer[], $8::text[], $9::timestamptz[])
-				WITH ORDINALITY AS r(product_id, device_name, type, version, state, percent, result_code, result_msg, created_at, ord)
-		), upd AS (
-			UPDATE devices d SET
-				online = true,
-				last_seen_at = r.created_at,
-				version = CASE WHEN r.type = 'report_version' THEN r.version ELSE d.version END,
-				upgrade_version = CASE WHEN r.type = 'report_progress' THEN r.version ELSE d.upgrade_version END,
-				upgrade_state = CASE WHEN r.type = 'report_progress' THEN r.state ELSE d.upgrade_state END,
-				upgrade_percent = CASE WHEN r.type <> 'report_progress' THEN d.upgrade_percent
-					WHEN r.percent IS NOT NULL THEN r.percent
-					WHEN r.state = 'done' THEN 100
-					WHEN d.upgrade_version = r.version THEN d.upgrade_percent ELSE 0 END,
-				upgrade_result_code = CASE WHEN r.type = 'report_progress' THEN COALESCE(r.result_code, 0) ELSE d.upgrade_result_code END,
-				upgrade_result_msg = CASE WHEN r.type = 'report_progress' THEN r.result_msg ELSE d.upgrade_result_msg END,
-				upgrade_updated_at = CASE WHEN r.type = 'report_progress' THEN r.created_at ELSE d.upgrade_updated_at END
-			FROM r WHERE d.product_id = r.product_id AND d.name = r.device_name
-			RETURNING r.ord
-		)
-		INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
-		SELECT r.product_id, r.device_name, r.type, r.version, r.state, r.percent, r.result_code, r.result_msg, r.created_at
-		FROM r JOIN upd ON upd.ord = r.ord
-		ORDER BY r.ord`,
-		pids, names, types, versions, states, percents, codes, msgs, ats)
-	if err != nil {
-		return fmt.Errorf("record reports: %w", interpretError(err, "report"))
-	}
-	return nil
 }
 
 func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {

@@ -8,19 +8,25 @@ import (
 	"time"
 
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/sqltext"
 )
 
-// terminalStates is the SQL list of states in which an execution has ended.
-const terminalStates = `('done', 'failed', 'timed_out', 'canceled')`
+// activeStates and inFlightStates are ota.ExecActiveStates and
+// ota.ExecInFlightStates as SQL lists.
+var (
+	activeStates   = sqltext.Strings(ota.ExecActiveStates)
+	inFlightStates = sqltext.Strings(ota.ExecInFlightStates)
+)
 
 const jobColumns = `id, product_id, firmware_version, status, targets, timeout_seconds, max_retries, retry_backoff_seconds,
-	max_concurrent, max_per_minute, start_at, created_at, completed_at`
+	max_concurrent, max_per_minute, start_at, created_at, completed_at, rollback_window_seconds`
 
 func scanJob(row scanner) (*ota.Job, error) {
 	var j ota.Job
 	var targets string
 	err := row.Scan(&j.ID, &j.ProductID, &j.FirmwareVersion, &j.Status, &targets, &j.TimeoutSeconds, &j.MaxRetries,
-		&j.RetryBackoffSeconds, &j.MaxConcurrent, &j.MaxPerMinute, sqlTimePtr{&j.StartAt}, sqlTime{&j.CreatedAt}, sqlTimePtr{&j.CompletedAt})
+		&j.RetryBackoffSeconds, &j.MaxConcurrent, &j.MaxPerMinute, sqlTimePtr{&j.StartAt}, sqlTime{&j.CreatedAt}, sqlTimePtr{&j.CompletedAt},
+		&j.RollbackWindowSeconds)
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +52,8 @@ func targetFilter(t ota.JobTargets, param string) (string, string) {
 	}
 }
 
-func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
+func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
+	j := p.Job
 	if j.CreatedAt.IsZero() {
 		j.CreatedAt = ota.Now()
 	}
@@ -55,6 +62,14 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 		return fmt.Errorf("job targets: %w", err)
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
+		// The one writer connection serialises this with FirmwareDelete.
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM firmware WHERE product_id = ? AND version = ?`, j.ProductID, j.FirmwareVersion).Scan(&n); err != nil {
+			return fmt.Errorf("job firmware: %w", err)
+		}
+		if n == 0 {
+			return ota.Errorf(ota.EINVALID, "firmware version %s has not been uploaded", j.FirmwareVersion)
+		}
 		if len(j.Targets.Devices) > 0 {
 			names, _ := json.Marshal(j.Targets.Devices)
 			rows, err := tx.QueryContext(ctx, `SELECT value FROM json_each(?2) AS t
@@ -70,7 +85,7 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 		}
 		filter, arg := targetFilter(j.Targets, "?2")
 		rows, err := tx.QueryContext(ctx, `SELECT e.device_name FROM job_executions e JOIN devices d ON d.product_id = e.product_id AND d.name = e.device_name
-			WHERE e.product_id = ?1 AND e.state NOT IN `+terminalStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`,
+			WHERE e.product_id = ?1 AND e.state IN `+activeStates+` AND `+filter+` ORDER BY e.device_name LIMIT 1000`,
 			j.ProductID, arg)
 		busy, err := collect(rows, err, "busy devices", scanString)
 		if err != nil {
@@ -79,27 +94,44 @@ func (s *Store) JobCreate(ctx context.Context, j *ota.Job) error {
 		if len(busy) > 0 {
 			return ota.JobTargetsBusy(busy)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			j.ID, j.ProductID, j.FirmwareVersion, j.Status, string(targets), j.TimeoutSeconds, j.MaxRetries, j.RetryBackoffSeconds,
-			j.MaxConcurrent, j.MaxPerMinute, fmtTimePtr(j.StartAt), fmtTime(j.CreatedAt), fmtTimePtr(j.CompletedAt)); err != nil {
+			j.MaxConcurrent, j.MaxPerMinute, fmtTimePtr(j.StartAt), fmtTime(j.CreatedAt), fmtTimePtr(j.CompletedAt), j.RollbackWindowSeconds); err != nil {
 			return interpretError(err, "job")
 		}
-		at := fmtTime(j.CreatedAt)
-		filter, arg = targetFilter(j.Targets, "?3")
-		res, err := tx.ExecContext(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
-			SELECT ?4, d.product_id, d.name,
-				CASE WHEN d.version = ?2 THEN 'done' ELSE 'queued' END, d.version,
-				CASE WHEN d.version = ?2 THEN 100 ELSE 0 END,
-				CASE WHEN d.version = ?2 THEN ?5 END, ?5, ?5
-			FROM devices d WHERE d.product_id = ?1 AND `+filter, j.ProductID, j.FirmwareVersion, arg, j.ID, at)
+		// Each distinct version of the targets gets its first state from
+		// the domain; the transaction holds the only writer, so the
+		// versions cannot change before the insert.
+		filter, arg = targetFilter(j.Targets, "?2")
+		rows, err = tx.QueryContext(ctx, `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = ?1 AND `+filter, j.ProductID, arg)
+		versions, err := collect(rows, err, "target versions", scanString)
 		if err != nil {
+			return err
+		}
+		if len(versions) == 0 {
+			return ota.ErrJobTargetsNone
+		}
+		type initial struct {
+			Version  string `json:"v"`
+			State    string `json:"s"`
+			Percent  int    `json:"p"`
+			Finished any    `json:"f"`
+		}
+		inits := make([]initial, len(versions))
+		for i, v := range versions {
+			x := p.Initial(v)
+			inits[i] = initial{Version: v, State: x.State, Percent: x.Percent, Finished: fmtTimePtr(x.FinishedAt)}
+		}
+		m, _ := json.Marshal(inits)
+		filter, arg = targetFilter(j.Targets, "?3")
+		if _, err := tx.ExecContext(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
+			SELECT ?4, d.product_id, d.name, m.value ->> 's', d.version, m.value ->> 'p', m.value ->> 'f', ?5, ?5
+			FROM devices d JOIN json_each(?2) m ON m.value ->> 'v' = d.version
+			WHERE d.product_id = ?1 AND `+filter, j.ProductID, string(m), arg, j.ID, fmtTime(j.CreatedAt)); err != nil {
 			if ota.IsCode(interpretError(err, "job execution"), ota.ECONFLICT) {
 				return ota.JobTargetsBusy(nil)
 			}
 			return fmt.Errorf("create job executions: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return ota.ErrJobTargetsNone
 		}
 		return nil
 	})
@@ -150,67 +182,59 @@ func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error
 	return counts, nil
 }
 
-func (s *Store) JobPace(ctx context.Context, id string, since time.Time) (ota.JobPace, error) {
-	var p ota.JobPace
-	err := s.read.QueryRowContext(ctx, `SELECT
-		count(*) FILTER (WHERE state IN ('notified', 'downloading', 'burning')),
-		count(*) FILTER (WHERE notified_at >= ?2),
-		count(*) FILTER (WHERE state NOT IN `+terminalStates+`)
-		FROM job_executions WHERE job_id = ?1`, id, fmtTime(since)).Scan(&p.InFlight, &p.NotifiedSince, &p.ActiveOrQueued)
+func (s *Store) JobSetStatus(ctx context.Context, p ota.JobStatusParams) error {
+	res, err := s.write.ExecContext(ctx, `UPDATE jobs SET status = ?3, completed_at = COALESCE(?4, completed_at) WHERE id = ?1 AND status = ?2`,
+		p.ID, p.From, p.To, fmtTimePtr(p.CompletedAt))
 	if err != nil {
-		return p, fmt.Errorf("job pace: %w", err)
+		return fmt.Errorf("set job status: %w", interpretError(err, "job"))
 	}
-	return p, nil
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ota.Errorf(ota.ECONFLICT, "job is not %s", p.From)
+	}
+	return nil
 }
 
-func (s *Store) JobStart(ctx context.Context, id string) error {
-	err := s.execOne(ctx, "scheduled job", `UPDATE jobs SET status = 'running' WHERE id = ? AND status = 'scheduled'`, id)
-	if ota.IsCode(err, ota.ENOTFOUND) {
-		return ota.Errorf(ota.ECONFLICT, "job is not scheduled")
-	}
-	return err
-}
-
-func (s *Store) JobCancel(ctx context.Context, id string, at time.Time) error {
-	return s.inTx(ctx, func(tx *sql.Tx) error {
+func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.JobExecution, error) {
+	var changed []*ota.JobExecution
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		changed = nil
 		var status string
-		if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE id = ?`, id).Scan(&status); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE id = ?`, p.ID).Scan(&status); err != nil {
 			return interpretError(err, "job")
 		}
 		if status != ota.JobScheduled && status != ota.JobRunning {
 			return ota.Errorf(ota.ECONFLICT, "job is already %s", status)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = ?`, id); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = ?`, p.ID); err != nil {
 			return fmt.Errorf("cancel job: %w", err)
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE job_executions SET state = 'canceled', finished_at = ?2, updated_at = ?2, next_attempt_at = NULL
-			WHERE job_id = ?1 AND state = 'queued'`, id, fmtTime(at))
+		rows, err := tx.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = ? AND state IN `+activeStates, p.ID)
+		active, err := collect(rows, err, "active executions", scanExec)
 		if err != nil {
-			return fmt.Errorf("cancel job executions: %w", err)
+			return err
+		}
+		for _, x := range active {
+			if y, ok := p.Cancel(x); ok {
+				if err := execUpdate(ctx, tx, y); err != nil {
+					return err
+				}
+				changed = append(changed, y)
+			}
 		}
 		return nil
 	})
-}
-
-func (s *Store) JobFinish(ctx context.Context, id string, at time.Time) (bool, error) {
-	res, err := s.write.ExecContext(ctx, `UPDATE jobs SET status = CASE WHEN status = 'running' THEN 'completed' ELSE status END, completed_at = ?2
-		WHERE id = ?1 AND status IN ('running', 'canceled') AND completed_at IS NULL
-		AND NOT EXISTS (SELECT 1 FROM job_executions WHERE job_id = ?1 AND state NOT IN `+terminalStates+`)`, id, fmtTime(at))
-	if err != nil {
-		return false, fmt.Errorf("finish job: %w", interpretError(err, "job"))
-	}
-	n, _ := res.RowsAffected()
-	return n == 1, nil
+	return changed, err
 }
 
 const execColumns = `job_id, product_id, device_name, state, from_version, percent, attempts, result_code, result_msg,
-	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at`
+	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at, rev`
 
 func scanExec(row scanner) (*ota.JobExecution, error) {
 	var e ota.JobExecution
 	err := row.Scan(&e.JobID, &e.ProductID, &e.DeviceName, &e.State, &e.FromVersion, &e.Percent, &e.Attempts, &e.ResultCode, &e.ResultMsg,
 		sqlTimePtr{&e.NotifiedAt}, sqlTimePtr{&e.DeadlineAt}, sqlTimePtr{&e.NextAttemptAt}, sqlTimePtr{&e.FinishedAt},
-		sqlTime{&e.CreatedAt}, sqlTime{&e.UpdatedAt})
+		sqlTime{&e.CreatedAt}, sqlTime{&e.UpdatedAt}, &e.Rev)
+	e.ResultName = ota.ResultName(e.ResultCode)
 	return &e, err
 }
 
@@ -230,48 +254,76 @@ func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListPara
 
 func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*ota.JobExecution, error) {
 	e, err := scanExec(s.read.QueryRowContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = ? AND device_name = ?
-		ORDER BY (state NOT IN `+terminalStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
+		ORDER BY (state IN `+activeStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
 	if err != nil {
 		return nil, interpretError(err, "job execution")
 	}
 	return e, nil
 }
 
-func (s *Store) JobExecutionTransition(ctx context.Context, p ota.JobExecutionTransitionParams) error {
-	var finished any
-	if ota.ExecTerminal(p.To) {
-		finished = fmtTime(p.At)
+func (s *Store) JobExecutionUpdate(ctx context.Context, x *ota.JobExecution) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error { return execUpdate(ctx, tx, x) })
+}
+
+// execUpdate writes x compare-and-set on its Rev, and increments it.
+func execUpdate(ctx context.Context, tx *sql.Tx, x *ota.JobExecution) error {
+	res, err := tx.ExecContext(ctx, `UPDATE job_executions SET state = ?4, percent = ?5, attempts = ?6, result_code = ?7, result_msg = ?8,
+		notified_at = ?9, deadline_at = ?10, next_attempt_at = ?11, finished_at = ?12, updated_at = ?13, rev = rev + 1
+		WHERE job_id = ?1 AND device_name = ?2 AND rev = ?3`,
+		x.JobID, x.DeviceName, x.Rev, x.State, x.Percent, x.Attempts, x.ResultCode, x.ResultMsg,
+		fmtTimePtr(x.NotifiedAt), fmtTimePtr(x.DeadlineAt), fmtTimePtr(x.NextAttemptAt), fmtTimePtr(x.FinishedAt), fmtTime(x.UpdatedAt))
+	if err != nil {
+		return fmt.Errorf("update job execution: %w", interpretError(err, "job execution"))
 	}
-	err := s.execOne(ctx, "job execution", `UPDATE job_executions SET state = ?4, percent = COALESCE(?5, percent),
-		result_code = COALESCE(?6, result_code), result_msg = COALESCE(?7, result_msg),
-		next_attempt_at = CASE WHEN ?4 = 'queued' THEN ?8 ELSE NULL END,
-		deadline_at = CASE WHEN ?4 IN ('notified', 'downloading', 'burning') THEN deadline_at END,
-		finished_at = ?9, updated_at = ?10
-		WHERE job_id = ?1 AND device_name = ?2 AND state = ?3`,
-		p.JobID, p.DeviceName, p.From, p.To, p.Percent, p.ResultCode, p.ResultMsg, fmtTimePtr(p.NextAttemptAt), finished, fmtTime(p.At))
-	if ota.IsCode(err, ota.ENOTFOUND) {
-		return ota.Errorf(ota.ECONFLICT, "job execution is no longer %s", p.From)
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ota.Errorf(ota.ECONFLICT, "job execution of %s changed meanwhile", x.DeviceName)
 	}
-	return err
+	x.Rev++
+	return nil
 }
 
 func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimParams) ([]*ota.JobExecution, error) {
-	at := fmtTime(p.At)
-	rows, err := s.write.QueryContext(ctx, `UPDATE job_executions SET state = 'notified', attempts = attempts + 1, percent = 0,
-			notified_at = ?5, deadline_at = ?6, next_attempt_at = NULL, updated_at = ?5
-		WHERE state = 'queued' AND (job_id, device_name) IN (
-			SELECT x.job_id, x.device_name FROM job_executions x
+	var claimed []*ota.JobExecution
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		claimed = nil
+		var pace ota.JobPace
+		if err := tx.QueryRowContext(ctx, `SELECT
+			count(*) FILTER (WHERE state IN `+inFlightStates+`),
+			count(*) FILTER (WHERE notified_at >= ?2)
+			FROM job_executions WHERE job_id = ?1`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince); err != nil {
+			return fmt.Errorf("job pace: %w", err)
+		}
+		limit := p.Limit(pace)
+		if limit <= 0 {
+			return nil
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x
 			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-			WHERE x.job_id = ?1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= ?5)
-				AND d.online AND NOT d.disabled AND ((?3 = '' AND d.node = ?2) OR x.device_name = ?3)
+			WHERE x.job_id = ?1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= ?3)
+				AND d.online AND d.ready AND NOT d.disabled AND d.node = ?2
 			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
-			LIMIT ?4)
-		RETURNING `+execColumns, p.JobID, p.Node, p.DeviceName, p.Limit, at, fmtTime(p.Deadline))
-	return collect(rows, err, "claimed job executions", scanExec)
+			LIMIT ?4`, p.JobID, p.Node, fmtTime(p.At), limit)
+		due, err := collect(rows, err, "due job executions", scanExec)
+		if err != nil {
+			return err
+		}
+		for _, x := range due {
+			y, ok := p.Claim(x)
+			if !ok {
+				continue
+			}
+			if err := execUpdate(ctx, tx, y); err != nil {
+				return err
+			}
+			claimed = append(claimed, y)
+		}
+		return nil
+	})
+	return claimed, err
 }
 
 func (s *Store) JobExecutionsExpired(ctx context.Context, now time.Time, limit int) ([]*ota.JobExecution, error) {
 	rows, err := s.read.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions
-		WHERE deadline_at < ? AND state IN ('notified', 'downloading', 'burning') ORDER BY deadline_at LIMIT ?`, fmtTime(now), limit)
+		WHERE deadline_at < ? AND state IN `+inFlightStates+` ORDER BY deadline_at LIMIT ?`, fmtTime(now), limit)
 	return collect(rows, err, "expired job executions", scanExec)
 }

@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -86,7 +87,7 @@ func (s *Store) ProductList(ctx context.Context, params ota.ProductListParams) (
 	return collect(rows, err, "products", scanProduct)
 }
 
-const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled,
+const deviceColumns = `product_id, name, secret, version, online, last_seen_at, disabled, node, ready,
 	upgrade_version, upgrade_state, upgrade_percent, upgrade_result_code, upgrade_result_msg, upgrade_updated_at, created_at`
 
 func scanDevice(row scanner) (*ota.Device, error) {
@@ -94,14 +95,14 @@ func scanDevice(row scanner) (*ota.Device, error) {
 	var uv, us, um sql.NullString
 	var up, uc sql.NullInt64
 	var ut *time.Time
-	err := row.Scan(&d.ProductID, &d.Name, &d.Secret, &d.Version, &d.Online, sqlTimePtr{&d.LastSeenAt}, &d.Disabled,
+	err := row.Scan(&d.ProductID, &d.Name, &d.Secret, &d.Version, &d.Online, sqlTimePtr{&d.LastSeenAt}, &d.Disabled, &d.Node, &d.Ready,
 		&uv, &us, &up, &uc, &um, sqlTimePtr{&ut}, sqlTime{&d.CreatedAt})
 	if err != nil {
 		return nil, err
 	}
 	if us.Valid {
 		d.Upgrade = &ota.UpgradeProgress{Version: uv.String, State: us.String, Percent: int(up.Int64),
-			ResultCode: int(uc.Int64), ResultMsg: um.String}
+			ResultCode: int(uc.Int64), ResultName: ota.ResultName(int(uc.Int64)), ResultMsg: um.String}
 		if ut != nil {
 			d.Upgrade.UpdatedAt = *ut
 		}
@@ -142,8 +143,30 @@ func (s *Store) DeviceList(ctx context.Context, params ota.DeviceListParams) ([]
 	return collect(rows, err, "devices", scanDevice)
 }
 
-func (s *Store) DeviceDelete(ctx context.Context, productID, name string) error {
-	return s.execOne(ctx, "device", `DELETE FROM devices WHERE product_id = ? AND name = ?`, productID, name)
+func (s *Store) DeviceDelete(ctx context.Context, productID, name string, end func(*ota.JobExecution) (*ota.JobExecution, bool)) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE product_id = ? AND name = ?`, productID, name)
+		if err != nil {
+			return interpretError(err, "device")
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "device not found")
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = ? AND device_name = ? AND state IN `+activeStates,
+			productID, name)
+		active, err := collect(rows, err, "active executions", scanExec)
+		if err != nil {
+			return err
+		}
+		for _, x := range active {
+			if y, ok := end(x); ok {
+				if err := execUpdate(ctx, tx, y); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }
 
 func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error {
@@ -158,8 +181,10 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 	at := fmtTime(p.At)
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		// A disconnect counts only from the node that holds the device: it
-		// may have reconnected to another replica meanwhile.
-		res, err := tx.ExecContext(ctx, `UPDATE devices SET online = ?3, node = CASE WHEN ?3 THEN ?4 ELSE node END, last_seen_at = ?5
+		// may have reconnected to another replica meanwhile. A connect makes the device not ready until it reports its version
+		// in this connection; the report may have been written first.
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET online = ?3, node = CASE WHEN ?3 THEN ?4 ELSE node END,
+			ready = ?3 AND ready AND coalesce(last_seen_at > ?5, 0), last_seen_at = max(coalesce(last_seen_at, ?5), ?5)
 			WHERE product_id = ?1 AND name = ?2 AND (?3 OR node = ?4)`, p.ProductID, p.DeviceName, p.Online, p.Node, at)
 		if err != nil {
 			return interpretError(err, "device")
@@ -180,40 +205,82 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 	})
 }
 
-func (s *Store) DeviceReportsRecord(ctx context.Context, reports []ota.Report) error {
+func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, apply func(context.Context, *ota.ReportBatch) error) error {
 	if len(reports) == 0 {
 		return nil
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
+		b := &ota.ReportBatch{Reports: reports, Devices: map[ota.DeviceKey]*ota.Device{}, Execs: map[ota.DeviceKey]*ota.JobExecution{},
+			Record: make([]bool, len(reports))}
+		read := map[ota.DeviceKey]ota.JobExecution{}
 		for _, r := range reports {
-			at := fmtTime(r.At)
-			// The event is inserted only while the device exists, so a
-			// report racing a delete is dropped rather than failing the batch.
-			if _, err := tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
-				SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM devices WHERE product_id = ?1 AND name = ?2)`,
-				r.ProductID, r.DeviceName, r.Type, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg, at); err != nil {
-				return fmt.Errorf("record report: %w", interpretError(err, "report"))
+			k := ota.DeviceKey{ProductID: r.ProductID, Name: r.DeviceName}
+			if _, ok := b.Devices[k]; ok {
+				continue
 			}
-			var err error
-			switch r.Type {
-			case ota.EventReportVersion:
-				_, err = tx.ExecContext(ctx, `UPDATE devices SET version = ?3, online = 1, last_seen_at = ?4 WHERE product_id = ?1 AND name = ?2`,
-					r.ProductID, r.DeviceName, r.Version, at)
-			case ota.EventReportProgress:
-				_, err = tx.ExecContext(ctx, `UPDATE devices SET online = 1, last_seen_at = ?3, upgrade_version = ?4, upgrade_state = ?5,
-					upgrade_percent = CASE WHEN ?6 IS NOT NULL THEN ?6
-						WHEN ?5 = 'done' THEN 100
-						WHEN upgrade_version = ?4 THEN upgrade_percent ELSE 0 END,
-					upgrade_result_code = COALESCE(?7, 0), upgrade_result_msg = ?8, upgrade_updated_at = ?3
-					WHERE product_id = ?1 AND name = ?2`,
-					r.ProductID, r.DeviceName, at, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg)
+			d, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE product_id = ? AND name = ?`, k.ProductID, k.Name))
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // deleted meanwhile: its reports are dropped
 			}
 			if err != nil {
+				return fmt.Errorf("read reporting device: %w", interpretError(err, "device"))
+			}
+			b.Devices[k] = d
+			x, err := scanExec(tx.QueryRowContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = ? AND device_name = ?
+				ORDER BY (state IN `+activeStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, k.ProductID, k.Name))
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read reporting device's execution: %w", interpretError(err, "job execution"))
+			}
+			b.Execs[k], read[k] = x, *x
+		}
+		if err := apply(ctx, b); err != nil {
+			return err
+		}
+		for i, r := range reports {
+			if !b.Record[i] {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, version, state, percent, result_code, result_msg, created_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				r.ProductID, r.DeviceName, r.Type, r.Version, r.State, r.Percent, r.ResultCode, r.ResultMsg, fmtTime(r.At)); err != nil {
 				return fmt.Errorf("record report: %w", interpretError(err, "report"))
+			}
+		}
+		for _, d := range b.Devices {
+			if err := deviceWrite(ctx, tx, d); err != nil {
+				return err
+			}
+		}
+		for k, x := range b.Execs {
+			if *x != read[k] {
+				if err := execUpdate(ctx, tx, x); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
 	})
+}
+
+// deviceWrite stores what reports change of a device.
+func deviceWrite(ctx context.Context, tx *sql.Tx, d *ota.Device) error {
+	var uv, us, um, ut any
+	var up, uc any
+	if u := d.Upgrade; u != nil {
+		uv, us, up, uc, um, ut = u.Version, u.State, u.Percent, u.ResultCode, u.ResultMsg, fmtTime(u.UpdatedAt)
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE devices SET version = ?3, online = ?4, node = ?5, last_seen_at = ?6,
+		upgrade_version = ?7, upgrade_state = ?8, upgrade_percent = ?9, upgrade_result_code = ?10, upgrade_result_msg = ?11, upgrade_updated_at = ?12,
+		ready = ?13
+		WHERE product_id = ?1 AND name = ?2`,
+		d.ProductID, d.Name, d.Version, d.Online, d.Node, fmtTimePtr(d.LastSeenAt), uv, us, up, uc, um, ut, d.Ready)
+	if err != nil {
+		return fmt.Errorf("write device: %w", interpretError(err, "device"))
+	}
+	return nil
 }
 
 func (s *Store) DeviceEventList(ctx context.Context, p ota.DeviceEventListParams) ([]*ota.DeviceEvent, error) {
@@ -274,12 +341,19 @@ func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*
 func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		var active int
-		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM jobs WHERE product_id = ? AND firmware_version = ? AND status IN (?, ?)`,
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM jobs WHERE product_id = ?1 AND firmware_version = ?2 AND status IN (?3, ?4)`,
 			productID, version, ota.JobScheduled, ota.JobRunning).Scan(&active); err != nil {
 			return fmt.Errorf("delete firmware: %w", err)
 		}
 		if active > 0 {
 			return ota.Errorf(ota.ECONFLICT, "firmware %s is used by an active job", version)
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+			WHERE j.product_id = ?1 AND j.firmware_version = ?2 AND x.state IN `+activeStates, productID, version).Scan(&active); err != nil {
+			return fmt.Errorf("delete firmware: %w", err)
+		}
+		if active > 0 {
+			return ota.Errorf(ota.ECONFLICT, "firmware %s is still being installed by %d devices", version, active)
 		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM firmware WHERE product_id = ? AND version = ?`, productID, version)
 		if err != nil {

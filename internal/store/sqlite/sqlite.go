@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"sort"
 	"strings"
@@ -28,6 +29,7 @@ import (
 type Store struct {
 	write *sql.DB // one connection: SQLite has one writer at a time
 	read  *sql.DB
+	bus   *ota.LocalBus
 }
 
 var _ ota.Store = (*Store)(nil)
@@ -58,7 +60,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
 	read.SetMaxOpenConns(4)
-	return &Store{write: write, read: read}, nil
+	return &Store{write: write, read: read, bus: ota.NewLocalBus()}, nil
 }
 
 // Close closes the database, checkpointing the WAL.
@@ -205,3 +207,7 @@ func asString(v any) (string, bool) {
 	}
 	return "", false
 }
+
+// Bus returns the signal bus of this single-node store: SQLite is one
+// process's, so signals never leave it.
+func (s *Store) Bus(*slog.Logger) ota.Bus { return s.bus }

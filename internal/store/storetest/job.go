@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"sort"
@@ -12,7 +13,7 @@ import (
 )
 
 // jobFixture is a product with firmware 2.0.0 and devices d0..d(n-1) on
-// 1.0.0, all online on node "n1".
+// 1.0.0, all online on node "n1", each having reported its version.
 func jobFixture(t *testing.T, s ota.Store, n int) *ota.Product {
 	t.Helper()
 	p := MustProduct(t, s)
@@ -21,14 +22,71 @@ func jobFixture(t *testing.T, s ota.Store, n int) *ota.Product {
 		name := fmt.Sprintf("d%d", i)
 		must(t, s.DeviceCreate(ctx(t), &ota.Device{ProductID: p.ID, Name: name, Secret: ota.NewDeviceSecret(), Version: "1.0.0"}))
 		must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: name, Online: true, Node: "n1", At: ota.Now()}))
+		Record(t, s, ota.Report{ProductID: p.ID, DeviceName: name, Type: ota.EventReportVersion, Version: "1.0.0", At: ota.Now()})
 	}
 	return p
 }
 
 func newJob(p *ota.Product, targets ota.JobTargets) *ota.Job {
 	j := &ota.Job{ID: ota.NewJobID(), ProductID: p.ID, FirmwareVersion: "2.0.0", Status: ota.JobRunning, Targets: targets,
-		TimeoutSeconds: 60, MaxRetries: 2, RetryBackoffSeconds: 5}
+		TimeoutSeconds: 60, MaxRetries: 2, RetryBackoffSeconds: 5, RollbackWindowSeconds: 600}
 	return j
+}
+
+// createJob stores j with the domain's first states (ota.NewExecution).
+func createJob(t *testing.T, s ota.Store, j *ota.Job) error {
+	return s.JobCreate(ctx(t), ota.JobCreateParams{Job: j, Initial: func(v string) ota.JobExecution {
+		return ota.NewExecution(j, v, j.CreatedAt)
+	}})
+}
+
+// claim claims up to limit executions of j on node at at, as the engine does.
+func claim(t *testing.T, s ota.Store, j *ota.Job, node string, limit int, at time.Time) []*ota.JobExecution {
+	t.Helper()
+	run := *j
+	run.Status = ota.JobRunning
+	es, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: node, At: at, Since: at.Add(-time.Minute),
+		Limit: func(ota.JobPace) int { return limit },
+		Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+			st := ota.Step(&run, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: at.Add(time.Minute)}, at)
+			return &st.Exec, st.Changed
+		}})
+	must(t, err)
+	return es
+}
+
+func names(es []*ota.JobExecution) []string {
+	out := []string{}
+	for _, e := range es {
+		out = append(out, e.DeviceName)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// step applies ev to the stored execution of name in j and stores it.
+func step(t *testing.T, s ota.Store, j *ota.Job, name string, ev ota.ExecEvent, at time.Time) *ota.JobExecution {
+	t.Helper()
+	x, err := s.JobExecutionGet(ctx(t), j.ID, name)
+	must(t, err)
+	st := ota.Step(j, x, ev, at)
+	if !st.Changed {
+		t.Fatalf("%s: %s changed nothing in %+v", name, ev.Kind, x)
+	}
+	must(t, s.JobExecutionUpdate(ctx(t), &st.Exec))
+	return &st.Exec
+}
+
+func endNone(*ota.JobExecution) (*ota.JobExecution, bool) { return nil, false }
+
+func cancelQueued(x *ota.JobExecution) (*ota.JobExecution, bool) {
+	st := ota.Step(&ota.Job{}, x, ota.ExecEvent{Kind: ota.EventCancel}, ota.Now())
+	return &st.Exec, st.Changed
+}
+
+func progress(p *ota.Product, name, state string) ota.ExecEvent {
+	return ota.ExecEvent{Kind: ota.EventReport, Report: &ota.Report{ProductID: p.ID, DeviceName: name, Type: ota.EventReportProgress,
+		Version: "2.0.0", State: state, At: ota.Now()}}
 }
 
 func detailDevices(t *testing.T, err error) []string {
@@ -45,17 +103,20 @@ func detailDevices(t *testing.T, err error) []string {
 func testJobCreate(t *testing.T, s ota.Store) {
 	p := jobFixture(t, s, 4)
 	// d3 already runs the target version: it is done at once.
-	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{{ProductID: p.ID, DeviceName: "d3", Type: ota.EventReportVersion, Version: "2.0.0", At: ota.Now()}}))
+	Record(t, s, ota.Report{ProductID: p.ID, DeviceName: "d3", Type: ota.EventReportVersion, Version: "2.0.0", At: ota.Now()})
 
-	err := s.JobCreate(ctx(t), newJob(p, ota.JobTargets{Devices: []string{"d0", "ghost", "zz"}}))
+	err := createJob(t, s, newJob(p, ota.JobTargets{Devices: []string{"d0", "ghost", "zz"}}))
 	wantCode(t, err, ota.EINVALID)
 	if got := detailDevices(t, err); !reflect.DeepEqual(got, []string{"ghost", "zz"}) {
 		t.Fatalf("missing devices = %v", got)
 	}
-	wantCode(t, s.JobCreate(ctx(t), newJob(p, ota.JobTargets{Versions: []string{"9.9"}})), ota.EINVALID)
+	wantCode(t, createJob(t, s, newJob(p, ota.JobTargets{Versions: []string{"9.9"}})), ota.EINVALID)
+	noFirmware := newJob(p, ota.JobTargets{All: true})
+	noFirmware.FirmwareVersion = "3.0.0"
+	wantCode(t, createJob(t, s, noFirmware), ota.EINVALID)
 
 	j := newJob(p, ota.JobTargets{Devices: []string{"d0", "d1", "d3"}})
-	must(t, s.JobCreate(ctx(t), j))
+	must(t, createJob(t, s, j))
 	got, err := s.JobGet(ctx(t), j.ID)
 	must(t, err)
 	if !reflect.DeepEqual(got, j) {
@@ -79,7 +140,7 @@ func testJobCreate(t *testing.T, s ota.Store) {
 
 	// An overlapping job is refused with the busy devices, and stores nothing.
 	overlap := newJob(p, ota.JobTargets{All: true})
-	err = s.JobCreate(ctx(t), overlap)
+	err = createJob(t, s, overlap)
 	wantCode(t, err, ota.ECONFLICT)
 	if got := detailDevices(t, err); !reflect.DeepEqual(got, []string{"d0", "d1"}) {
 		t.Fatalf("conflicting devices = %v", got)
@@ -88,9 +149,9 @@ func testJobCreate(t *testing.T, s ota.Store) {
 	wantCode(t, err, ota.ENOTFOUND)
 	// Devices on given versions: d2 only (d3 is done, d0 and d1 are busy but
 	// on 1.0.0 too, so this overlaps as well).
-	wantCode(t, s.JobCreate(ctx(t), newJob(p, ota.JobTargets{Versions: []string{"1.0.0"}})), ota.ECONFLICT)
+	wantCode(t, createJob(t, s, newJob(p, ota.JobTargets{Versions: []string{"1.0.0"}})), ota.ECONFLICT)
 	j2 := newJob(p, ota.JobTargets{Devices: []string{"d2"}})
-	must(t, s.JobCreate(ctx(t), j2))
+	must(t, createJob(t, s, j2))
 
 	list, err := s.JobList(ctx(t), ota.JobListParams{ProductID: p.ID})
 	must(t, err)
@@ -109,28 +170,29 @@ func testJobLifecycle(t *testing.T, s ota.Store) {
 	start := ota.Now().Add(time.Hour)
 	j := newJob(p, ota.JobTargets{All: true})
 	j.Status, j.StartAt = ota.JobScheduled, &start
-	must(t, s.JobCreate(ctx(t), j))
+	must(t, createJob(t, s, j))
 	active, err := s.JobListActive(ctx(t))
 	must(t, err)
 	if len(active) != 1 || active[0].ID != j.ID {
 		t.Fatalf("active jobs = %v", active)
 	}
-	must(t, s.JobStart(ctx(t), j.ID))
-	wantCode(t, s.JobStart(ctx(t), j.ID), ota.ECONFLICT)
+	start2 := ota.JobStatusParams{ID: j.ID, From: ota.JobScheduled, To: ota.JobRunning}
+	must(t, s.JobSetStatus(ctx(t), start2))
+	wantCode(t, s.JobSetStatus(ctx(t), start2), ota.ECONFLICT)
+	j.Status = ota.JobRunning
 
 	now := ota.Now()
-	claimed, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", Limit: 1, At: now, Deadline: now.Add(time.Minute)})
-	must(t, err)
+	claimed := claim(t, s, j, "n1", 1, now)
 	if len(claimed) != 1 || claimed[0].State != ota.ExecNotified || claimed[0].Attempts != 1 || !claimed[0].NotifiedAt.Equal(now) {
 		t.Fatalf("claimed = %+v", claimed)
 	}
-	ok, err := s.JobFinish(ctx(t), j.ID, now)
+	changed, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: now, Cancel: cancelQueued})
 	must(t, err)
-	if ok {
-		t.Fatal("JobFinish finished a job with active executions")
+	if len(changed) != 2 {
+		t.Fatalf("cancel changed %d executions, want the 2 queued", len(changed))
 	}
-	must(t, s.JobCancel(ctx(t), j.ID, now))
-	wantCode(t, s.JobCancel(ctx(t), j.ID, now), ota.ECONFLICT)
+	_, err = s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: now, Cancel: cancelQueued})
+	wantCode(t, err, ota.ECONFLICT)
 	counts, err := s.JobCounts(ctx(t), j.ID)
 	must(t, err)
 	if !reflect.DeepEqual(counts, map[string]int{ota.ExecNotified: 1, ota.ExecCanceled: 2}) {
@@ -141,22 +203,18 @@ func testJobLifecycle(t *testing.T, s ota.Store) {
 	if got.Status != ota.JobCanceled || got.CompletedAt != nil {
 		t.Fatalf("canceled job = %+v", got)
 	}
-	// Still listed as active until its last execution ends.
+	// Still listed as active until the engine closes it.
 	active, err = s.JobListActive(ctx(t))
 	must(t, err)
 	if len(active) != 1 {
 		t.Fatalf("active after cancel = %v", active)
 	}
-	must(t, s.JobExecutionTransition(ctx(t), ota.JobExecutionTransitionParams{JobID: j.ID, DeviceName: claimed[0].DeviceName,
-		From: ota.ExecNotified, To: ota.ExecDone, At: now}))
-	ok, err = s.JobFinish(ctx(t), j.ID, now)
-	must(t, err)
-	if !ok {
-		t.Fatal("JobFinish did not close the canceled job")
-	}
+	step(t, s, j, claimed[0].DeviceName, progress(p, claimed[0].DeviceName, ota.ProgressDone), now)
+	at := ota.Now()
+	must(t, s.JobSetStatus(ctx(t), ota.JobStatusParams{ID: j.ID, From: ota.JobCanceled, To: ota.JobCanceled, CompletedAt: &at}))
 	got, err = s.JobGet(ctx(t), j.ID)
 	must(t, err)
-	if got.Status != ota.JobCanceled || got.CompletedAt == nil {
+	if got.Status != ota.JobCanceled || got.CompletedAt == nil || !got.CompletedAt.Equal(at) {
 		t.Fatalf("closed job = %+v", got)
 	}
 	active, err = s.JobListActive(ctx(t))
@@ -166,7 +224,7 @@ func testJobLifecycle(t *testing.T, s ota.Store) {
 	}
 	// Every device has ended: a new job over all of them is allowed.
 	j2 := newJob(p, ota.JobTargets{All: true})
-	must(t, s.JobCreate(ctx(t), j2))
+	must(t, createJob(t, s, j2))
 	cur, err := s.JobExecutionCurrent(ctx(t), p.ID, claimed[0].DeviceName)
 	must(t, err)
 	if cur.JobID != j2.ID {
@@ -181,45 +239,40 @@ func testJobExecutionClaim(t *testing.T, s ota.Store) {
 	// d4 is offline; d5 is online on another node.
 	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d4", Online: false, Node: "n1", At: ota.Now()}))
 	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d5", Online: true, Node: "n2", At: ota.Now()}))
+	RecordOn(t, s, "n2", ota.Report{ProductID: p.ID, DeviceName: "d5", Type: ota.EventReportVersion, Version: "1.0.0", At: ota.Now()})
 	j := newJob(p, ota.JobTargets{All: true})
-	must(t, s.JobCreate(ctx(t), j))
+	must(t, createJob(t, s, j))
 	now := ota.Now()
-	// d3 waits for a retry.
-	future := now.Add(time.Hour)
-	claim := func(node, device string, limit int, at time.Time) []string {
-		t.Helper()
-		es, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: node, DeviceName: device, Limit: limit, At: at, Deadline: at.Add(time.Minute)})
-		must(t, err)
-		out := []string{}
-		for _, e := range es {
-			out = append(out, e.DeviceName)
-		}
-		sort.Strings(out)
-		return out
-	}
-	if got := claim("n1", "d3", 10, now); !reflect.DeepEqual(got, []string{"d3"}) {
-		t.Fatalf("claim d3 = %v", got)
-	}
-	fail := -4
-	msg := "md5 mismatch"
-	must(t, s.JobExecutionTransition(ctx(t), ota.JobExecutionTransitionParams{JobID: j.ID, DeviceName: "d3", From: ota.ExecNotified,
-		To: ota.ExecQueued, ResultCode: &fail, ResultMsg: &msg, NextAttemptAt: &future, At: now}))
-	e, err := s.JobExecutionGet(ctx(t), j.ID, "d3")
-	must(t, err)
-	if e.State != ota.ExecQueued || e.ResultCode != -4 || e.ResultMsg != msg || e.NextAttemptAt == nil || !e.NextAttemptAt.Equal(future) || e.DeadlineAt != nil || e.Attempts != 1 {
-		t.Fatalf("after retry transition: %+v", e)
-	}
-
-	if got := claim("n1", "", 2, now); !reflect.DeepEqual(got, []string{"d0", "d1"}) {
+	if got := names(claim(t, s, j, "n1", 2, now)); !reflect.DeepEqual(got, []string{"d0", "d1"}) {
 		t.Fatalf("first claim = %v", got)
 	}
-	if got := claim("n1", "", 10, now); !reflect.DeepEqual(got, []string{"d2"}) {
-		t.Fatalf("second claim = %v (offline, other-node and backing-off devices must wait)", got)
+	if got := names(claim(t, s, j, "n1", 10, now)); !reflect.DeepEqual(got, []string{"d2", "d3"}) {
+		t.Fatalf("second claim = %v (offline and other-node devices must wait)", got)
 	}
-	if got := claim("n2", "", 10, now); !reflect.DeepEqual(got, []string{"d5"}) {
+	// d3 fails and waits for a retry.
+	fail := progress(p, "d3", ota.ProgressFail)
+	fail.Report.ResultCode, fail.Report.ResultMsg = intp(-4), "time_out"
+	stale, err := s.JobExecutionGet(ctx(t), j.ID, "d3")
+	must(t, err)
+	retry := step(t, s, j, "d3", fail, now)
+	e, err := s.JobExecutionGet(ctx(t), j.ID, "d3")
+	must(t, err)
+	if e.State != ota.ExecQueued || e.ResultCode != -4 || e.ResultName != "md5_mismatch" || e.ResultMsg != "time_out" ||
+		e.NextAttemptAt == nil || !e.NextAttemptAt.Equal(*retry.NextAttemptAt) || e.DeadlineAt != nil || e.Attempts != 1 || e.Rev != stale.Rev+1 {
+		t.Fatalf("after the retry transition: %+v", e)
+	}
+	// A write from the execution as it was read before is refused.
+	stale.State = ota.ExecDone
+	wantCode(t, s.JobExecutionUpdate(ctx(t), stale), ota.ECONFLICT)
+
+	if got := names(claim(t, s, j, "n1", 10, now)); len(got) != 0 {
+		t.Fatalf("claim while d3 backs off = %v", got)
+	}
+	if got := names(claim(t, s, j, "n2", 10, now)); !reflect.DeepEqual(got, []string{"d5"}) {
 		t.Fatalf("node n2 claim = %v", got)
 	}
-	if got := claim("n1", "", 10, future); !reflect.DeepEqual(got, []string{"d3"}) {
+	later := *e.NextAttemptAt
+	if got := names(claim(t, s, j, "n1", 10, later)); !reflect.DeepEqual(got, []string{"d3"}) {
 		t.Fatalf("claim after backoff = %v", got)
 	}
 	e, err = s.JobExecutionGet(ctx(t), j.ID, "d3")
@@ -227,39 +280,36 @@ func testJobExecutionClaim(t *testing.T, s ota.Store) {
 	if e.Attempts != 2 || e.ResultCode != -4 {
 		t.Fatalf("second attempt: %+v", e)
 	}
-	pace, err := s.JobPace(ctx(t), j.ID, now)
+	var pace ota.JobPace
+	_, err = s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now,
+		Limit: func(p ota.JobPace) int { pace = p; return 0 }})
 	must(t, err)
-	if pace != (ota.JobPace{InFlight: 5, NotifiedSince: 5, ActiveOrQueued: 6}) {
+	if pace != (ota.JobPace{InFlight: 5, NotifiedSince: 5}) {
 		t.Fatalf("pace = %+v", pace)
 	}
 
-	// Progress in place, CAS on the state, terminal states finish.
-	pct := 40
-	must(t, s.JobExecutionTransition(ctx(t), ota.JobExecutionTransitionParams{JobID: j.ID, DeviceName: "d0", From: ota.ExecNotified, To: ota.ExecDownloading, Percent: &pct, At: now}))
-	pct = 60
-	must(t, s.JobExecutionTransition(ctx(t), ota.JobExecutionTransitionParams{JobID: j.ID, DeviceName: "d0", From: ota.ExecDownloading, To: ota.ExecDownloading, Percent: &pct, At: now}))
-	wantCode(t, s.JobExecutionTransition(ctx(t), ota.JobExecutionTransitionParams{JobID: j.ID, DeviceName: "d0", From: ota.ExecNotified, To: ota.ExecBurning, At: now}), ota.ECONFLICT)
+	// Progress in place; a terminal state is finished.
+	d := progress(p, "d0", ota.ProgressDownloading)
+	d.Report.Percent = intp(40)
+	step(t, s, j, "d0", d, now)
+	d.Report.Percent = intp(60)
+	step(t, s, j, "d0", d, now)
 	e, err = s.JobExecutionGet(ctx(t), j.ID, "d0")
 	must(t, err)
 	if e.State != ota.ExecDownloading || e.Percent != 60 || e.DeadlineAt == nil || !e.DeadlineAt.Equal(now.Add(time.Minute)) {
 		t.Fatalf("d0 = %+v", e)
 	}
-	must(t, s.JobExecutionTransition(ctx(t), ota.JobExecutionTransitionParams{JobID: j.ID, DeviceName: "d0", From: ota.ExecDownloading, To: ota.ExecFailed, At: now}))
+	step(t, s, j, "d0", progress(p, "d0", ota.ProgressDone), now)
 	e, err = s.JobExecutionGet(ctx(t), j.ID, "d0")
 	must(t, err)
-	if e.FinishedAt == nil || e.DeadlineAt != nil {
-		t.Fatalf("failed d0 = %+v", e)
+	if e.State != ota.ExecDone || e.FinishedAt == nil || e.DeadlineAt != nil || e.Percent != 100 {
+		t.Fatalf("done d0 = %+v", e)
 	}
 
 	expired, err := s.JobExecutionsExpired(ctx(t), now.Add(2*time.Minute), 100)
 	must(t, err)
-	var names []string
-	for _, e := range expired {
-		names = append(names, e.DeviceName)
-	}
-	sort.Strings(names)
-	if !reflect.DeepEqual(names, []string{"d1", "d2", "d5"}) {
-		t.Fatalf("expired = %v", names)
+	if got := names(expired); !reflect.DeepEqual(got, []string{"d1", "d2", "d3", "d5"}) {
+		t.Fatalf("expired = %v", got)
 	}
 	expired, err = s.JobExecutionsExpired(ctx(t), now, 100)
 	must(t, err)
@@ -285,7 +335,7 @@ func testJobExecutionClaimConcurrent(t *testing.T, s ota.Store) {
 	const devices = 60
 	p := jobFixture(t, s, devices)
 	j := newJob(p, ota.JobTargets{All: true})
-	must(t, s.JobCreate(ctx(t), j))
+	must(t, createJob(t, s, j))
 	var mu sync.Mutex
 	seen := map[string]int{}
 	var wg sync.WaitGroup
@@ -294,12 +344,7 @@ func testJobExecutionClaimConcurrent(t *testing.T, s ota.Store) {
 		go func() {
 			defer wg.Done()
 			for {
-				now := ota.Now()
-				es, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", Limit: 7, At: now, Deadline: now.Add(time.Minute)})
-				if err != nil {
-					t.Error(err)
-					return
-				}
+				es := claim(t, s, j, "n1", 7, ota.Now())
 				if len(es) == 0 {
 					return
 				}
@@ -322,6 +367,190 @@ func testJobExecutionClaimConcurrent(t *testing.T, s ota.Store) {
 	}
 }
 
+// testJobExecutionClaimPacedConcurrent: claimers on two nodes at once,
+// each limited by the pace the claim counts, never put more in flight
+// than max_concurrent, nor notify more in a minute than max_per_minute.
+func testJobExecutionClaimPacedConcurrent(t *testing.T, s ota.Store) {
+	const devices = 40
+	p := jobFixture(t, s, devices)
+	for i := range devices / 2 {
+		must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: fmt.Sprintf("d%d", i), Online: true, Node: "n2", At: ota.Now()}))
+		RecordOn(t, s, "n2", ota.Report{ProductID: p.ID, DeviceName: fmt.Sprintf("d%d", i), Type: ota.EventReportVersion, Version: "1.0.0", At: ota.Now()})
+	}
+	for _, c := range []struct {
+		conc, perMinute, want int
+	}{{3, 0, 3}, {0, 5, 5}} {
+		j := newJob(p, ota.JobTargets{All: true})
+		j.MaxConcurrent, j.MaxPerMinute = c.conc, c.perMinute
+		must(t, createJob(t, s, j))
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		total := 0
+		for w := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				node := []string{"n1", "n2"}[w%2]
+				for range 5 {
+					now := ota.Now()
+					es, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: node, At: now, Since: now.Add(-time.Minute),
+						Limit: func(pace ota.JobPace) int { return ota.ClaimLimit(j, pace, 2) },
+						Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+							st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: now.Add(time.Minute)}, now)
+							return &st.Exec, st.Changed
+						}})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					total += len(es)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if total != c.want {
+			t.Fatalf("max_concurrent %d, max_per_minute %d: %d claimed, want %d", c.conc, c.perMinute, total, c.want)
+		}
+		_, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: ota.Now(), Cancel: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+			st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventDeviceDeleted}, ota.Now()) // ends in-flight ones too
+			return &st.Exec, st.Changed
+		}})
+		must(t, err)
+	}
+}
+
+// testDeviceReportsApply: a batch reads the devices and their current
+// executions, and writes what the applier changed, all or nothing.
+func testDeviceReportsApply(t *testing.T, s ota.Store) {
+	p := jobFixture(t, s, 3)
+	j := newJob(p, ota.JobTargets{Devices: []string{"d0", "d1"}})
+	must(t, createJob(t, s, j))
+	now := ota.Now()
+	claim(t, s, j, "n1", 10, now)
+	reports := []ota.Report{
+		{ProductID: p.ID, DeviceName: "d0", Type: ota.EventReportProgress, Version: "2.0.0", State: ota.ProgressDownloading, Percent: intp(30), At: now},
+		{ProductID: p.ID, DeviceName: "d0", Type: ota.EventReportProgress, Version: "2.0.0", State: ota.ProgressDone, At: now.Add(time.Second)},
+		{ProductID: p.ID, DeviceName: "d2", Type: ota.EventReportVersion, Version: "1.5.0", At: now},
+		{ProductID: p.ID, DeviceName: "ghost", Type: ota.EventReportVersion, Version: "1.5.0", At: now},
+	}
+	engine := func(fail error) func(context.Context, *ota.ReportBatch) error {
+		return func(_ context.Context, b *ota.ReportBatch) error {
+			if b.Devices[ota.DeviceKey{ProductID: p.ID, Name: "ghost"}] != nil {
+				t.Error("a device that does not exist was read")
+			}
+			if b.Execs[ota.DeviceKey{ProductID: p.ID, Name: "d2"}] != nil {
+				t.Error("d2, in no job, has an execution")
+			}
+			for i, r := range b.Reports {
+				k := ota.DeviceKey{ProductID: r.ProductID, Name: r.DeviceName}
+				d := b.Devices[k]
+				if d == nil {
+					continue
+				}
+				ota.ApplyReport(d, r, "n1")
+				b.Record[i] = true
+				if x := b.Execs[k]; x != nil {
+					st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventReport, Report: &r}, r.At)
+					*x = st.Exec
+				}
+			}
+			return fail
+		}
+	}
+	// The applier failing writes nothing.
+	boom := ota.Errorf(ota.EUNAVAILABLE, "boom")
+	if err := s.DeviceReportsApply(ctx(t), reports, engine(boom)); err != boom {
+		t.Fatalf("DeviceReportsApply = %v, want the applier's error", err)
+	}
+	if e, _ := s.JobExecutionGet(ctx(t), j.ID, "d0"); e.State != ota.ExecNotified {
+		t.Fatalf("d0 after a failed batch = %+v", e)
+	}
+	if d, _ := s.DeviceGet(ctx(t), p.ID, "d2"); d.Version != "1.0.0" {
+		t.Fatalf("d2 after a failed batch = %+v", d)
+	}
+	// An execution written since it was read (its Rev moved on) is a
+	// conflict, and nothing of the batch is written.
+	err := s.DeviceReportsApply(ctx(t), reports, func(c context.Context, b *ota.ReportBatch) error {
+		b.Execs[ota.DeviceKey{ProductID: p.ID, Name: "d0"}].Rev += 7
+		return engine(nil)(c, b)
+	})
+	wantCode(t, err, ota.ECONFLICT)
+	if e, _ := s.JobExecutionGet(ctx(t), j.ID, "d0"); e.State != ota.ExecNotified {
+		t.Fatalf("d0 after a conflicting batch = %+v", e)
+	}
+	if evs, _ := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "d2"}); len(evs) != 2 {
+		t.Fatalf("history of d2 after failed batches = %+v, want only the fixture's connect and version", evs)
+	}
+	must(t, s.DeviceReportsApply(ctx(t), reports, engine(nil)))
+	e, err := s.JobExecutionGet(ctx(t), j.ID, "d0")
+	must(t, err)
+	if e.State != ota.ExecDone || e.Percent != 100 || e.FinishedAt == nil {
+		t.Fatalf("d0 = %+v", e)
+	}
+	d0, err := s.DeviceGet(ctx(t), p.ID, "d0")
+	must(t, err)
+	if d0.Upgrade == nil || d0.Upgrade.State != ota.ProgressDone || d0.Upgrade.Percent != 100 || d0.Node != "n1" || !d0.Online {
+		t.Fatalf("device d0 = %+v", d0)
+	}
+	evs, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "d0"})
+	must(t, err)
+	if len(evs) != 4 || evs[0].State != ota.ProgressDone || evs[1].State != ota.ProgressDownloading {
+		t.Fatalf("history of d0 = %+v", evs) // the fixture's two, then the batch's two in order
+	}
+	d1, err := s.JobExecutionGet(ctx(t), j.ID, "d1")
+	must(t, err)
+	if d1.State != ota.ExecNotified || d1.Rev != 1 {
+		t.Fatalf("d1, which did not report, = %+v", d1)
+	}
+}
+
+// testDeviceDeleteKeepsJobHistory: a deleted device's executions stay in
+// their jobs; one still active is ended by the callback.
+func testDeviceDeleteKeepsJobHistory(t *testing.T, s ota.Store) {
+	p := jobFixture(t, s, 3)
+	j := newJob(p, ota.JobTargets{All: true})
+	must(t, createJob(t, s, j))
+	claim(t, s, j, "n1", 1, ota.Now()) // d0 in flight
+	step(t, s, j, "d1", ota.ExecEvent{Kind: ota.EventReport, Report: &ota.Report{Type: ota.EventReportVersion, Version: "2.0.0", At: ota.Now()}}, ota.Now())
+	before, err := s.JobCounts(ctx(t), j.ID)
+	must(t, err)
+	end := func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+		st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventDeviceDeleted}, ota.Now())
+		return &st.Exec, st.Changed
+	}
+	must(t, s.DeviceDelete(ctx(t), p.ID, "d0", end))
+	must(t, s.DeviceDelete(ctx(t), p.ID, "d1", end))
+	after, err := s.JobCounts(ctx(t), j.ID)
+	must(t, err)
+	want := map[string]int{ota.ExecQueued: 1, ota.ExecCanceled: 1, ota.ExecDone: 1}
+	if !reflect.DeepEqual(before, map[string]int{ota.ExecQueued: 1, ota.ExecNotified: 1, ota.ExecDone: 1}) || !reflect.DeepEqual(after, want) {
+		t.Fatalf("counts before %v, after deleting d0 and d1 %v, want %v", before, after, want)
+	}
+	x, err := s.JobExecutionGet(ctx(t), j.ID, "d0")
+	must(t, err)
+	if x.State != ota.ExecCanceled || x.ResultMsg != "device deleted" {
+		t.Fatalf("d0's execution = %+v", x)
+	}
+}
+
+// testFirmwareDeleteInFlight: firmware stays while any execution of any
+// job of it, a canceled job's too, has not ended.
+func testFirmwareDeleteInFlight(t *testing.T, s ota.Store) {
+	p := jobFixture(t, s, 2)
+	j := newJob(p, ota.JobTargets{All: true})
+	must(t, createJob(t, s, j))
+	claim(t, s, j, "n1", 1, ota.Now())
+	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "2.0.0"), ota.ECONFLICT)
+	_, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: ota.Now(), Cancel: cancelQueued})
+	must(t, err)
+	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "2.0.0"), ota.ECONFLICT)
+	step(t, s, j, "d0", progress(p, "d0", ota.ProgressDone), ota.Now())
+	must(t, s.FirmwareDelete(ctx(t), p.ID, "2.0.0"))
+	wantCode(t, createJob(t, s, newJob(p, ota.JobTargets{All: true})), ota.EINVALID)
+}
+
 func testDevicePresenceNode(t *testing.T, s ota.Store) {
 	p := MustProduct(t, s)
 	MustDevice(t, s, p.ID, "d")
@@ -340,5 +569,39 @@ func testDevicePresenceNode(t *testing.T, s ota.Store) {
 	must(t, err)
 	if d.Online {
 		t.Fatal("disconnect from the holding node ignored")
+	}
+}
+
+// testJobCreateRacesFirmwareDelete: a job created while its firmware is
+// being deleted either exists with its firmware, or was refused; never a
+// job whose firmware is gone.
+func testJobCreateRacesFirmwareDelete(t *testing.T, s ota.Store) {
+	p := jobFixture(t, s, 1)
+	for i := range 10 {
+		v := fmt.Sprintf("3.0.%d", i)
+		must(t, s.FirmwareCreate(ctx(t), &ota.Firmware{ProductID: p.ID, Version: v, Size: 1, BlobKey: "k" + v}))
+		j := newJob(p, ota.JobTargets{All: true})
+		j.FirmwareVersion = v
+		var createErr, deleteErr error
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); createErr = createJob(t, s, j) }()
+		go func() { defer wg.Done(); deleteErr = s.FirmwareDelete(ctx(t), p.ID, v) }()
+		wg.Wait()
+		_, fwErr := s.FirmwareGet(ctx(t), p.ID, v)
+		_, jobErr := s.JobGet(ctx(t), j.ID)
+		switch {
+		case createErr == nil && (deleteErr == nil || fwErr != nil || jobErr != nil):
+			t.Fatalf("round %d: job created (%v) and firmware deleted (%v): firmware %v", i, jobErr, deleteErr, fwErr)
+		case createErr != nil && jobErr == nil:
+			t.Fatalf("round %d: create failed (%v) but the job exists", i, createErr)
+		case createErr != nil && !ota.IsCode(createErr, ota.EINVALID) && !ota.IsCode(createErr, ota.ECONFLICT):
+			t.Fatalf("round %d: create failed with %v", i, createErr)
+		}
+		if createErr == nil {
+			// End the job so the next round's device is free.
+			_, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: ota.Now(), Cancel: cancelQueued})
+			must(t, err)
+		}
 	}
 }

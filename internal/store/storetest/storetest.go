@@ -27,6 +27,10 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"DevicePresence", testDevicePresence},
 		{"DeviceReportsRecord", testDeviceReportsRecord},
 		{"DeviceReportsRecordManyDevices", testDeviceReportsRecordManyDevices},
+		{"DeviceReportsApply", testDeviceReportsApply},
+		{"DeviceDeleteKeepsJobHistory", testDeviceDeleteKeepsJobHistory},
+		{"FirmwareDeleteInFlight", testFirmwareDeleteInFlight},
+		{"JobCreateRacesFirmwareDelete", testJobCreateRacesFirmwareDelete},
 		{"Firmware", testFirmware},
 		{"Token", testToken},
 		{"Verbatim", testVerbatim},
@@ -37,6 +41,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"JobLifecycle", testJobLifecycle},
 		{"JobExecutionClaim", testJobExecutionClaim},
 		{"JobExecutionClaimConcurrent", testJobExecutionClaimConcurrent},
+		{"JobExecutionClaimPacedConcurrent", testJobExecutionClaimPacedConcurrent},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -201,9 +206,9 @@ func testDeviceList(t *testing.T, s ota.Store) {
 func testDeviceDelete(t *testing.T, s ota.Store) {
 	p := MustProduct(t, s)
 	MustDevice(t, s, p.ID, "gone")
-	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{{ProductID: p.ID, DeviceName: "gone", Type: ota.EventReportVersion, Version: "1", At: ota.Now()}}))
-	must(t, s.DeviceDelete(ctx(t), p.ID, "gone"))
-	wantCode(t, s.DeviceDelete(ctx(t), p.ID, "gone"), ota.ENOTFOUND)
+	Record(t, s, []ota.Report{{ProductID: p.ID, DeviceName: "gone", Type: ota.EventReportVersion, Version: "1", At: ota.Now()}}...)
+	must(t, s.DeviceDelete(ctx(t), p.ID, "gone", endNone))
+	wantCode(t, s.DeviceDelete(ctx(t), p.ID, "gone", endNone), ota.ENOTFOUND)
 	_, err := s.DeviceGet(ctx(t), p.ID, "gone")
 	wantCode(t, err, ota.ENOTFOUND)
 	// A device created again under the same name starts with no history.
@@ -242,6 +247,31 @@ func testDevicePresence(t *testing.T, s ota.Store) {
 
 func intp(n int) *int { return &n }
 
+// Record applies reports as the engine does for devices in no job: each
+// existing device is updated by ota.ApplyReport on node "n1", and each
+// report of an existing device is recorded.
+func Record(t testing.TB, s ota.Store, reports ...ota.Report) {
+	t.Helper()
+	RecordOn(t, s, "n1", reports...)
+}
+
+// RecordOn is Record for reports received on node.
+func RecordOn(t testing.TB, s ota.Store, node string, reports ...ota.Report) {
+	t.Helper()
+	err := s.DeviceReportsApply(t.Context(), reports, func(_ context.Context, b *ota.ReportBatch) error {
+		for i, r := range b.Reports {
+			if d := b.Devices[ota.DeviceKey{ProductID: r.ProductID, Name: r.DeviceName}]; d != nil {
+				ota.ApplyReport(d, r, node)
+				b.Record[i] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func testDeviceReportsRecord(t *testing.T, s ota.Store) {
 	p := MustProduct(t, s)
 	MustDevice(t, s, p.ID, "a")
@@ -253,8 +283,8 @@ func testDeviceReportsRecord(t *testing.T, s ota.Store) {
 		{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDownloading, Percent: intp(49), ResultCode: intp(0), At: now},
 		{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressBurning, ResultCode: intp(0), At: now.Add(time.Second)},
 	}
-	must(t, s.DeviceReportsRecord(ctx(t), reports))
-	must(t, s.DeviceReportsRecord(ctx(t), nil))
+	Record(t, s, reports...)
+	Record(t, s)
 
 	a, err := s.DeviceGet(ctx(t), p.ID, "a")
 	must(t, err)
@@ -267,8 +297,8 @@ func testDeviceReportsRecord(t *testing.T, s ota.Store) {
 	if !reflect.DeepEqual(b.Upgrade, want) {
 		t.Fatalf("device b upgrade = %+v, want %+v (percent kept from downloading)", b.Upgrade, want)
 	}
-	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress,
-		Version: "1.1.0", State: ota.ProgressFail, ResultCode: intp(-4), ResultMsg: "time_out", At: now.Add(2 * time.Second)}}))
+	Record(t, s, []ota.Report{{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress,
+		Version: "1.1.0", State: ota.ProgressFail, ResultCode: intp(-4), ResultMsg: "time_out", At: now.Add(2 * time.Second)}}...)
 	b, err = s.DeviceGet(ctx(t), p.ID, "b")
 	must(t, err)
 	if b.Upgrade.State != ota.ProgressFail || b.Upgrade.ResultCode != -4 || b.Upgrade.ResultMsg != "time_out" {
@@ -311,21 +341,21 @@ func testDeviceReportsRecordManyDevices(t *testing.T, s ota.Store) {
 	now := ota.Now()
 	// d was downloading 1.1.0, e was downloading 1.0.9: the batch's reports
 	// without a percent keep d's and reset e's.
-	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{
+	Record(t, s, []ota.Report{
 		{ProductID: p.ID, DeviceName: "d", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDownloading, Percent: intp(30), At: now},
-	}))
-	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{
+	}...)
+	Record(t, s, []ota.Report{
 		{ProductID: p.ID, DeviceName: "e", Type: ota.EventReportProgress, Version: "1.0.9", State: ota.ProgressDownloading, Percent: intp(70), At: now},
-	}))
+	}...)
 	at := now.Add(time.Second)
-	must(t, s.DeviceReportsRecord(ctx(t), []ota.Report{
+	Record(t, s, []ota.Report{
 		{ProductID: p.ID, DeviceName: "a", Type: ota.EventReportVersion, Version: "2.0.0", At: at},
 		{ProductID: p.ID, DeviceName: "ghost", Type: ota.EventReportVersion, Version: "2.0.0", At: at},
 		{ProductID: p.ID, DeviceName: "b", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDownloading, Percent: intp(49), ResultCode: intp(0), At: at},
 		{ProductID: p.ID, DeviceName: "c", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressDone, ResultCode: intp(0), At: at},
 		{ProductID: p.ID, DeviceName: "d", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressBurning, At: at},
 		{ProductID: p.ID, DeviceName: "e", Type: ota.EventReportProgress, Version: "1.1.0", State: ota.ProgressFail, ResultCode: intp(-2), ResultMsg: "404", At: at},
-	}))
+	}...)
 	get := func(name string) *ota.Device {
 		d, err := s.DeviceGet(ctx(t), p.ID, name)
 		must(t, err)
@@ -341,7 +371,7 @@ func testDeviceReportsRecordManyDevices(t *testing.T, s ota.Store) {
 		"b": {Version: "1.1.0", State: ota.ProgressDownloading, Percent: 49, UpdatedAt: at},
 		"c": {Version: "1.1.0", State: ota.ProgressDone, Percent: 100, UpdatedAt: at},
 		"d": {Version: "1.1.0", State: ota.ProgressBurning, Percent: 30, UpdatedAt: at},
-		"e": {Version: "1.1.0", State: ota.ProgressFail, Percent: 0, ResultCode: -2, ResultMsg: "404", UpdatedAt: at},
+		"e": {Version: "1.1.0", State: ota.ProgressFail, Percent: 0, ResultCode: -2, ResultName: "file_not_found", ResultMsg: "404", UpdatedAt: at},
 	} {
 		if d := get(name); d.Upgrade == nil || *d.Upgrade != want {
 			t.Fatalf("device %s upgrade = %+v, want %+v", name, d.Upgrade, want)
