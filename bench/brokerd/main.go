@@ -22,11 +22,13 @@ import (
 	"runtime/debug"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/otad/otad/internal/broker"
+	"github.com/otad/otad/internal/engine"
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/postgres"
 	"github.com/otad/otad/internal/store/sqlite"
@@ -93,6 +95,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// Reports go through the job engine, as in otad: each batch is applied
+	// with the transitions it causes in one transaction.
+	eng, err := engine.New(engine.Config{Logger: log, Store: store, Notifier: b, URLs: noURLs{}, Node: "bench", Registerer: reg})
+	if err != nil {
+		return err
+	}
+	b.SetReports(eng)
 	if err := b.Start(ctx); err != nil {
 		return err
 	}
@@ -172,3 +181,8 @@ func provisionDevices(ctx context.Context, store ota.Store, n int, out string) e
 	}
 	return nil
 }
+
+// noURLs signs no download URLs: the benchmark runs no jobs.
+type noURLs struct{}
+
+func (noURLs) URL(*ota.Firmware, time.Time) string { return "http://fw.invalid/none" }

@@ -30,10 +30,13 @@ type Config struct {
 	S3Endpoint      string
 	S3PathStyle     bool
 	PublicURL       string
-	APIToken        string
-	LogLevel        string
-	LogFormat       string
-	ShutdownTimeout time.Duration
+	// PublicURLAllowPort lets OTAD_PUBLIC_URL name a port, which breaks
+	// devices on the C SDK (PROTOCOL.md).
+	PublicURLAllowPort bool
+	APIToken           string
+	LogLevel           string
+	LogFormat          string
+	ShutdownTimeout    time.Duration
 }
 
 // configVar is one OTAD_* setting bound to a flag.
@@ -67,7 +70,8 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_S3_BUCKET", "s3-bucket", "", "S3 bucket for firmware; empty stores firmware in the data dir", false}, &c.S3Bucket},
 		{configVar{"OTAD_S3_ENDPOINT", "s3-endpoint", "", "S3-compatible endpoint URL; empty uses AWS", false}, &c.S3Endpoint},
 		{configVar{"OTAD_S3_PATH_STYLE", "s3-path-style", "false", "address the bucket in the path, as most S3-compatible servers need", false}, &c.S3PathStyle},
-		{configVar{"OTAD_PUBLIC_URL", "public-url", "", "base URL devices download firmware from; derived from the HTTP address when empty", false}, &c.PublicURL},
+		{configVar{"OTAD_PUBLIC_URL", "public-url", "", "base URL devices download firmware from, with no port (:80 is dropped); derived from the HTTP address when empty", false}, &c.PublicURL},
+		{configVar{"OTAD_PUBLIC_URL_ALLOW_PORT", "public-url-allow-port", "false", "allow a port other than 80 (443) in OTAD_PUBLIC_URL; devices on Tencent's C SDK then cannot download", false}, &c.PublicURLAllowPort},
 		{configVar{"OTAD_API_TOKEN", "api-token", "", "console API bearer token; when empty and none exists, one is generated and printed once", true}, &c.APIToken},
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
@@ -132,7 +136,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("OTAD_DATABASE_URL must start with postgres:// (leave it empty for SQLite)")
 	}
 	if c.PublicURL != "" {
-		if _, err := ota.DownloadBase(c.PublicURL); err != nil {
+		if _, err := ota.DownloadBase(c.PublicURL, c.PublicURLAllowPort); err != nil {
 			return fmt.Errorf("OTAD_PUBLIC_URL: %s", ota.ErrorMessage(err))
 		}
 	}

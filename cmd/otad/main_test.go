@@ -55,6 +55,10 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"OTAD_SHUTDOWN_TIMEOUT": "soon"}, nil, "OTAD_SHUTDOWN_TIMEOUT"},
 		{map[string]string{"OTAD_LOG_LEVEL": "loud"}, nil, "OTAD_LOG_LEVEL"},
 		{map[string]string{"OTAD_PUBLIC_URL": "ftp://x"}, nil, "OTAD_PUBLIC_URL"},
+		// The C SDK takes host:port for the host name: a port is refused
+		// at start, saying why, unless explicitly allowed.
+		{map[string]string{"OTAD_PUBLIC_URL": "http://fw.example.com:8080"}, nil, "OTAD_PUBLIC_URL: public URL must not name port 8080: Tencent's C device SDK"},
+		{map[string]string{"OTAD_PUBLIC_URL_ALLOW_PORT": "maybe"}, nil, "OTAD_PUBLIC_URL_ALLOW_PORT"},
 		{map[string]string{"OTAD_API_TOKEN": "short"}, nil, "OTAD_API_TOKEN"},
 		{map[string]string{"OTAD_S3_ENDPOINT": "http://127.0.0.1:9000"}, nil, "OTAD_S3_BUCKET"},
 		{nil, []string{"-no-such-flag"}, "no-such-flag"},

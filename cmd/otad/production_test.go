@@ -70,6 +70,9 @@ func TestProductionConfig(t *testing.T) {
 		}
 		env[k] = v
 	}
+	// The test cannot bind port 80: it allows the download port, which
+	// real deployments leave out (PROTOCOL.md).
+	env["OTAD_PUBLIC_URL_ALLOW_PORT"] = "true"
 	proc := startProcess(t, env)
 	c := &consoleClient{t: t, base: proc.httpURL}
 

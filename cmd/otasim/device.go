@@ -102,10 +102,11 @@ func (d *device) clientID() string    { return ota.ClientID(d.id.ProductID, d.id
 func (d *device) reportTopic() string { return ota.ReportTopic(d.id.ProductID, d.id.Name) }
 func (d *device) updateTopic() string { return ota.UpdateTopic(d.id.ProductID, d.id.Name) }
 
-// connect signs fresh credentials (connID random, expiry an hour out, in
-// milliseconds as the Java SDK does), connects and subscribes.
+// connect signs fresh credentials (connID random, and as expiry the
+// current time in milliseconds, as the Python SDK does: read as seconds, as
+// the cloud and otad read it, it never expires), connects and subscribes.
 func (d *device) connect(ctx context.Context) error {
-	user := fmt.Sprintf("%s;21010406;%05d;%d", d.clientID(), time.Now().UnixNano()%100000, time.Now().Add(time.Hour).UnixMilli())
+	user := fmt.Sprintf("%s;21010406;%05d;%d", d.clientID(), time.Now().UnixNano()%100000, time.Now().UnixMilli())
 	pass, err := ota.SignDeviceUsername(d.id.Secret, user, ota.SignHMACSHA256)
 	if err != nil {
 		return err

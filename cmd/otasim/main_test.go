@@ -138,7 +138,7 @@ func TestSimulatorUpgrade(t *testing.T) {
 	wait("upgrade done", func() bool { return get(devs[0]).Version == "1.0.1" })
 	wait("failures reported", func() bool {
 		u1, u2 := get(devs[1]).Upgrade, get(devs[2]).Upgrade
-		return u1 != nil && u1.State == ota.ProgressFail && u2 != nil && u2.State == ota.ProgressFail
+		return u1 != nil && u1.State == ota.ExecFailed && u2 != nil && u2.State == ota.ExecFailed
 	})
 	if u := get(devs[0]).Upgrade; u.State != ota.ProgressDone || u.Percent != 100 {
 		t.Fatalf("upgrade %+v", u)

@@ -142,8 +142,14 @@ func (d *Download) serve(w http.ResponseWriter, r *http.Request) int {
 	}
 	start, end, partial, err := parseRange(rangeHeader, f.Size)
 	if err != nil {
+		// An empty body: the C SDK takes the body of any status but 403
+		// and 404 as image data, and a device whose download finished
+		// just before power loss resumes with bytes=SIZE-SIZE.
 		h.Set("Content-Range", "bytes */"+strconv.FormatInt(f.Size, 10))
-		return plainError(w, http.StatusRequestedRangeNotSatisfiable, err.Error())
+		h.Set("Content-Length", "0")
+		h.Set("Cache-Control", "no-store")
+		w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+		return http.StatusRequestedRangeNotSatisfiable
 	}
 	length := end - start
 	status := http.StatusOK

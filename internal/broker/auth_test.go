@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ func TestAuth(t *testing.T) {
 	ghost := &device{Device: &ota.Device{ProductID: e.product.ID, Name: "ghost", Secret: ota.NewDeviceSecret()}, clientID: e.product.ID + "ghost"}
 	other := e.device("other")
 	hour := strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)
-	hourMS := strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
+	nowMS := strconv.FormatInt(time.Now().UnixMilli(), 10) // the Python SDK's "expiry"
 	pastMS := strconv.FormatInt(time.Now().Add(-time.Minute).UnixMilli(), 10)
 
 	type login struct{ clientID, user, pass string }
@@ -43,7 +44,8 @@ func TestAuth(t *testing.T) {
 	}{
 		{"hmacsha256", good, "", ""},
 		{"hmacsha1", signed(ok, hour, ota.SignHMACSHA1), "", ""},
-		{"expiry in milliseconds", signed(ok, hourMS, ota.SignHMACSHA256), "", ""},
+		{"expiry: the current time in milliseconds, read as seconds", signed(ok, nowMS, ota.SignHMACSHA256), "", ""},
+		{"expiry: a past time in milliseconds, read as seconds", signed(ok, pastMS, ota.SignHMACSHA256), "", ""},
 		{"expiry never (2^63-1)", signed(ok, "9223372036854775807", ota.SignHMACSHA1), "", ""},
 		{"will on own report topic", good, ok.reportTopic(), ""},
 
@@ -52,7 +54,6 @@ func TestAuth(t *testing.T) {
 		{"unknown algorithm", withPass(good, good.pass[:64]+";hmacmd5"), "", ota.AuthBadPassword},
 		{"no password", withPass(good, ""), "", ota.AuthBadPassword},
 		{"expired (seconds)", signed(ok, strconv.FormatInt(time.Now().Add(-time.Second).Unix(), 10), ota.SignHMACSHA256), "", ota.AuthExpired},
-		{"expired (milliseconds)", signed(ok, pastMS, ota.SignHMACSHA256), "", ota.AuthExpired},
 		{"client id does not match username", withClientID(good, other.clientID), "", ota.AuthClientIDMismatch},
 		{"empty client id", withClientID(good, ""), "", ota.AuthClientIDMismatch},
 		{"plain username", login{ok.clientID, "admin", "admin"}, "", ota.AuthBadUsername},
@@ -316,4 +317,31 @@ func TestDisconnectDuringAuthentication(t *testing.T) {
 	e.broker.store = g.Store
 	c := e.mustConnect3(d)
 	c.publish1(t, d.reportTopic(), `{"type":"report_version","report":{"version":"1.0"}}`)
+}
+
+// The Python device SDK signs in with MQTT 3.1, keepalive 60, and the
+// current time in milliseconds as the expiry: it must be accepted, as the
+// cloud accepts it. A refusal for an expired login names its device in the
+// log.
+func TestPythonSDKSignIn(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		e := newEnv(t, engine)
+		d := e.device("py-1")
+		user, pass := d.credsWith(t, strconv.FormatInt(time.Now().UnixMilli(), 10), ota.SignHMACSHA256)
+		keepalive60 := func(o *paho.ClientOptions) { o.SetKeepAlive(60 * time.Second) }
+		c, code, err := e.connect3(3, d.clientID, user, pass, keepalive60)
+		if err != nil {
+			t.Fatalf("MQTT 3.1 sign-in with a millisecond expiry refused: code %d: %v", code, err)
+		}
+		c.Disconnect(0)
+
+		user, pass = d.credsWith(t, strconv.FormatInt(time.Now().Add(-time.Minute).Unix(), 10), ota.SignHMACSHA256)
+		if _, _, err := e.connect3(3, d.clientID, user, pass, keepalive60); err == nil {
+			t.Fatal("an expired sign-in was accepted")
+		}
+		want := "reason=expired product_id=" + d.ProductID + " device=py-1"
+		if !strings.Contains(e.logs.String(), want) {
+			t.Fatalf("no refusal log line with %q in:\n%s", want, e.logs.String())
+		}
+	})
 }

@@ -2,11 +2,13 @@ package broker
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +32,25 @@ type env struct {
 	broker  *Broker
 	reports chan ota.Report
 	product *ota.Product
+	logs    *logBuffer // everything the broker logged
+}
+
+// logBuffer keeps log output for tests to search.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // newEnv starts a broker on 127.0.0.1:0 over a fresh store of the given
@@ -45,7 +66,8 @@ func newEnv(t testing.TB, engine string, mod ...func(*Options)) *env {
 	for _, f := range mod {
 		f(&opts)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	e.logs = &logBuffer{}
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, e.logs), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	b, err := New(log, store, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -85,7 +85,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		login := ota.DeviceLogin{ClientID: clientID, Username: string(pk.Connect.Username), Password: string(pk.Connect.Password)}
 		u, err := login.Parse(now)
 		if err != nil {
-			return h.refuse(cl, ota.AuthReason(err), "", "", err)
+			// Name the device the login was for, when the client ID says.
+			pid, name, _ := ota.SplitClientID(clientID)
+			return h.refuse(cl, ota.AuthReason(err), pid, name, err)
 		}
 		pid, name = u.ProductID, u.DeviceName
 		check = func(d *ota.Device) error { return login.Check(d, now) }

@@ -43,7 +43,7 @@ func TestReportsStored(t *testing.T) {
 		}
 		c.publish1(t, d.reportTopic(), `{"type": "report_progress", "report": {"progress": {"state": "fail", "result_code": -4, "result_msg": "time_out"}, "version": "1.0.1"}}`)
 		up := e.get(d).Upgrade
-		if up == nil || up.State != ota.ProgressFail || up.ResultCode != -4 || up.ResultMsg != "time_out" {
+		if up == nil || up.State != ota.ExecFailed || up.ResultCode != -4 || up.ResultMsg != "time_out" {
 			t.Fatalf("upgrade after fail: %+v", up)
 		}
 		evs := e.reportEvents(d)

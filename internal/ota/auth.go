@@ -18,13 +18,11 @@ const (
 	SignHMACSHA256 = "hmacsha256"
 )
 
-// maxExpiryUnix is the last second of year 9999. Larger expiries (devices
-// send 2^63-1 for "never") mean the credentials do not expire.
+// maxExpiryUnix is the last second of year 9999. Larger expiries mean the
+// credentials do not expire: the C SDK sends 2^63-1, and the Python SDK the
+// current time in milliseconds, which the cloud reads, as otad does, as
+// seconds far in the future.
 const maxExpiryUnix = 253402300799
-
-// msThreshold separates expiries in seconds from expiries in milliseconds:
-// 10^12 milliseconds is September 2001, 10^12 seconds lies 30,000 years out.
-const msThreshold = 1_000_000_000_000
 
 // DeviceUsername is the signed MQTT username of a device:
 // {productID}{deviceName};{appID};{connID};{expiry}.
@@ -37,9 +35,9 @@ type DeviceUsername struct {
 	Expiry time.Time
 }
 
-// ParseDeviceUsername reads a device's MQTT username. The expiry may be Unix
-// seconds or milliseconds; one beyond year 9999 means never. It fails with
-// EUNAUTHORIZED for anything malformed.
+// ParseDeviceUsername reads a device's MQTT username. The expiry is Unix
+// seconds, always (PROTOCOL.md): one beyond year 9999 means never. It fails
+// with EUNAUTHORIZED for anything malformed.
 func ParseDeviceUsername(username string) (DeviceUsername, error) {
 	parts := strings.Split(username, ";")
 	if len(parts) != 4 {
@@ -59,16 +57,10 @@ func ParseDeviceUsername(username string) (DeviceUsername, error) {
 	}
 	exp := parts[3]
 	if exp == "" || len(exp) > 40 || strings.Trim(exp, "0123456789") != "" {
-		return DeviceUsername{}, Errorf(EUNAUTHORIZED, "username expiry must be a Unix time in seconds or milliseconds")
+		return DeviceUsername{}, Errorf(EUNAUTHORIZED, "username expiry must be a Unix time in seconds")
 	}
-	n, err := strconv.ParseUint(exp, 10, 64)
-	switch {
-	case err != nil: // more digits than 64 bits hold: never
-	case n >= msThreshold:
-		if n/1000 <= maxExpiryUnix {
-			u.Expiry = time.UnixMilli(int64(n)).UTC()
-		}
-	default:
+	// More digits than 64 bits hold, or past year 9999: never.
+	if n, err := strconv.ParseUint(exp, 10, 64); err == nil && n <= maxExpiryUnix {
 		u.Expiry = time.Unix(int64(n), 0).UTC()
 	}
 	return u, nil

@@ -24,8 +24,12 @@ func TestParseDeviceUsername(t *testing.T) {
 	}{
 		{"seconds", "ABCDEFGHIJdev1;21010406;12345;1800000100", time.Unix(1800000100, 0), false, ""},
 		{"seconds past", "ABCDEFGHIJdev1;21010406;12345;1799999999", time.Unix(1799999999, 0), true, ""},
-		{"milliseconds", "ABCDEFGHIJdev1;12010126;abcde;1800000100000", time.Unix(1800000100, 0), false, ""},
-		{"milliseconds past", "ABCDEFGHIJdev1;12010126;abcde;1799999999999", time.UnixMilli(1799999999999), true, ""},
+		// The Python SDK sends the current time in milliseconds: read as
+		// seconds, as the cloud does, it is far in the future (never).
+		{"current time in milliseconds", "ABCDEFGHIJdev1;12010126;abcde;1800000000000", time.Time{}, false, ""},
+		{"milliseconds an hour ago", "ABCDEFGHIJdev1;12010126;abcde;1799996400000", time.Time{}, false, ""},
+		{"last second of year 9999", "ABCDEFGHIJdev1;1;abcde;253402300799", time.Unix(253402300799, 0), false, ""},
+		{"first second of year 10000", "ABCDEFGHIJdev1;1;abcde;253402300800", time.Time{}, false, ""},
 		{"max int64 never", "ABCDEFGHIJdev1;12010126;abcde;" + strconv.FormatInt(1<<63-1, 10), time.Time{}, false, ""},
 		{"beyond uint64 never", "ABCDEFGHIJdev1;12010126;abcde;99999999999999999999999", time.Time{}, false, ""},
 		{"year 9999 seconds", "ABCDEFGHIJdev1;1;abcde;253402300799", time.Unix(253402300799, 0), false, ""},

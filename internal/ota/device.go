@@ -28,7 +28,7 @@ type Device struct {
 // UpgradeProgress is the latest report_progress of a device.
 type UpgradeProgress struct {
 	Version    string    `json:"version"` // target version being installed
-	State      string    `json:"state"`   // downloading, burning, done, fail
+	State      string    `json:"state"`   // downloading, burning, done, failed (the device's "fail")
 	Percent    int       `json:"percent"`
 	ResultCode int       `json:"result_code"`
 	ResultName string    `json:"result_name"` // ResultName(ResultCode)

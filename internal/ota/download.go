@@ -56,7 +56,7 @@ type DownloadSigner struct {
 // (devices derive the Host header from everything before the last slash).
 // The secret must be at least 16 bytes. Both problems are EINVALID.
 func NewDownloadSigner(publicURL string, secret []byte) (*DownloadSigner, error) {
-	base, err := DownloadBase(publicURL)
+	base, err := DownloadBase(publicURL, true)
 	if err != nil {
 		return nil, err
 	}
@@ -69,9 +69,12 @@ func NewDownloadSigner(publicURL string, secret []byte) (*DownloadSigner, error)
 // DownloadBase checks a public download URL against the device SDKs'
 // rules and returns it as scheme://host[:port]: http or https, a host of at
 // most 64 characters, and no path, query or credentials (devices derive the
-// Host header from everything before the last slash). A URL that breaks
-// them is EINVALID.
-func DownloadBase(publicURL string) (string, error) {
+// Host header from everything before the last slash). The scheme's own port
+// (:80, :443) is dropped: the C SDK takes everything between "://" and the
+// first "/" as the host name, so http://host:80/x fails its DNS lookup. Any
+// other port is refused unless allowPort, since C SDK devices then cannot
+// download at all. A URL that breaks a rule is EINVALID.
+func DownloadBase(publicURL string, allowPort bool) (string, error) {
 	u, err := url.Parse(publicURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", Errorf(EINVALID, "public URL must be an absolute http:// or https:// URL")
@@ -79,10 +82,20 @@ func DownloadBase(publicURL string) (string, error) {
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery || (u.Path != "" && u.Path != "/") {
 		return "", Errorf(EINVALID, "public URL must be scheme://host[:port] with no path, query or credentials: device SDKs take everything before the last slash as the host")
 	}
-	if len(u.Host) > DownloadHostMaxLen {
+	host := u.Host
+	if port := u.Port(); port != "" {
+		if port == map[string]string{"http": "80", "https": "443"}[u.Scheme] {
+			host = strings.TrimSuffix(host, ":"+port)
+		} else if !allowPort {
+			return "", Errorf(EINVALID, "public URL must not name port %s: Tencent's C device SDK connects to port 80 (443 for https) "+
+				"and takes host:port for the host name, so its devices could not download; serve downloads on port 80 "+
+				"(OTAD_DOWNLOAD_ADDR=:80 or a proxy), or allow the port knowing it breaks those devices", port)
+		}
+	}
+	if len(host) > DownloadHostMaxLen {
 		return "", Errorf(EINVALID, "public URL host must be at most %d characters (a device SDK limit)", DownloadHostMaxLen)
 	}
-	return u.Scheme + "://" + u.Host, nil
+	return u.Scheme + "://" + host, nil
 }
 
 // URL returns the download URL of f that stops working at expires.

@@ -167,3 +167,41 @@ func TestDownloadTargetMatches(t *testing.T) {
 		t.Error("MD5 case matters to Matches")
 	}
 }
+
+// Download URLs carry no port: the C SDK resolves "host:80" as a host name.
+func TestDownloadBasePort(t *testing.T) {
+	for _, c := range []struct {
+		url       string
+		allowPort bool
+		want      string // "" for refused
+	}{
+		{"http://fw.example.com:80", false, "http://fw.example.com"},
+		{"http://fw.example.com:80/", false, "http://fw.example.com"},
+		{"https://fw.example.com:443", false, "https://fw.example.com"},
+		{"http://[2001:db8::1]:80", false, "http://[2001:db8::1]"},
+		{"http://fw.example.com", false, "http://fw.example.com"},
+		{"http://fw.example.com:8080", false, ""},
+		{"https://fw.example.com:80", false, ""},
+		{"http://fw.example.com:8080", true, "http://fw.example.com:8080"},
+		{"http://fw.example.com:80", true, "http://fw.example.com"},
+	} {
+		got, err := DownloadBase(c.url, c.allowPort)
+		if c.want == "" {
+			if err == nil || ErrorCode(err) != EINVALID || !strings.Contains(ErrorMessage(err), "C device SDK") {
+				t.Errorf("DownloadBase(%q, %v) = %q, %v; want refused, saying why", c.url, c.allowPort, got, err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("DownloadBase(%q, %v) = %q, %v; want %q", c.url, c.allowPort, got, err, c.want)
+		}
+	}
+	s, err := NewDownloadSigner("http://fw.example.com:80", []byte("0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &Firmware{ProductID: "ABCDEFGHIJ", Version: "1.0", MD5: "cc03e747a6afbbcbf8be7668acfebee5"}
+	if u := s.URL(f, time.Now().Add(time.Hour)); !strings.HasPrefix(u, "http://fw.example.com/") {
+		t.Errorf("URL %q keeps the port", u)
+	}
+}

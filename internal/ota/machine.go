@@ -220,7 +220,13 @@ func ApplyReport(d *Device, r Report, node string) {
 	case EventReportVersion:
 		d.Version, d.Ready = r.Version, true
 	case EventReportProgress:
-		u := UpgradeProgress{Version: r.Version, State: r.State, ResultMsg: r.ResultMsg, UpdatedAt: r.At}
+		// One vocabulary with the job's execution states: a device's
+		// "fail" shows as failed.
+		state := r.State
+		if state == ProgressFail {
+			state = ExecFailed
+		}
+		u := UpgradeProgress{Version: r.Version, State: state, ResultMsg: r.ResultMsg, UpdatedAt: r.At}
 		switch {
 		case r.Percent != nil:
 			u.Percent = *r.Percent

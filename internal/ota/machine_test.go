@@ -305,7 +305,7 @@ func TestApplyReport(t *testing.T) {
 		{Report{Type: EventReportProgress, Version: "2.0", State: ProgressBurning}, "1.0 2.0/burning/40"},
 		{Report{Type: EventReportProgress, Version: "2.0", State: ProgressDone}, "1.0 2.0/done/100"},
 		{Report{Type: EventReportVersion, Version: "2.0"}, "2.0 2.0/done/100"},
-		{Report{Type: EventReportProgress, Version: "3.0", State: ProgressFail, ResultCode: pct(-4)}, "2.0 3.0/fail/0"},
+		{Report{Type: EventReportProgress, Version: "3.0", State: ProgressFail, ResultCode: pct(-4)}, "2.0 3.0/failed/0"},
 	}
 	for i, s := range steps {
 		s.r.At = machineNow.Add(time.Duration(i) * time.Second)

@@ -15,3 +15,6 @@ CREATE UNIQUE INDEX job_executions_active ON job_executions (product_id, device_
 -- which then asks for it again).
 ALTER TABLE devices ADD COLUMN ready boolean NOT NULL DEFAULT false;
 UPDATE devices SET ready = online;
+
+-- A device's upgrade progress speaks the job states' words: fail is failed.
+UPDATE devices SET upgrade_state = 'failed' WHERE upgrade_state = 'fail';

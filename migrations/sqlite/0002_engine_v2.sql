@@ -42,3 +42,6 @@ ALTER TABLE jobs ADD COLUMN rollback_window_seconds integer NOT NULL DEFAULT 360
 -- which then asks for it again).
 ALTER TABLE devices ADD COLUMN ready boolean NOT NULL DEFAULT false;
 UPDATE devices SET ready = online;
+
+-- A device's upgrade progress speaks the job states' words: fail is failed.
+UPDATE devices SET upgrade_state = 'failed' WHERE upgrade_state = 'fail';

@@ -301,7 +301,7 @@ func testDeviceReportsRecord(t *testing.T, s ota.Store) {
 		Version: "1.1.0", State: ota.ProgressFail, ResultCode: intp(-4), ResultMsg: "time_out", At: now.Add(2 * time.Second)}}...)
 	b, err = s.DeviceGet(ctx(t), p.ID, "b")
 	must(t, err)
-	if b.Upgrade.State != ota.ProgressFail || b.Upgrade.ResultCode != -4 || b.Upgrade.ResultMsg != "time_out" {
+	if b.Upgrade.State != ota.ExecFailed || b.Upgrade.ResultCode != -4 || b.Upgrade.ResultMsg != "time_out" {
 		t.Fatalf("device b upgrade after fail = %+v", b.Upgrade)
 	}
 
@@ -371,7 +371,7 @@ func testDeviceReportsRecordManyDevices(t *testing.T, s ota.Store) {
 		"b": {Version: "1.1.0", State: ota.ProgressDownloading, Percent: 49, UpdatedAt: at},
 		"c": {Version: "1.1.0", State: ota.ProgressDone, Percent: 100, UpdatedAt: at},
 		"d": {Version: "1.1.0", State: ota.ProgressBurning, Percent: 30, UpdatedAt: at},
-		"e": {Version: "1.1.0", State: ota.ProgressFail, Percent: 0, ResultCode: -2, ResultName: "file_not_found", ResultMsg: "404", UpdatedAt: at},
+		"e": {Version: "1.1.0", State: ota.ExecFailed, Percent: 0, ResultCode: -2, ResultName: "file_not_found", ResultMsg: "404", UpdatedAt: at},
 	} {
 		if d := get(name); d.Upgrade == nil || *d.Upgrade != want {
 			t.Fatalf("device %s upgrade = %+v, want %+v", name, d.Upgrade, want)
