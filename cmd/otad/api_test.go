@@ -9,7 +9,17 @@ import (
 )
 
 func TestHealthAndMetrics(t *testing.T) {
-	a := startApp(t, "sqlite", nil)
+	forEachEngine(t, testHealthAndMetrics)
+}
+
+func testHealthAndMetrics(t *testing.T, engine string) {
+	a := startApp(t, engine, nil)
+	a.do("POST", "/v1/products", map[string]string{"id": "METRIC0001", "name": "m"}).wantStatus(t, 201)
+	for _, n := range []string{"m1", "m2"} {
+		a.do("POST", "/v1/products/METRIC0001/devices", map[string]string{"name": n, "version": "1.0"}).wantStatus(t, 201)
+	}
+	a.uploadFirmware(t, "METRIC0001", "2.0", 100)
+	a.do("POST", "/v1/products/METRIC0001/jobs", map[string]any{"firmware_version": "2.0", "targets": map[string]any{"all": true}}).wantStatus(t, 201)
 	a.do("GET", "/healthz", nil, "Authorization", "").wantStatus(t, 200)
 	a.do("GET", "/readyz", nil, "Authorization", "").wantStatus(t, 200)
 	a.do("GET", "/v1/products", nil).wantStatus(t, 200)
@@ -26,6 +36,12 @@ func TestHealthAndMetrics(t *testing.T) {
 		`otad_http_requests_total{code="200",method="GET",route="/v1/products"} 1`,
 		`otad_http_request_duration_seconds_count{method="GET",route="/readyz"} 1`,
 		`go_goroutines`,
+		// The OTA gauges.
+		`otad_devices 2`, `otad_devices_online 0`,
+		`otad_jobs{status="running"} 1`, `otad_jobs{status="completed"} 0`,
+		`otad_job_executions{state="queued"} 2`, `otad_job_executions{state="rolled_back"} 0`,
+		`otad_mqtt_reports_pending 0`, `otad_engine_pass_seconds_count`, `otad_engine_pass_errors_total 0`,
+		`otad_db_connections{use="in_use"}`, `otad_db_connections_max`,
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("metrics lack %q:\n%s", want, b.String())

@@ -154,7 +154,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		return nil, err
 	}
 	eng, err := engine.New(engine.Config{Logger: log, Store: a.store, Notifier: a.broker, URLs: signer, Node: a.node,
-		Bus: bus, Registerer: a.reg})
+		Bus: bus, Retention: cfg.EventRetention, Registerer: a.reg})
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +167,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		return nil, err
 	}
 	a.httpSrv = a.newHTTPServer(apiSrv, "http")
+	a.httpSrv.RegisterOnShutdown(apiSrv.CloseStreams)
 	if a.downloadLn != nil {
 		a.downloadSrv = a.newHTTPServer(download, "download")
 	}

@@ -37,6 +37,7 @@ type Config struct {
 	LogLevel           string
 	LogFormat          string
 	ShutdownTimeout    time.Duration
+	EventRetention     time.Duration
 }
 
 // configVar is one OTAD_* setting bound to a flag.
@@ -76,6 +77,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
+		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log and device history are kept", false}, &c.EventRetention},
 	}
 }
 
@@ -142,6 +144,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.MQTTTLSAddr != "") != (c.MQTTTLSCert != "" && c.MQTTTLSKey != "") {
 		return fmt.Errorf("OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY go together")
+	}
+	if c.EventRetention < time.Hour {
+		return fmt.Errorf("OTAD_EVENT_RETENTION must be at least 1h")
 	}
 	if c.MaxFirmwareSize < 1 {
 		return fmt.Errorf("OTAD_MAX_FIRMWARE_SIZE must be a positive number of bytes")

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -42,6 +43,10 @@ type Config struct {
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
+	// EventPoll is how often an event stream looks for new events
+	// (default 500ms); EventKeepAlive how long it may stay silent before
+	// it sends a keep-alive comment (default 15s).
+	EventPoll, EventKeepAlive time.Duration
 }
 
 // Server serves the console API.
@@ -54,6 +59,10 @@ type Server struct {
 
 	maxFirmwareSize int64
 	uploadStall     time.Duration
+	eventPoll       time.Duration
+	streamsDone     chan struct{} // closed by CloseStreams
+	closeStreams    sync.Once
+	eventKeepAlive  time.Duration
 	download        http.Handler
 
 	openAPI  []byte // the OpenAPI document as JSON
@@ -73,6 +82,9 @@ func New(cfg Config) (*Server, error) {
 
 		maxFirmwareSize: cfg.MaxFirmwareSize,
 		uploadStall:     cfg.UploadStallTimeout,
+		eventPoll:       cfg.EventPoll,
+		streamsDone:     make(chan struct{}),
+		eventKeepAlive:  cfg.EventKeepAlive,
 		download:        cfg.Download,
 
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -91,6 +103,12 @@ func New(cfg Config) (*Server, error) {
 	if s.uploadStall <= 0 {
 		s.uploadStall = 2 * time.Minute
 	}
+	if s.eventPoll <= 0 {
+		s.eventPoll = 500 * time.Millisecond
+	}
+	if s.eventKeepAlive <= 0 {
+		s.eventKeepAlive = 15 * time.Second
+	}
 	for _, c := range []prometheus.Collector{s.requests, s.latency} {
 		if err := cfg.Registry.Register(c); err != nil {
 			return nil, err
@@ -103,6 +121,11 @@ func New(cfg Config) (*Server, error) {
 	s.router = s.routes()
 	return s, nil
 }
+
+// CloseStreams ends every event stream, now and from now on: call it when
+// the HTTP server shuts down (http.Server.RegisterOnShutdown), which would
+// otherwise wait for the streams' clients to leave.
+func (s *Server) CloseStreams() { s.closeStreams.Do(func() { close(s.streamsDone) }) }
 
 // ServeHTTP makes Server an http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
@@ -130,6 +153,8 @@ func (s *Server) routes() chi.Router {
 		r.Use(s.authenticate)
 		r.Get("/openapi.json", s.openAPIJSON)
 		r.Get("/openapi.yaml", s.openAPIYAML)
+		r.Get("/events", s.handle(s.eventList))
+		r.Get("/events/stream", s.handle(s.eventStream))
 		r.Route("/products", func(r chi.Router) {
 			r.Post("/", s.handle(s.productCreate))
 			r.Get("/", s.handle(s.productList))

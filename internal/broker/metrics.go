@@ -19,6 +19,7 @@ type metrics struct {
 	batchSize        prometheus.Histogram
 	commitSeconds    prometheus.Histogram
 	presencePending  prometheus.Gauge
+	reportsPending   prometheus.Gauge
 	presenceErrors   prometheus.Counter
 }
 
@@ -70,6 +71,10 @@ func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
 			Name: "otad_mqtt_presence_pending",
 			Help: "Connect and disconnect events waiting to be written.",
 		}),
+		reportsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "otad_mqtt_reports_pending",
+			Help: "Reports received and not yet written or refused (the report queue's depth).",
+		}),
 		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otad_mqtt_presence_errors_total",
 			Help: "Connect and disconnect events that could not be written.",
@@ -89,7 +94,7 @@ func newMetrics(reg prometheus.Registerer, b *Broker) (*metrics, error) {
 	})
 	var errs []error
 	for _, c := range []prometheus.Collector{m.logins, m.refused, m.aclDenied, m.reports, m.dropped, m.downlinks,
-		m.downlinksDropped, m.connectTimeouts, m.batchSize, m.commitSeconds, m.presencePending, m.presenceErrors, clients} {
+		m.downlinksDropped, m.connectTimeouts, m.batchSize, m.commitSeconds, m.presencePending, m.reportsPending, m.presenceErrors, clients} {
 		errs = append(errs, reg.Register(c))
 	}
 	return m, errors.Join(errs...)

@@ -75,6 +75,8 @@ func (rc *recorder) stop() {
 // reports an error.
 func (rc *recorder) record(ctx context.Context, r ota.Report) error {
 	req := &reportReq{r: r, done: make(chan error, 1)}
+	rc.metrics.reportsPending.Inc()
+	defer rc.metrics.reportsPending.Dec()
 	select {
 	case rc.queue <- req:
 	case <-rc.quit:

@@ -46,6 +46,9 @@ type Config struct {
 	// URLSlack is added to a job's timeout for the download URL's expiry,
 	// so that a URL outlives the attempt it was made for. Default 10m.
 	URLSlack time.Duration
+	// Retention is how long events and device history are kept; older
+	// ones are pruned in small batches. Default 30 days.
+	Retention time.Duration
 	// Registerer receives the engine's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now returns the current time; default ota.Now.
@@ -60,9 +63,12 @@ type Engine struct {
 
 	notified    prometheus.Counter
 	transitions *prometheus.CounterVec
+	passSeconds prometheus.Histogram
+	passErrors  prometheus.Counter
 	dispatchMu  sync.Mutex // one dispatch pass at a time per replica
 	heartbeat   time.Time  // last NodeHeartbeat, touched only by pass
 	endCheck    time.Time  // last time every active job was checked for its end
+	pruned      time.Time  // last retention pass
 
 	mu       sync.Mutex
 	jobs     map[string]*ota.Job      // see job
@@ -94,6 +100,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = ota.Now
 	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = 30 * 24 * time.Hour
+	}
 	if cfg.Bus == nil {
 		cfg.Bus = ota.NewLocalBus()
 	}
@@ -112,9 +121,18 @@ func New(cfg Config) (*Engine, error) {
 			Name: "otad_job_execution_transitions_total",
 			Help: "Device executions entering each state.",
 		}, []string{"state"}),
+		passSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "otad_engine_pass_seconds",
+			Help:    "Duration of the engine's passes over due work (claims, timeouts, job ends).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
+		}),
+		passErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "otad_engine_pass_errors_total",
+			Help: "Engine passes that failed (the next one tries again).",
+		}),
 	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{e.notified, e.transitions} {
+		for _, c := range []prometheus.Collector{e.notified, e.transitions, e.passSeconds, e.passErrors, newStatsCollector(cfg.Store)} {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, err
 			}
@@ -155,7 +173,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	t := time.NewTicker(e.cfg.Interval)
 	defer t.Stop()
 	for {
-		if err := e.pass(ctx); err != nil && ctx.Err() == nil {
+		start := time.Now()
+		err := e.pass(ctx)
+		e.passSeconds.Observe(time.Since(start).Seconds())
+		if err != nil && ctx.Err() == nil {
+			e.passErrors.Inc()
 			e.log.Error("job pass failed", "err", err)
 		}
 		select {
@@ -200,6 +222,12 @@ func (e *Engine) pass(ctx context.Context) error {
 	if err := e.expire(ctx, now); err != nil {
 		return err
 	}
+	if now.Sub(e.pruned) >= pruneEvery || now.Before(e.pruned) {
+		if err := e.prune(ctx, now); err != nil {
+			return err
+		}
+		e.pruned = now
+	}
 	jobs, err := e.cfg.Store.JobListActive(ctx)
 	if err != nil {
 		return fmt.Errorf("list active jobs: %w", err)
@@ -237,6 +265,34 @@ func (e *Engine) pass(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// prune deletes events and device history older than the retention, in
+// batches small enough not to hold up the reports' writes.
+func (e *Engine) prune(ctx context.Context, now time.Time) error {
+	total := 0
+	for range maxPruneBatches {
+		n, err := e.cfg.Store.EventsPrune(ctx, now.Add(-e.cfg.Retention), pruneBatch)
+		if err != nil {
+			return fmt.Errorf("prune events: %w", err)
+		}
+		total += n
+		if n < pruneBatch {
+			break
+		}
+	}
+	if total > 0 {
+		e.log.Info("pruned events and device history", "rows", total, "older_than", now.Add(-e.cfg.Retention))
+	}
+	return nil
+}
+
+// Retention pruning: every pruneEvery at most maxPruneBatches batches of
+// pruneBatch rows per table; what is left waits for the next round.
+const (
+	pruneEvery      = time.Minute
+	pruneBatch      = 1000
+	maxPruneBatches = 20
+)
 
 // end completes a running job, or closes a canceled one, once none of its
 // executions is active.

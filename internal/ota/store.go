@@ -95,6 +95,21 @@ type Store interface {
 	// it marked offline.
 	NodeHeartbeat(ctx context.Context, node string, at, staleBefore time.Time) (int, error)
 
+	// EventList returns a page of the event log after params.After, oldest
+	// first.
+	EventList(ctx context.Context, params EventListParams) ([]*Event, error)
+	// EventLastSeq returns the sequence number of the newest event, 0 for
+	// none.
+	EventLastSeq(ctx context.Context) (int64, error)
+	// EventsPrune deletes up to limit events and device history entries
+	// older than before, and reports how many it deleted.
+	EventsPrune(ctx context.Context, before time.Time, limit int) (int, error)
+
+	// Stats counts what the OTA gauges show.
+	Stats(ctx context.Context) (Stats, error)
+	// PoolStats reports the use of the store's connections.
+	PoolStats() PoolStats
+
 	// SettingEnsure stores value under key unless the key is already set,
 	// and returns the stored value: the first replica to ask decides.
 	SettingEnsure(ctx context.Context, key, value string) (string, error)
@@ -133,3 +148,18 @@ func PageLimit(n int) int {
 
 // Now returns the current time as stores keep it: UTC, whole microseconds.
 func Now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// Stats is what the OTA gauges of /metrics show.
+type Stats struct {
+	JobsByStatus map[string]int
+	// ExecutionsByState counts the executions of jobs not yet ended
+	// (scheduled, running, canceled and not yet closed).
+	ExecutionsByState map[string]int
+	Devices           int
+	DevicesOnline     int
+}
+
+// PoolStats is how a store uses its database connections.
+type PoolStats struct {
+	InUse, Idle, Max int
+}

@@ -62,9 +62,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 	if err != nil {
 		return fmt.Errorf("job targets: %w", err)
 	}
-	// Repeatable read: the versions the initial states are decided for are
-	// the versions the executions are inserted with.
-	return s.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		// Hold the firmware row: a concurrent FirmwareDelete waits for
 		// this job, then sees it, or deleted it first and this fails.
 		var one int
@@ -102,7 +100,11 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt), j.RollbackWindowSeconds); err != nil {
 			return interpretError(err, "job")
 		}
-		rows, err = tx.Query(ctx, `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = $1 AND `+filter, j.ProductID, arg)
+		// The targeted devices are share-locked: their versions, which the
+		// first states are decided for, stay until the executions are in.
+		rows, err = tx.Query(ctx, `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND `+filter+`
+			ORDER BY d.name FOR SHARE) t`,
+			j.ProductID, arg)
 		versions, err := collect(rows, err, "target versions", scanString)
 		if err != nil {
 			return err
@@ -127,7 +129,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 			}
 			return fmt.Errorf("create job executions: %w", err)
 		}
-		return nil
+		return appendEvents(ctx, tx, ota.JobEvent(j, "", j.Status, j.CreatedAt))
 	})
 }
 
@@ -172,15 +174,21 @@ func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error
 }
 
 func (s *Store) JobSetStatus(ctx context.Context, p ota.JobStatusParams) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE jobs SET status = $3, completed_at = COALESCE($4, completed_at) WHERE id = $1 AND status = $2`,
-		p.ID, p.From, p.To, utcPtr(p.CompletedAt))
-	if err != nil {
-		return fmt.Errorf("set job status: %w", interpretError(err, "job"))
-	}
-	if tag.RowsAffected() == 0 {
-		return ota.Errorf(ota.ECONFLICT, "job is not %s", p.From)
-	}
-	return nil
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		j, err := scanJob(tx.QueryRow(ctx, `UPDATE jobs SET status = $3, completed_at = COALESCE($4, completed_at) WHERE id = $1 AND status = $2
+			RETURNING `+jobColumns, p.ID, p.From, p.To, utcPtr(p.CompletedAt)))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ota.Errorf(ota.ECONFLICT, "job is not %s", p.From)
+		}
+		if err != nil {
+			return fmt.Errorf("set job status: %w", interpretError(err, "job"))
+		}
+		at := ota.Now()
+		if p.CompletedAt != nil {
+			at = *p.CompletedAt
+		}
+		return appendEvents(ctx, tx, ota.JobEvent(j, p.From, p.To, at))
+	})
 }
 
 func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.JobExecution, error) {
@@ -202,12 +210,20 @@ func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.Jo
 		if err != nil {
 			return err
 		}
+		var froms []*ota.JobExecution
 		for _, x := range active {
 			if y, ok := p.Cancel(x); ok {
-				changed = append(changed, y)
+				froms, changed = append(froms, x), append(changed, y)
 			}
 		}
-		return execUpdateAll(ctx, tx, changed)
+		if err := execUpdateAll(ctx, tx, changed); err != nil {
+			return err
+		}
+		j, err := scanJob(tx.QueryRow(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = $1`, p.ID))
+		if err != nil {
+			return interpretError(err, "job")
+		}
+		return appendEvents(ctx, tx, append([]ota.Event{ota.JobEvent(j, status, ota.JobCanceled, p.At)}, executionEvents(froms, changed)...)...)
 	})
 	return changed, err
 }
@@ -252,7 +268,24 @@ func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName s
 }
 
 func (s *Store) JobExecutionUpdate(ctx context.Context, x *ota.JobExecution) error {
-	return execUpdateAll(ctx, s.pool, []*ota.JobExecution{x})
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		var from ota.JobExecution
+		err := tx.QueryRow(ctx, `SELECT state FROM job_executions WHERE job_id = $1 AND device_name = $2 AND rev = $3 FOR UPDATE`,
+			x.JobID, x.DeviceName, x.Rev).Scan(&from.State)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ota.Errorf(ota.ECONFLICT, "job execution of %s changed meanwhile", x.DeviceName)
+		}
+		if err != nil {
+			return fmt.Errorf("update job execution: %w", err)
+		}
+		if err := execUpdateAll(ctx, tx, []*ota.JobExecution{x}); err != nil {
+			return err
+		}
+		if e, ok := ota.ExecutionEvent(&from, x); ok {
+			return appendEvents(ctx, tx, e)
+		}
+		return nil
+	})
 }
 
 // execUpdateAll writes xs in one statement, each compare-and-set on its
@@ -322,12 +355,16 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		if err != nil {
 			return err
 		}
+		var froms []*ota.JobExecution
 		for _, x := range due {
 			if y, ok := p.Claim(x); ok {
-				claimed = append(claimed, y)
+				froms, claimed = append(froms, x), append(claimed, y)
 			}
 		}
-		return execUpdateAll(ctx, tx, claimed)
+		if err := execUpdateAll(ctx, tx, claimed); err != nil {
+			return err
+		}
+		return appendEvents(ctx, tx, executionEvents(froms, claimed)...)
 	})
 	return claimed, err
 }

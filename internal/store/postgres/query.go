@@ -85,9 +85,14 @@ func (s *Store) DeviceCreate(ctx context.Context, d *ota.Device) error {
 	if d.CreatedAt.IsZero() {
 		d.CreatedAt = ota.Now()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
-		VALUES ($1, $2, $3, $4, $5, $6)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, d.CreatedAt)
-	return interpretError(err, "device")
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, d.CreatedAt)
+		if err != nil {
+			return interpretError(err, "device")
+		}
+		return appendEvents(ctx, tx, ota.DeviceChangeEvent(ota.LogDeviceCreated, d.ProductID, d.Name, d.CreatedAt, map[string]string{"version": d.Version}))
+	})
 }
 
 func (s *Store) DeviceGet(ctx context.Context, productID, name string) (*ota.Device, error) {
@@ -131,25 +136,35 @@ func (s *Store) DeviceDelete(ctx context.Context, productID, name string, end fu
 		if err != nil {
 			return err
 		}
-		var ended []*ota.JobExecution
+		var froms, ended []*ota.JobExecution
 		for _, x := range active {
 			if y, ok := end(x); ok {
-				ended = append(ended, y)
+				froms, ended = append(froms, x), append(ended, y)
 			}
 		}
-		return execUpdateAll(ctx, tx, ended)
+		if err := execUpdateAll(ctx, tx, ended); err != nil {
+			return err
+		}
+		evs := append(executionEvents(froms, ended), ota.DeviceChangeEvent(ota.LogDeviceDeleted, productID, name, ota.Now(), nil))
+		return appendEvents(ctx, tx, evs...)
 	})
 }
 
 func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE devices SET disabled = $3 WHERE product_id = $1 AND name = $2`, productID, name, disabled)
-	if err != nil {
-		return fmt.Errorf("set device disabled: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
-		return ota.Errorf(ota.ENOTFOUND, "device not found")
-	}
-	return nil
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE devices SET disabled = $3 WHERE product_id = $1 AND name = $2`, productID, name, disabled)
+		if err != nil {
+			return fmt.Errorf("set device disabled: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "device not found")
+		}
+		typ := ota.LogDeviceEnabled
+		if disabled {
+			typ = ota.LogDeviceDisabled
+		}
+		return appendEvents(ctx, tx, ota.DeviceChangeEvent(typ, productID, name, ota.Now(), nil))
+	})
 }
 
 func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) error {
@@ -157,10 +172,11 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 	if p.Online {
 		typ = ota.EventConnected
 	}
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		// A disconnect counts only from the node that holds the device: it
-		// may have reconnected to another replica meanwhile. A connect makes the device not ready until it reports its version
-		// in this connection; the report may have been written first.
+		// may have reconnected to another replica meanwhile. A connect
+		// makes the device not ready until it reports its version in this
+		// connection; the report may have been written first.
 		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, node = CASE WHEN $3 THEN $4 ELSE node END,
 			ready = $3 AND ready AND COALESCE(last_seen_at > $5, false), last_seen_at = GREATEST(last_seen_at, $5)
 			WHERE product_id = $1 AND name = $2 AND ($3 OR node = $4)`,
@@ -180,7 +196,10 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES ($1, $2, $3, $4)`,
 			p.ProductID, p.DeviceName, typ, p.At.UTC())
-		return interpretError(err, "device event")
+		if err != nil {
+			return interpretError(err, "device event")
+		}
+		return appendEvents(ctx, tx, ota.PresenceEvent(p))
 	})
 }
 
@@ -243,16 +262,19 @@ func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, ap
 		if err := apply(ctx, b); err != nil {
 			return err
 		}
-		var changed []*ota.JobExecution
+		var froms, changed []*ota.JobExecution
 		for k, x := range b.Execs {
-			if *x != read[k] {
-				changed = append(changed, x)
+			if from := read[k]; *x != from {
+				froms, changed = append(froms, &from), append(changed, x)
 			}
 		}
 		if err := devicesWrite(ctx, tx, b); err != nil {
 			return err
 		}
-		return execUpdateAll(ctx, tx, changed)
+		if err := execUpdateAll(ctx, tx, changed); err != nil {
+			return err
+		}
+		return appendEvents(ctx, tx, append(executionEvents(froms, changed), ota.ReportEvents(b)...)...)
 	})
 }
 
@@ -342,9 +364,14 @@ func (s *Store) FirmwareCreate(ctx context.Context, f *ota.Firmware) error {
 	if f.CreatedAt.IsZero() {
 		f.CreatedAt = ota.Now()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO firmware (`+firmwareColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		f.ProductID, f.Version, f.Size, f.MD5, f.SHA256, f.Description, f.BlobKey, f.CreatedAt)
-	return interpretError(err, "firmware version")
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO firmware (`+firmwareColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			f.ProductID, f.Version, f.Size, f.MD5, f.SHA256, f.Description, f.BlobKey, f.CreatedAt)
+		if err != nil {
+			return interpretError(err, "firmware version")
+		}
+		return appendEvents(ctx, tx, ota.FirmwareEvent(ota.LogFirmwareUploaded, f, f.CreatedAt))
+	})
 }
 
 func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ota.Firmware, error) {
@@ -384,8 +411,10 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 		if installing > 0 {
 			return ota.Errorf(ota.ECONFLICT, "firmware %s is still being installed by %d devices", version, installing)
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM firmware WHERE product_id = $1 AND version = $2`, productID, version)
-		return interpretError(err, "firmware")
+		if _, err := tx.Exec(ctx, `DELETE FROM firmware WHERE product_id = $1 AND version = $2`, productID, version); err != nil {
+			return interpretError(err, "firmware")
+		}
+		return appendEvents(ctx, tx, ota.FirmwareEvent(ota.LogFirmwareDeleted, &ota.Firmware{ProductID: productID, Version: version}, ota.Now()))
 	})
 }
 
@@ -393,8 +422,13 @@ func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = ota.Now()
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES ($1, $2, $3, $4)`, t.ID, t.Name, t.Hash, t.CreatedAt)
-	return interpretError(err, "token")
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES ($1, $2, $3, $4)`, t.ID, t.Name, t.Hash, t.CreatedAt)
+		if err != nil {
+			return interpretError(err, "token")
+		}
+		return appendEvents(ctx, tx, ota.TokenEvent(t))
+	})
 }
 
 func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -133,7 +134,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 			}
 			return fmt.Errorf("create job executions: %w", err)
 		}
-		return nil
+		return appendEvents(ctx, tx, ota.JobEvent(j, "", j.Status, j.CreatedAt))
 	})
 }
 
@@ -183,15 +184,25 @@ func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error
 }
 
 func (s *Store) JobSetStatus(ctx context.Context, p ota.JobStatusParams) error {
-	res, err := s.write.ExecContext(ctx, `UPDATE jobs SET status = ?3, completed_at = COALESCE(?4, completed_at) WHERE id = ?1 AND status = ?2`,
-		p.ID, p.From, p.To, fmtTimePtr(p.CompletedAt))
-	if err != nil {
-		return fmt.Errorf("set job status: %w", interpretError(err, "job"))
-	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return ota.Errorf(ota.ECONFLICT, "job is not %s", p.From)
-	}
-	return nil
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?3, completed_at = COALESCE(?4, completed_at) WHERE id = ?1 AND status = ?2`,
+			p.ID, p.From, p.To, fmtTimePtr(p.CompletedAt))
+		if err != nil {
+			return fmt.Errorf("set job status: %w", interpretError(err, "job"))
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ota.Errorf(ota.ECONFLICT, "job is not %s", p.From)
+		}
+		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, p.ID))
+		if err != nil {
+			return interpretError(err, "job")
+		}
+		at := ota.Now()
+		if p.CompletedAt != nil {
+			at = *p.CompletedAt
+		}
+		return appendEvents(ctx, tx, ota.JobEvent(j, p.From, p.To, at))
+	})
 }
 
 func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.JobExecution, error) {
@@ -208,6 +219,13 @@ func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.Jo
 		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = ?`, p.ID); err != nil {
 			return fmt.Errorf("cancel job: %w", err)
 		}
+		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, p.ID))
+		if err != nil {
+			return interpretError(err, "job")
+		}
+		if err := appendEvents(ctx, tx, ota.JobEvent(j, status, ota.JobCanceled, p.At)); err != nil {
+			return err
+		}
 		rows, err := tx.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = ? AND state IN `+activeStates, p.ID)
 		active, err := collect(rows, err, "active executions", scanExec)
 		if err != nil {
@@ -215,7 +233,7 @@ func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.Jo
 		}
 		for _, x := range active {
 			if y, ok := p.Cancel(x); ok {
-				if err := execUpdate(ctx, tx, y); err != nil {
+				if err := execUpdate(ctx, tx, x, y); err != nil {
 					return err
 				}
 				changed = append(changed, y)
@@ -262,11 +280,22 @@ func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName s
 }
 
 func (s *Store) JobExecutionUpdate(ctx context.Context, x *ota.JobExecution) error {
-	return s.inTx(ctx, func(tx *sql.Tx) error { return execUpdate(ctx, tx, x) })
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		var from ota.JobExecution
+		err := tx.QueryRowContext(ctx, `SELECT state FROM job_executions WHERE job_id = ? AND device_name = ? AND rev = ?`, x.JobID, x.DeviceName, x.Rev).Scan(&from.State)
+		if errors.Is(err, sql.ErrNoRows) {
+			return ota.Errorf(ota.ECONFLICT, "job execution of %s changed meanwhile", x.DeviceName)
+		}
+		if err != nil {
+			return fmt.Errorf("update job execution: %w", interpretError(err, "job execution"))
+		}
+		return execUpdate(ctx, tx, &from, x)
+	})
 }
 
-// execUpdate writes x compare-and-set on its Rev, and increments it.
-func execUpdate(ctx context.Context, tx *sql.Tx, x *ota.JobExecution) error {
+// execUpdate writes x compare-and-set on its Rev, increments it, and logs
+// the event of its move from from.
+func execUpdate(ctx context.Context, tx *sql.Tx, from, x *ota.JobExecution) error {
 	res, err := tx.ExecContext(ctx, `UPDATE job_executions SET state = ?4, percent = ?5, attempts = ?6, result_code = ?7, result_msg = ?8,
 		notified_at = ?9, deadline_at = ?10, next_attempt_at = ?11, finished_at = ?12, updated_at = ?13, rev = rev + 1
 		WHERE job_id = ?1 AND device_name = ?2 AND rev = ?3`,
@@ -279,6 +308,9 @@ func execUpdate(ctx context.Context, tx *sql.Tx, x *ota.JobExecution) error {
 		return ota.Errorf(ota.ECONFLICT, "job execution of %s changed meanwhile", x.DeviceName)
 	}
 	x.Rev++
+	if e, ok := ota.ExecutionEvent(from, x); ok {
+		return appendEvents(ctx, tx, e)
+	}
 	return nil
 }
 
@@ -312,7 +344,7 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 			if !ok {
 				continue
 			}
-			if err := execUpdate(ctx, tx, y); err != nil {
+			if err := execUpdate(ctx, tx, x, y); err != nil {
 				return err
 			}
 			claimed = append(claimed, y)

@@ -114,9 +114,14 @@ func (s *Store) DeviceCreate(ctx context.Context, d *ota.Device) error {
 	if d.CreatedAt.IsZero() {
 		d.CreatedAt = ota.Now()
 	}
-	_, err := s.write.ExecContext(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
-		VALUES (?, ?, ?, ?, ?, ?)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, fmtTime(d.CreatedAt))
-	return interpretError(err, "device")
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
+			VALUES (?, ?, ?, ?, ?, ?)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, fmtTime(d.CreatedAt))
+		if err != nil {
+			return interpretError(err, "device")
+		}
+		return appendEvents(ctx, tx, ota.DeviceChangeEvent(ota.LogDeviceCreated, d.ProductID, d.Name, d.CreatedAt, map[string]string{"version": d.Version}))
+	})
 }
 
 func (s *Store) DeviceGet(ctx context.Context, productID, name string) (*ota.Device, error) {
@@ -160,17 +165,30 @@ func (s *Store) DeviceDelete(ctx context.Context, productID, name string, end fu
 		}
 		for _, x := range active {
 			if y, ok := end(x); ok {
-				if err := execUpdate(ctx, tx, y); err != nil {
+				if err := execUpdate(ctx, tx, x, y); err != nil {
 					return err
 				}
 			}
 		}
-		return nil
+		return appendEvents(ctx, tx, ota.DeviceChangeEvent(ota.LogDeviceDeleted, productID, name, ota.Now(), nil))
 	})
 }
 
 func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error {
-	return s.execOne(ctx, "device", `UPDATE devices SET disabled = ? WHERE product_id = ? AND name = ?`, disabled, productID, name)
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE devices SET disabled = ? WHERE product_id = ? AND name = ?`, disabled, productID, name)
+		if err != nil {
+			return interpretError(err, "device")
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ota.Errorf(ota.ENOTFOUND, "device not found")
+		}
+		typ := ota.LogDeviceEnabled
+		if disabled {
+			typ = ota.LogDeviceDisabled
+		}
+		return appendEvents(ctx, tx, ota.DeviceChangeEvent(typ, productID, name, ota.Now(), nil))
+	})
 }
 
 func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) error {
@@ -201,7 +219,10 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES (?, ?, ?, ?)`,
 			p.ProductID, p.DeviceName, typ, at)
-		return interpretError(err, "device event")
+		if err != nil {
+			return interpretError(err, "device event")
+		}
+		return appendEvents(ctx, tx, ota.PresenceEvent(p))
 	})
 }
 
@@ -255,13 +276,13 @@ func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, ap
 			}
 		}
 		for k, x := range b.Execs {
-			if *x != read[k] {
-				if err := execUpdate(ctx, tx, x); err != nil {
+			if from := read[k]; *x != from {
+				if err := execUpdate(ctx, tx, &from, x); err != nil {
 					return err
 				}
 			}
 		}
-		return nil
+		return appendEvents(ctx, tx, ota.ReportEvents(b)...)
 	})
 }
 
@@ -319,9 +340,14 @@ func (s *Store) FirmwareCreate(ctx context.Context, f *ota.Firmware) error {
 	if f.CreatedAt.IsZero() {
 		f.CreatedAt = ota.Now()
 	}
-	_, err := s.write.ExecContext(ctx, `INSERT INTO firmware (`+firmwareColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		f.ProductID, f.Version, f.Size, f.MD5, f.SHA256, f.Description, f.BlobKey, fmtTime(f.CreatedAt))
-	return interpretError(err, "firmware version")
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO firmware (`+firmwareColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			f.ProductID, f.Version, f.Size, f.MD5, f.SHA256, f.Description, f.BlobKey, fmtTime(f.CreatedAt))
+		if err != nil {
+			return interpretError(err, "firmware version")
+		}
+		return appendEvents(ctx, tx, ota.FirmwareEvent(ota.LogFirmwareUploaded, f, f.CreatedAt))
+	})
 }
 
 func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ota.Firmware, error) {
@@ -362,7 +388,7 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 		if n, _ := res.RowsAffected(); n == 0 {
 			return ota.Errorf(ota.ENOTFOUND, "firmware not found")
 		}
-		return nil
+		return appendEvents(ctx, tx, ota.FirmwareEvent(ota.LogFirmwareDeleted, &ota.Firmware{ProductID: productID, Version: version}, ota.Now()))
 	})
 }
 
@@ -370,8 +396,13 @@ func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
 	if t.CreatedAt.IsZero() {
 		t.CreatedAt = ota.Now()
 	}
-	_, err := s.write.ExecContext(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES (?, ?, ?, ?)`, t.ID, t.Name, t.Hash, fmtTime(t.CreatedAt))
-	return interpretError(err, "token")
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES (?, ?, ?, ?)`, t.ID, t.Name, t.Hash, fmtTime(t.CreatedAt))
+		if err != nil {
+			return interpretError(err, "token")
+		}
+		return appendEvents(ctx, tx, ota.TokenEvent(t))
+	})
 }
 
 func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {

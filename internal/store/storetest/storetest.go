@@ -31,6 +31,8 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"DeviceDeleteKeepsJobHistory", testDeviceDeleteKeepsJobHistory},
 		{"FirmwareDeleteInFlight", testFirmwareDeleteInFlight},
 		{"JobCreateRacesFirmwareDelete", testJobCreateRacesFirmwareDelete},
+		{"EventLog", testEventLog},
+		{"EventLogFollow", testEventLogFollow},
 		{"Firmware", testFirmware},
 		{"Token", testToken},
 		{"Verbatim", testVerbatim},

@@ -1,0 +1,141 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/otad/otad/internal/ota"
+)
+
+// appendEvents adds evs to the event log in tx. It must be the
+// transaction's last statement: it takes the sequence numbers from
+// event_seq's one row, whose lock then orders the commits, so that the
+// sequence grows in commit order across replicas and a reader following
+// "after seq" never misses an event committed later.
+func appendEvents(ctx context.Context, tx pgx.Tx, evs ...ota.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	n := len(evs)
+	types, pids, jobs, devices, data := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	ats := make([]time.Time, n)
+	for i, e := range evs {
+		types[i], pids[i], jobs[i], devices[i], data[i], ats[i] = e.Type, e.ProductID, e.JobID, e.DeviceName, string(e.Data), e.CreatedAt.UTC()
+	}
+	_, err := tx.Exec(ctx, `WITH s AS (UPDATE event_seq SET n = n + $1 RETURNING n - $1 AS base)
+		INSERT INTO events (seq, type, product_id, job_id, device_name, data, created_at)
+		SELECT s.base + e.ord, e.type, e.product_id, e.job_id, e.device_name, e.data, e.created_at
+		FROM s, unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+			WITH ORDINALITY AS e(type, product_id, job_id, device_name, data, created_at, ord)`,
+		n, types, pids, jobs, devices, data, ats)
+	if err != nil {
+		return fmt.Errorf("append events: %w", interpretError(err, "event"))
+	}
+	return nil
+}
+
+func (s *Store) EventList(ctx context.Context, p ota.EventListParams) ([]*ota.Event, error) {
+	where := []string{"seq > $1"}
+	args := []any{p.After}
+	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
+	for _, f := range []struct{ col, v string }{{"product_id", p.ProductID}, {"job_id", p.JobID}, {"device_name", p.DeviceName}} {
+		if f.v != "" {
+			where = append(where, f.col+" = "+arg(f.v))
+		}
+	}
+	if len(p.Types) > 0 {
+		var or []string
+		for _, t := range p.Types {
+			if prefix, ok := strings.CutSuffix(t, "*"); ok {
+				or = append(or, "starts_with(type, "+arg(prefix)+")")
+			} else {
+				or = append(or, "type = "+arg(t))
+			}
+		}
+		where = append(where, "("+strings.Join(or, " OR ")+")")
+	}
+	q := `SELECT seq, type, product_id, job_id, device_name, data, created_at FROM events WHERE ` + strings.Join(where, " AND ") +
+		` ORDER BY seq LIMIT ` + arg(ota.PageLimit(p.Limit))
+	rows, err := s.pool.Query(ctx, q, args...)
+	return collect(rows, err, "events", func(row pgx.Row) (*ota.Event, error) {
+		var e ota.Event
+		var data string
+		err := row.Scan(&e.Seq, &e.Type, &e.ProductID, &e.JobID, &e.DeviceName, &data, &e.CreatedAt)
+		e.CreatedAt = utc(e.CreatedAt)
+		if data != "" {
+			e.Data = []byte(data)
+		}
+		return &e, err
+	})
+}
+
+func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (int, error) {
+	n := 0
+	for _, q := range []string{
+		`DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at < $1 ORDER BY seq LIMIT $2)`,
+		`DELETE FROM device_events WHERE id IN (SELECT id FROM device_events WHERE created_at < $1 ORDER BY id LIMIT $2)`,
+	} {
+		tag, err := s.pool.Exec(ctx, q, before.UTC(), limit)
+		if err != nil {
+			return n, fmt.Errorf("prune events: %w", err)
+		}
+		n += int(tag.RowsAffected())
+	}
+	return n, nil
+}
+
+// executionEvents are the events of executions moving from froms[i] to xs[i].
+func executionEvents(froms, xs []*ota.JobExecution) []ota.Event {
+	var evs []ota.Event
+	for i, x := range xs {
+		if e, ok := ota.ExecutionEvent(froms[i], x); ok {
+			evs = append(evs, e)
+		}
+	}
+	return evs
+}
+
+func (s *Store) EventLastSeq(ctx context.Context) (int64, error) {
+	var n int64
+	// event_seq counts what committed transactions took; max(seq) is the
+	// same once they are visible, and cheap on the primary key.
+	if err := s.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM events`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("last event: %w", err)
+	}
+	return n, nil
+}
+
+func (s *Store) Stats(ctx context.Context) (ota.Stats, error) {
+	st := ota.Stats{JobsByStatus: map[string]int{}, ExecutionsByState: map[string]int{}}
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT status, count(*) FROM jobs GROUP BY status`)
+	batch.Queue(`SELECT x.state, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+		WHERE j.status IN ('scheduled', 'running') OR j.status = 'canceled' AND j.completed_at IS NULL GROUP BY x.state`)
+	batch.Queue(`SELECT count(*), count(*) FILTER (WHERE online) FROM devices`)
+	br := s.pool.SendBatch(ctx, batch)
+	defer br.Close()
+	for _, m := range []map[string]int{st.JobsByStatus, st.ExecutionsByState} {
+		rows, err := br.Query()
+		if err != nil {
+			return st, fmt.Errorf("stats: %w", err)
+		}
+		var k string
+		var n int
+		if _, err := pgx.ForEachRow(rows, []any{&k, &n}, func() error { m[k] = n; return nil }); err != nil {
+			return st, fmt.Errorf("stats: %w", err)
+		}
+	}
+	if err := br.QueryRow().Scan(&st.Devices, &st.DevicesOnline); err != nil {
+		return st, fmt.Errorf("stats: %w", err)
+	}
+	return st, nil
+}
+
+func (s *Store) PoolStats() ota.PoolStats {
+	p := s.pool.Stat()
+	return ota.PoolStats{InUse: int(p.AcquiredConns()), Idle: int(p.IdleConns()), Max: int(p.MaxConns())}
+}
