@@ -86,6 +86,20 @@ func parseConfig(name string, args []string, getenv func(string) string, stderr 
 	c := &Config{}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, `Usage: otad [command] [flags]
+
+Commands:
+  serve      run otad (the default)
+  migrate    apply the database migrations and exit
+  version    print the version and exit (also --version)
+
+Every flag also reads its default from the environment variable named after it.
+
+Flags of %s:
+`, name)
+		fs.PrintDefaults()
+	}
 	for _, v := range c.vars() {
 		def := v.Default
 		if e := getenv(v.Env); e != "" {

@@ -40,6 +40,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if len(args) > 0 && (args[0] == "migrate" || args[0] == "version" || args[0] == "serve") {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd == "serve" && len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		cmd = "version"
+	}
 	if cmd == "version" {
 		fmt.Fprintln(stdout, "otad", version)
 		return nil

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
+	"flag"
 	"io"
 	"net"
 	"net/http"
@@ -25,6 +27,19 @@ func TestVersionAndMigrate(t *testing.T) {
 	}
 	if out.String() != "otad dev\n" {
 		t.Fatalf("version printed %q", out.String())
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"--version"}, func(string) string { return "" }, &out, io.Discard); err != nil || out.String() != "otad dev\n" {
+		t.Fatalf("--version: %v, printed %q", err, out.String())
+	}
+	var help bytes.Buffer
+	if err := run(t.Context(), []string{"-h"}, func(string) string { return "" }, io.Discard, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, want := range []string{"serve", "migrate", "version", "-http-addr"} {
+		if !strings.Contains(help.String(), want) {
+			t.Errorf("-h does not mention %s:\n%s", want, help.String())
+		}
 	}
 	dir := t.TempDir()
 	env := func(k string) string { return map[string]string{"OTAD_DATA_DIR": dir}[k] }

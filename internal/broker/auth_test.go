@@ -345,3 +345,21 @@ func TestPythonSDKSignIn(t *testing.T) {
 		}
 	})
 }
+
+// An MQTT 5 CONNECT naming an authentication method (enhanced
+// authentication, which otad does not implement) is refused with 0x8C,
+// even with a valid signed password.
+func TestMQTT5AuthMethodRefused(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	d := e.device("auth5")
+	user, pass := d.creds(t)
+	_, ca, err := e.connect5(d.clientID, user, pass, func(c *paho5.Connect) {
+		c.Properties = &paho5.ConnectProperties{AuthMethod: "SCRAM-SHA-1", AuthData: []byte("x")}
+	})
+	if err == nil || ca == nil || ca.ReasonCode != 0x8C {
+		t.Fatalf("CONNECT with an authentication method: connack %+v, err %v; want 0x8C", ca, err)
+	}
+	if !strings.Contains(e.logs.String(), "reason=auth_method product_id="+d.ProductID+" device=auth5") {
+		t.Fatalf("refusal not logged with its device:\n%s", e.logs.String())
+	}
+}

@@ -194,7 +194,7 @@ func New(log *slog.Logger, store ota.Store, opts Options) (*Broker, error) {
 		ClientNetReadBufferSize:  1024,
 		InlineClient:             true,
 		SysTopicResendInterval:   3600,
-		Logger:                   slog.New(levelHandler{min: slog.LevelWarn, Handler: log.With("lib", "mochi").Handler()}),
+		Logger:                   slog.New(newMochiLog(slog.LevelWarn, log.With("lib", "mochi").Handler())),
 	})
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add hook: %w", err)
@@ -420,21 +420,69 @@ func (b *Broker) revokedLocked(id string, seq uint64) bool {
 	return ok && r.seq > seq
 }
 
-// levelHandler drops records below min: mochi logs every connection at
-// info level, which at thousands of devices is noise.
-type levelHandler struct {
+// mochiLog is the handler of mochi's own log records. It drops those below
+// min (mochi logs every connection at info level, which at thousands of
+// devices is noise), never lets a whole packet into a line (mochi logs
+// the packet it failed on, payload and all: a refused MQTT 5 report was
+// 10 KB of decimal bytes), and lets at most mochiLogBurst records through
+// per second, counting the ones it held back in the next.
+type mochiLog struct {
 	min slog.Level
 	slog.Handler
+	limit *logLimit
 }
 
-func (h levelHandler) Enabled(ctx context.Context, l slog.Level) bool {
+// logLimit is a per-second budget shared by a handler and its derivatives.
+type logLimit struct {
+	mu         sync.Mutex
+	second     int64
+	n          int
+	suppressed int
+}
+
+const mochiLogBurst = 10
+
+func newMochiLog(min slog.Level, h slog.Handler) mochiLog {
+	return mochiLog{min: min, Handler: h, limit: &logLimit{}}
+}
+
+func (h mochiLog) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= h.min && h.Handler.Enabled(ctx, l)
 }
 
-func (h levelHandler) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelHandler{h.min, h.Handler.WithAttrs(a)}
+func (h mochiLog) Handle(ctx context.Context, r slog.Record) error {
+	l := h.limit
+	l.mu.Lock()
+	if sec := r.Time.Unix(); sec != l.second {
+		l.second, l.n = sec, 0
+	}
+	l.n++
+	if l.n > mochiLogBurst {
+		l.suppressed++
+		l.mu.Unlock()
+		return nil
+	}
+	suppressed := l.suppressed
+	l.suppressed = 0
+	l.mu.Unlock()
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		if pk, ok := a.Value.Any().(packets.Packet); ok {
+			a = slog.Group(a.Key, "type", packets.PacketNames[pk.FixedHeader.Type], "topic", clip(pk.TopicName), "payload_bytes", len(pk.Payload))
+		}
+		out.AddAttrs(a)
+		return true
+	})
+	if suppressed > 0 {
+		out.AddAttrs(slog.Int("suppressed_before", suppressed))
+	}
+	return h.Handler.Handle(ctx, out)
 }
 
-func (h levelHandler) WithGroup(n string) slog.Handler {
-	return levelHandler{h.min, h.Handler.WithGroup(n)}
+func (h mochiLog) WithAttrs(a []slog.Attr) slog.Handler {
+	return mochiLog{h.min, h.Handler.WithAttrs(a), h.limit}
+}
+
+func (h mochiLog) WithGroup(n string) slog.Handler {
+	return mochiLog{h.min, h.Handler.WithGroup(n), h.limit}
 }

@@ -44,6 +44,10 @@ var provided = []byte{
 
 func (h *hook) Provides(b byte) bool { return bytes.IndexByte(provided, b) >= 0 }
 
+// authMethod is the refusal reason of a CONNECT naming an MQTT 5
+// authentication method.
+const authMethod = "auth_method"
+
 // authTimeout bounds the device lookup of a connection attempt.
 const authTimeout = 5 * time.Second
 
@@ -60,6 +64,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	seq := h.b.seq.Add(1)
 	now := h.b.opts.Now()
 	clientID := pk.Connect.ClientIdentifier
+	if m := pk.Properties.AuthenticationMethod; m != "" {
+		// MQTT 5 enhanced authentication: otad implements none.
+		pid, name, _ := ota.SplitClientID(clientID)
+		return h.refuse(cl, authMethod, pid, name, ota.Errorf(ota.EUNAUTHORIZED, "authentication method %q is not supported", clip(m)))
+	}
 	var pid, name, method string
 	var check func(*ota.Device) error
 	if cert := verifiedClientCert(dc); cert != nil {
@@ -148,8 +157,11 @@ func (h *hook) refuse(cl *mqtt.Client, reason, pid, name string, err error) erro
 	if cl.Properties.ProtocolVersion < 5 {
 		code = packets.ErrBadUsernameOrPassword // mochi sends it as 3.1.1's 5, "not authorized"
 	}
-	if reason == "store_error" {
+	switch reason {
+	case "store_error":
 		code = packets.ErrServerUnavailable
+	case authMethod:
+		code = packets.ErrBadAuthenticationMethod // 0x8C; MQTT 5 only
 	}
 	if reason == "" {
 		reason = "other"
