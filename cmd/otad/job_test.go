@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/rand"
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -49,11 +50,29 @@ func TestJobsAPI(t *testing.T) {
 			{`{"firmware_version": "2.0.0", "targets": {"all": true}, "timeout_seconds": "60"}`, 400, "invalid"},
 			{`{"firmware_version": "2.0.0", "targets": {"all": true}, "priority": 1}`, 400, "invalid"},
 			{`{"firmware_version": "2.0.0", "targets": {"versions": ["0.0.1"]}}`, 400, "invalid"},
+			// Numbers past what the database stores are the caller's error.
+			{`{"firmware_version": "2.0.0", "targets": {"all": true}, "max_concurrent": 2147483648}`, 400, "invalid"},
+			{`{"firmware_version": "2.0.0", "targets": {"all": true}, "max_per_minute": 99999999999}`, 400, "invalid"},
+			{`{"firmware_version": "2.0.0", "targets": {"all": true}, "rollback_window_seconds": -1}`, 400, "invalid"},
 		} {
 			t.Log(c.body)
 			a.do("POST", base, c.body).wantProblem(t, c.status, c.code)
 		}
 		a.do("POST", "/v1/products/NOPE000000/jobs", `{"firmware_version": "2.0.0", "targets": {"all": true}}`).wantProblem(t, 404, "not_found")
+		// The largest documented job fits the body limit: 100,000 names of
+		// 48 characters are read (and refused as unknown devices, not 413).
+		names := make([]string, 100000)
+		for i := range names {
+			names[i] = fmt.Sprintf("%048d", i)
+		}
+		big := a.do("POST", base, map[string]any{"firmware_version": "2.0.0", "targets": map[string]any{"devices": names}})
+		if p := big.wantProblem(t, 400, "invalid"); !strings.Contains(fmt.Sprint(p["detail"]), "do not exist") {
+			t.Fatalf("a 100,000-device job: %v", p)
+		}
+		// Cursors this server never handed out are 400, whatever bytes they hold.
+		for _, c := range []string{"AA", "_w", "gA"} { // NUL, 0xff, a lone continuation byte
+			a.do("GET", "/v1/products/"+pid+"/devices?cursor="+c, nil).wantProblem(t, 400, "invalid")
+		}
 
 		var j jobJSON
 		r := a.do("POST", base, map[string]any{"firmware_version": "2.0.0", "targets": map[string]any{"devices": []string{"d0", "d1", "d2"}},

@@ -9,12 +9,18 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/otad/otad/internal/ota"
 )
 
-// maxJSONBody caps every JSON request body.
-const maxJSONBody = 64 << 10
+// maxJSONBody caps every JSON request body but a job's; maxJobBody fits
+// the largest job the API documents (ota.MaxJobDevices names of the longest
+// kind, quoted and separated, with room for the options).
+const (
+	maxJSONBody = 64 << 10
+	maxJobBody  = ota.MaxJobDevices*(ota.DeviceNameMaxLen+3) + maxJSONBody
+)
 
 // decodeJSON reads exactly one JSON object into v, refusing unknown fields,
 // wrong types, trailing data and bodies over maxJSONBody. The body is JSON
@@ -22,13 +28,18 @@ const maxJSONBody = 64 << 10
 // JSON or curl's default for -d (application/x-www-form-urlencoded), so
 // that `curl -d '{...}'` works as people type it.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	return decodeJSONLimit(w, r, v, maxJSONBody)
+}
+
+// decodeJSONLimit is decodeJSON with a body limit of its own.
+func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && mt != "application/merge-patch+json" && mt != "application/x-www-form-urlencoded") {
 			return ota.Errorf(ota.EINVALID, "content type must be application/json")
 		}
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxJSONBody))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
@@ -97,7 +108,7 @@ func pageParams(r *http.Request) (after string, limit int, err error) {
 	}
 	if c := r.URL.Query().Get("cursor"); c != "" {
 		b, err := base64.RawURLEncoding.DecodeString(c)
-		if err != nil || len(b) == 0 || len(b) > 256 {
+		if err != nil || len(b) == 0 || len(b) > 256 || !printableText(b) {
 			return "", 0, ota.Errorf(ota.EINVALID, "cursor is not one this server handed out")
 		}
 		after = string(b)
@@ -128,4 +139,18 @@ func boolParam(r *http.Request, name string) (*bool, error) {
 		return nil, ota.Errorf(ota.EINVALID, "%s must be true or false", name)
 	}
 	return &b, nil
+}
+
+// printableText reports whether b is UTF-8 without control characters:
+// every cursor this server hands out is (names, versions, IDs).
+func printableText(b []byte) bool {
+	if !utf8.Valid(b) {
+		return false
+	}
+	for _, r := range string(b) {
+		if r < 0x20 || r >= 0x7f && r < 0xa0 {
+			return false
+		}
+	}
+	return true
 }

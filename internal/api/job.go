@@ -44,7 +44,7 @@ type jobDetail struct {
 
 func (s *Server) jobCreate(w http.ResponseWriter, r *http.Request) error {
 	var req jobCreateRequest
-	if err := decodeJSON(w, r, &req); err != nil {
+	if err := decodeJSONLimit(w, r, &req, maxJobBody); err != nil {
 		return err
 	}
 	p, err := s.product(r)

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -116,6 +117,9 @@ func ValidateJob(j *Job) error {
 	}
 	if j.MaxConcurrent < 0 || j.MaxPerMinute < 0 {
 		return Errorf(EINVALID, "max_concurrent and max_per_minute must not be negative (0 means no limit)")
+	}
+	if j.MaxConcurrent > math.MaxInt32 || j.MaxPerMinute > math.MaxInt32 {
+		return Errorf(EINVALID, "max_concurrent and max_per_minute must be at most %d", math.MaxInt32)
 	}
 	return nil
 }
