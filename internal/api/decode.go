@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -39,20 +40,112 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64)
 			return ota.Errorf(ota.EINVALID, "content type must be application/json")
 		}
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		return jsonError(err)
+	}
+	if err := strictJSON(body); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err)
 	}
 	if err := dec.Decode(&struct{}{}); err != io.EOF {
-		if err != nil {
-			if tooLarge := jsonError(err); ota.IsCode(tooLarge, ota.ETOOLARGE) {
-				return tooLarge
-			}
-		}
 		return ota.Errorf(ota.EINVALID, "request body must hold exactly one JSON object")
 	}
 	return nil
+}
+
+// strictJSON refuses what encoding/json would quietly accept: invalid
+// UTF-8 (it would be replaced), C1 control characters, keys twice in one
+// object (the last would win) and keys that match a field only when case
+// or Unicode folding is ignored ({"Disabled": true}): every key of the
+// API is lowercase snake_case.
+func strictJSON(body []byte) error {
+	if !utf8.Valid(body) {
+		return ota.Errorf(ota.EINVALID, "request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	type frame struct {
+		object bool
+		keys   map[string]bool
+		key    bool // the next string token is a key
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return nil // a syntax error: the decoder says it with its offset
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{', '[':
+				if top != nil && top.object {
+					top.key = true
+				}
+				stack = append(stack, &frame{object: t == '{', keys: map[string]bool{}, key: t == '{'})
+			default:
+				stack = stack[:len(stack)-1]
+			}
+			continue
+		case string:
+			if hasC1(t) {
+				return ota.Errorf(ota.EINVALID, "request body holds a control character (U+0080 to U+009F)")
+			}
+			if top != nil && top.object && top.key {
+				if !snakeKey(t) {
+					return ota.Errorf(ota.EINVALID, "unknown field %q: fields are lowercase snake_case", truncateKey(t))
+				}
+				if top.keys[t] {
+					return ota.Errorf(ota.EINVALID, "field %q appears twice", t)
+				}
+				top.keys[t] = true
+				top.key = false
+				continue
+			}
+		}
+		if top != nil && top.object {
+			top.key = true // a value was read: a key comes next
+		}
+	}
+}
+
+func hasC1(s string) bool {
+	for _, r := range s {
+		if r >= 0x80 && r <= 0x9f {
+			return true
+		}
+	}
+	return false
+}
+
+func snakeKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func truncateKey(k string) string {
+	if len(k) > 64 {
+		return k[:64] + "…"
+	}
+	return k
 }
 
 func jsonError(err error) error {

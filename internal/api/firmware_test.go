@@ -698,7 +698,7 @@ func TestFirmwareDelete(t *testing.T) {
 func TestFirmwareVersionNames(t *testing.T) {
 	be := firmwaretest.Local(t)
 	s := newFWServer(t, be, 0)
-	for _, v := range []string{"../../etc/passwd", "..", "%2e%2e", "a\\b", "1.0+build:7"} {
+	for _, v := range []string{"../../etc/passwd", "...", "%2e%2e", "a\\b", "1.0+build:7"} {
 		f := s.upload(v, image(100, 12))
 		if r := s.do("GET", "/v1/products/"+fwProduct+"/firmware/"+url.PathEscape(v), nil); r.status != 200 {
 			t.Errorf("GET %q: %d %s", v, r.status, r.body)
@@ -711,6 +711,11 @@ func TestFirmwareVersionNames(t *testing.T) {
 		}
 		if r := s.do("DELETE", "/v1/products/"+fwProduct+"/firmware/"+url.PathEscape(v), nil); r.status != 204 {
 			t.Errorf("DELETE %q: %d %s", v, r.status, r.body)
+		}
+	}
+	for _, v := range []string{".", ".."} {
+		if r := s.do("POST", "/v1/products/"+fwProduct+"/firmware?version="+v, image(100, 12)); r.status != 400 {
+			t.Errorf("upload of version %q: %d", v, r.status)
 		}
 	}
 	if r := s.do("GET", "/v1/products/"+fwProduct+"/firmware/"+strings.Repeat("9", 40), nil); r.status != 400 {

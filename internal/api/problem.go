@@ -1,9 +1,12 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/otad/otad/internal/ota"
 )
@@ -36,6 +39,19 @@ type Problem struct {
 // the others are the caller's doing and are told to the caller.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := ota.ErrorCode(err)
+	if code == ota.EINTERNAL && s.store != nil {
+		// A database outage surfaces as whatever the driver said: if the
+		// store does not answer now, tell the caller to come back.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 2*time.Second)
+		if s.store.Ping(ctx) != nil {
+			err = fmt.Errorf("%w (%w)", &ota.Error{Code: ota.EUNAVAILABLE, Message: "the database is unavailable; try again shortly"}, err)
+			code = ota.EUNAVAILABLE
+		}
+		cancel()
+	}
+	if code == ota.EUNAVAILABLE {
+		w.Header().Set("Retry-After", "5")
+	}
 	status, ok := statusOf[code]
 	if !ok {
 		status = http.StatusInternalServerError

@@ -51,6 +51,10 @@ func NewProductID() string {
 // ValidateDeviceName checks a device name: 1 to 48 characters of
 // [A-Za-z0-9_.:@-].
 func ValidateDeviceName(name string) error {
+	if name == "." || name == ".." {
+		// Names become path segments (URLs, topics): these two would walk.
+		return Errorf(EINVALID, "device name must not be . or ..")
+	}
 	if len(name) < 1 || len(name) > DeviceNameMaxLen {
 		return Errorf(EINVALID, "device name must be 1 to %d characters of A-Z a-z 0-9 _ . : @ -", DeviceNameMaxLen)
 	}
@@ -69,6 +73,9 @@ func ValidateDeviceName(name string) error {
 // characters, no spaces. A version becomes part of storage keys and
 // appears in MQTT payloads, so anything else is refused.
 func ValidateVersion(v string) error {
+	if v == "." || v == ".." {
+		return Errorf(EINVALID, "version must not be . or ..")
+	}
 	if len(v) < 1 || len(v) > VersionMaxLen {
 		return Errorf(EINVALID, "version must be 1 to %d printable characters", VersionMaxLen)
 	}

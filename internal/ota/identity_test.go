@@ -40,6 +40,7 @@ func TestValidateDeviceName(t *testing.T) {
 	}{
 		{"a", true},
 		{"dev_1.a:b@c-d", true},
+		{".", false}, {"..", false}, {"...", true}, {".a", true},
 		{strings.Repeat("x", 48), true},
 		{strings.Repeat("x", 49), false},
 		{"", false},
@@ -61,6 +62,7 @@ func TestValidateVersion(t *testing.T) {
 		v  string
 		ok bool
 	}{
+		{".", false}, {"..", false}, {"1..2", true},
 		{"1.0.0", true},
 		{"v2.3-rc1+build.5", true},
 		{strings.Repeat("9", 32), true},
