@@ -42,7 +42,7 @@ api() { # api METHOD PATH [curl args...]
 }
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
 metric() { # metric NAME: sums a Prometheus metric's samples
-	curl -fsS "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
+	curl -fsS -H "Authorization: Bearer $TOKEN" "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
 }
 
 raise_nofile $((N + 2000))
@@ -93,7 +93,7 @@ def get(p, auth=True):
     req = urllib.request.Request(api + p, headers={"Authorization": "Bearer " + token} if auth else {})
     return urllib.request.urlopen(req, timeout=30).read().decode()
 def notified():
-    return sum(float(l.split()[-1]) for l in get("/metrics", False).splitlines() if l.startswith("otad_job_notifications_total"))
+    return sum(float(l.split()[-1]) for l in get("/metrics").splitlines() if l.startswith("otad_job_notifications_total"))
 claimed = published = None
 slowest = 0.0
 end = time.time() + 300

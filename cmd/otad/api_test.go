@@ -13,7 +13,8 @@ func TestHealthAndMetrics(t *testing.T) {
 }
 
 func testHealthAndMetrics(t *testing.T, engine string) {
-	a := startApp(t, engine, nil)
+	metricsAddr := freeAddr(t)
+	a := startApp(t, engine, map[string]string{"OTAD_METRICS_ADDR": metricsAddr})
 	a.do("POST", "/v1/products", map[string]string{"id": "METRIC0001", "name": "m"}).wantStatus(t, 201)
 	for _, n := range []string{"m1", "m2"} {
 		a.do("POST", "/v1/products/METRIC0001/devices", map[string]string{"name": n, "version": "1.0"}).wantStatus(t, 201)
@@ -23,7 +24,35 @@ func testHealthAndMetrics(t *testing.T, engine string) {
 	a.do("GET", "/healthz", nil, "Authorization", "").wantStatus(t, 200)
 	a.do("GET", "/readyz", nil, "Authorization", "").wantStatus(t, 200)
 	a.do("GET", "/v1/products", nil).wantStatus(t, 200)
-	resp, err := http.Get(a.HTTPURL() + "/metrics")
+	// On the listener that also serves downloads, /metrics needs a token.
+	noToken, err := http.Get(a.HTTPURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noToken.Body.Close()
+	if noToken.StatusCode != 401 {
+		t.Fatalf("/metrics without a token: %d, want 401", noToken.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", a.HTTPURL()+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	withToken, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withToken.Body.Close()
+	if withToken.StatusCode != 200 {
+		t.Fatalf("/metrics with a token: %d", withToken.StatusCode)
+	}
+	// OTAD_METRICS_ADDR serves them alone, without a token, and nothing else.
+	other, err := http.Get("http://" + metricsAddr + "/v1/products")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Body.Close()
+	if other.StatusCode != 404 {
+		t.Fatalf("the metrics listener serves the API: %d", other.StatusCode)
+	}
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

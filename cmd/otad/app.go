@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/otad/otad/internal/api"
 	"github.com/otad/otad/internal/broker"
@@ -67,11 +68,11 @@ type app struct {
 	reg    *prometheus.Registry
 	node   string
 
-	httpLn, downloadLn   net.Listener
-	httpSrv, downloadSrv *http.Server
-	broker               *broker.Broker
-	engine               *engine.Engine
-	publicURL            string
+	httpLn, downloadLn, metricsLn    net.Listener
+	httpSrv, downloadSrv, metricsSrv *http.Server
+	broker                           *broker.Broker
+	engine                           *engine.Engine
+	publicURL                        string
 
 	cancel   context.CancelFunc // ends the engine
 	engineWG sync.WaitGroup
@@ -114,6 +115,14 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		if a.downloadLn, err = net.Listen("tcp", cfg.DownloadAddr); err != nil {
 			return nil, fmt.Errorf("download listen: %w", err)
 		}
+	}
+	if cfg.MetricsAddr != "" {
+		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("metrics listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+		a.metricsSrv = a.newHTTPServer(mux, "metrics")
 	}
 	a.publicURL = cfg.PublicURL
 	if a.publicURL == "" {
@@ -269,6 +278,10 @@ func (a *app) Start(ctx context.Context) error {
 	a.cancel = cancel
 	a.serve(a.httpSrv, a.httpLn, "http")
 	a.log.Info("console API listening", "component", "http", "addr", a.HTTPURL())
+	if a.metricsSrv != nil {
+		a.serve(a.metricsSrv, a.metricsLn, "metrics")
+		a.log.Info("metrics listening", "component", "metrics", "addr", a.metricsLn.Addr().String())
+	}
 	if a.downloadSrv != nil {
 		a.serve(a.downloadSrv, a.downloadLn, "download")
 		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
@@ -333,7 +346,7 @@ func (a *app) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 		}
 	}
-	for _, srv := range []*http.Server{a.httpSrv, a.downloadSrv} {
+	for _, srv := range []*http.Server{a.httpSrv, a.downloadSrv, a.metricsSrv} {
 		if srv != nil {
 			if err := srv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
@@ -348,7 +361,7 @@ func (a *app) Close(ctx context.Context) error {
 // closeResources closes what newApp opened.
 func (a *app) closeResources() error {
 	var errs []error
-	for _, ln := range []net.Listener{a.httpLn, a.downloadLn} {
+	for _, ln := range []net.Listener{a.httpLn, a.downloadLn, a.metricsLn} {
 		if ln != nil {
 			ln.Close()
 		}

@@ -30,6 +30,7 @@ type Config struct {
 	S3Endpoint      string
 	S3PathStyle     bool
 	PublicURL       string
+	MetricsAddr     string
 	// PublicURLAllowPort lets OTAD_PUBLIC_URL name a port, which breaks
 	// devices on the C SDK (PROTOCOL.md).
 	PublicURLAllowPort bool
@@ -64,6 +65,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_MQTT_TLS_ADDR", "mqtt-tls-addr", "", "device MQTT-over-TLS listen address, such as :8883; needs the certificate and key", false}, &c.MQTTTLSAddr},
 		{configVar{"OTAD_MQTT_TLS_CERT", "mqtt-tls-cert", "", "PEM certificate (chain) file of the TLS listener", false}, &c.MQTTTLSCert},
 		{configVar{"OTAD_MQTT_TLS_KEY", "mqtt-tls-key", "", "PEM private key file of the TLS listener", false}, &c.MQTTTLSKey},
+		{configVar{"OTAD_METRICS_ADDR", "metrics-addr", "", "listen address serving /metrics alone and without a token, for a scraper on a private network; empty: /metrics on the HTTP address, with a token", false}, &c.MetricsAddr},
 		{configVar{"OTAD_DOWNLOAD_ADDR", "download-addr", "", "separate firmware download listen address, such as :80 (device SDKs ignore URL ports); empty serves downloads on the HTTP address", false}, &c.DownloadAddr},
 		{configVar{"OTAD_MAX_FIRMWARE_SIZE", "max-firmware-size", "2147483648", "largest firmware image accepted, in bytes", false}, &c.MaxFirmwareSize},
 		{configVar{"OTAD_DATA_DIR", "data-dir", "./data", "directory of the SQLite file and local firmware files", false}, &c.DataDir},

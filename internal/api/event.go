@@ -109,6 +109,9 @@ func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) error {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no") // proxies must not hold events back
 	w.WriteHeader(http.StatusOK)
+	if isHead(r) {
+		return nil
+	}
 	// Tell the browser how soon to reconnect, and flush the headers.
 	fmt.Fprintf(w, "retry: 2000\n\n")
 	if err := rc.Flush(); err != nil {

@@ -132,17 +132,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(middleware.Recoverer, s.measure)
+	// HEAD is answered wherever GET is, as GET without the body.
+	r.Use(middleware.Recoverer, s.measure, s.headAsGet, methodProblem)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, ota.Errorf(ota.ENOTFOUND, "no such resource"))
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, Problem{Type: "https://otad.dev/problems/method_not_allowed", Title: "Method Not Allowed",
-			Status: http.StatusMethodNotAllowed, Detail: r.Method + " is not allowed here", Code: "method_not_allowed", Instance: r.URL.Path})
-	})
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	// The listener that serves /metrics also serves downloads to anyone:
+	// metrics need a token here (OTAD_METRICS_ADDR serves them alone).
+	r.With(s.authenticate).Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	if s.download != nil {
 		// Tokens never collide with the fixed routes, which chi matches first.
 		r.Method(http.MethodGet, "/{token}", s.download)
@@ -186,6 +185,82 @@ func (s *Server) routes() chi.Router {
 	})
 	return r
 }
+
+// headKey marks a HEAD request that is routed as a GET.
+type headKey struct{}
+
+// headAsGet routes a HEAD request to the GET handler of its path; only
+// downloads (/{token}) have HEAD handlers of their own, which check the
+// object without reading it. net/http sends no body for a HEAD, whatever
+// the handler writes.
+func (s *Server) headAsGet(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		download := s.download != nil && strings.Count(p, "/") == 1 && p != "/healthz" && p != "/readyz" && p != "/metrics"
+		if r.Method == http.MethodHead && !download {
+			r = r.Clone(context.WithValue(r.Context(), headKey{}, true))
+			r.Method = http.MethodGet
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// isHead reports whether r was a HEAD request.
+func isHead(r *http.Request) bool {
+	return r.Method == http.MethodHead || r.Context().Value(headKey{}) != nil
+}
+
+// methodProblem turns the router's bare 405 into problem+json, with the
+// methods the router listed in Allow joined into one header, plus HEAD
+// beside GET and OPTIONS; an OPTIONS request gets 204 and that header.
+func methodProblem(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(&methodWriter{ResponseWriter: w, r: r}, r)
+	})
+}
+
+type methodWriter struct {
+	http.ResponseWriter
+	r       *http.Request
+	swallow bool
+}
+
+func (m *methodWriter) WriteHeader(code int) {
+	if code != http.StatusMethodNotAllowed || m.swallow {
+		m.ResponseWriter.WriteHeader(code)
+		return
+	}
+	m.swallow = true
+	h := m.Header()
+	listed := map[string]bool{http.MethodOptions: true}
+	for _, v := range h.Values("Allow") {
+		listed[v] = true
+		listed[http.MethodHead] = listed[http.MethodHead] || v == http.MethodGet
+	}
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		if listed[m] {
+			allow = append(allow, m)
+		}
+	}
+	h.Set("Allow", strings.Join(allow, ", "))
+	if m.r.Method == http.MethodOptions {
+		m.ResponseWriter.WriteHeader(http.StatusNoContent)
+		return
+	}
+	writeProblem(m.ResponseWriter, Problem{Type: "https://otad.dev/problems/method_not_allowed", Title: "Method Not Allowed",
+		Status: http.StatusMethodNotAllowed, Detail: m.r.Method + " is not allowed here", Code: "method_not_allowed", Instance: m.r.URL.Path})
+}
+
+func (m *methodWriter) Write(b []byte) (int, error) {
+	if m.swallow {
+		return len(b), nil // the router's own 405 text
+	}
+	return m.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (flushes).
+func (m *methodWriter) Unwrap() http.ResponseWriter { return m.ResponseWriter }
 
 // measure counts requests and their latency by route pattern, never by
 // raw path, so that label cardinality stays bounded.
