@@ -104,6 +104,9 @@ func (s *Server) eventStream(w http.ResponseWriter, r *http.Request) error {
 	}
 	p.Limit = ota.MaxPageLimit
 	rc := http.NewResponseController(w)
+	// A stream reads nothing: without a deadline, the server's watch for
+	// the client going away must not time out.
+	_ = rc.SetReadDeadline(time.Time{})
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")

@@ -43,6 +43,11 @@ type Config struct {
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
+	// BodyReadTimeout bounds how long a request's body may take to arrive
+	// (a firmware upload instead must not stall for UploadStallTimeout);
+	// default 30s. It holds before authentication too: a client that
+	// sends headers and part of a body, then nothing, is cut off.
+	BodyReadTimeout time.Duration
 	// EventPoll is how often an event stream looks for new events
 	// (default 500ms); EventKeepAlive how long it may stay silent before
 	// it sends a keep-alive comment (default 15s).
@@ -59,6 +64,7 @@ type Server struct {
 
 	maxFirmwareSize int64
 	uploadStall     time.Duration
+	bodyRead        time.Duration
 	eventPoll       time.Duration
 	streamsDone     chan struct{} // closed by CloseStreams
 	closeStreams    sync.Once
@@ -82,6 +88,7 @@ func New(cfg Config) (*Server, error) {
 
 		maxFirmwareSize: cfg.MaxFirmwareSize,
 		uploadStall:     cfg.UploadStallTimeout,
+		bodyRead:        cfg.BodyReadTimeout,
 		eventPoll:       cfg.EventPoll,
 		streamsDone:     make(chan struct{}),
 		eventKeepAlive:  cfg.EventKeepAlive,
@@ -102,6 +109,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.uploadStall <= 0 {
 		s.uploadStall = 2 * time.Minute
+	}
+	if s.bodyRead <= 0 {
+		s.bodyRead = 30 * time.Second
 	}
 	if s.eventPoll <= 0 {
 		s.eventPoll = 500 * time.Millisecond
@@ -133,7 +143,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	// HEAD is answered wherever GET is, as GET without the body.
-	r.Use(middleware.Recoverer, s.measure, s.headAsGet, methodProblem)
+	r.Use(middleware.Recoverer, s.measure, s.readDeadline, s.headAsGet, methodProblem)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, ota.Errorf(ota.ENOTFOUND, "no such resource"))
 	})
@@ -184,6 +194,16 @@ func (s *Server) routes() chi.Router {
 		})
 	})
 	return r
+}
+
+// readDeadline gives every request bodyRead to deliver its body, before
+// anything else runs; handlers that read for longer (uploads) or not at
+// all (event streams) set their own.
+func (s *Server) readDeadline(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyRead))
+		next.ServeHTTP(w, r)
+	})
 }
 
 // headKey marks a HEAD request that is routed as a GET.
