@@ -3,7 +3,6 @@ package main
 import (
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,39 +38,4 @@ func TestStalledBodyCutOff(t *testing.T) {
 		}
 	}
 	a.do("GET", "/v1/products/STALL00001", nil).wantProblem(t, 404, "not_found")
-}
-
-// Uploads past OTAD_MAX_UPLOADS are answered 429 with Retry-After while
-// the others go on; a slot is free again once an upload ends.
-func TestUploadCap(t *testing.T) {
-	a := startApp(t, "sqlite", map[string]string{"OTAD_MAX_UPLOADS": "1"})
-	pid := "UPCAP00001"
-	a.do("POST", "/v1/products", map[string]string{"id": pid, "name": "cap"}).wantStatus(t, 201)
-	// An upload that sends part of its image and waits: it holds the slot.
-	conn, err := net.Dial("tcp", strings.TrimPrefix(a.HTTPURL(), "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = io.WriteString(conn, "POST /v1/products/"+pid+"/firmware?version=1.0 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+testToken+
-		"\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"+strings.Repeat("x", 1000))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var refused response
-	i := 0
-	waitFor(t, "an upload to be refused while the slot is taken", func() bool {
-		i++
-		refused = a.do("POST", "/v1/products/"+pid+"/firmware?version=probe"+strconv.Itoa(i), []byte("image"), "Content-Type", "application/octet-stream")
-		return refused.StatusCode == 429
-	})
-	refused.wantProblem(t, 429, "too_many_requests")
-	if refused.Header.Get("Retry-After") == "" {
-		t.Fatal("429 without Retry-After")
-	}
-	conn.Close() // the held upload fails and frees its slot
-	waitFor(t, "the slot to be free again", func() bool {
-		i++
-		return a.do("POST", "/v1/products/"+pid+"/firmware?version=probe"+strconv.Itoa(i), []byte("image"), "Content-Type", "application/octet-stream").StatusCode == 201
-	})
-	a.do("GET", "/v1/products/"+pid+"/firmware/1.0", nil).wantProblem(t, 404, "not_found")
 }

@@ -20,7 +20,6 @@ var statusOf = map[string]int{
 	ota.EUNAUTHORIZED: http.StatusUnauthorized,
 	ota.EFORBIDDEN:    http.StatusForbidden,
 	ota.EUNAVAILABLE:  http.StatusServiceUnavailable,
-	ota.ETOOMANY:      http.StatusTooManyRequests,
 	ota.EINTERNAL:     http.StatusInternalServerError,
 }
 
@@ -50,7 +49,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		cancel()
 	}
-	if code == ota.EUNAVAILABLE || code == ota.ETOOMANY {
+	if code == ota.EUNAVAILABLE {
 		w.Header().Set("Retry-After", "5")
 	}
 	status, ok := statusOf[code]

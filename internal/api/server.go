@@ -43,10 +43,6 @@ type Config struct {
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
-	// MaxUploads caps the firmware uploads in progress at once (each holds
-	// a hashing pipeline and a multipart upload); more are answered 429
-	// with Retry-After. Default 8.
-	MaxUploads int
 	// BodyReadTimeout bounds how long a request's body may take to arrive
 	// (a firmware upload instead must not stall for UploadStallTimeout);
 	// default 30s. It holds before authentication too: a client that
@@ -69,7 +65,6 @@ type Server struct {
 	maxFirmwareSize int64
 	uploadStall     time.Duration
 	bodyRead        time.Duration
-	uploads         chan struct{} // one token per upload in progress
 	eventPoll       time.Duration
 	streamsDone     chan struct{} // closed by CloseStreams
 	closeStreams    sync.Once
@@ -115,10 +110,6 @@ func New(cfg Config) (*Server, error) {
 	if s.uploadStall <= 0 {
 		s.uploadStall = 2 * time.Minute
 	}
-	if cfg.MaxUploads <= 0 {
-		cfg.MaxUploads = 8
-	}
-	s.uploads = make(chan struct{}, cfg.MaxUploads)
 	if s.bodyRead <= 0 {
 		s.bodyRead = 30 * time.Second
 	}

@@ -19,7 +19,6 @@ const (
 	EUNAUTHORIZED = "unauthorized"
 	EFORBIDDEN    = "forbidden"
 	EUNAVAILABLE  = "unavailable"
-	ETOOMANY      = "too_many_requests" // a limit on concurrent or repeated requests; retry later
 	EINTERNAL     = "internal"
 )
 
