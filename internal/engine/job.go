@@ -94,14 +94,15 @@ func (e *Engine) SetDeviceDisabled(ctx context.Context, productID, name string, 
 	return nil
 }
 
-// disconnect closes a device's session here at once, and asks every other
-// replica to close it too.
+// disconnect asks every replica, this one included (the bus delivers to
+// its sender), to close the device's session; when the bus fails, this
+// replica closes it at once.
 func (e *Engine) disconnect(ctx context.Context, productID, name string) {
-	e.cfg.Notifier.Disconnect(productID, name)
 	err := e.cfg.Bus.Send(ctx, ota.Signal{Kind: ota.SignalDisconnect, ProductID: productID, DeviceName: name})
 	if err != nil {
-		// The device's next report is refused anyway: the report's
-		// transaction reads the device.
+		// Other replicas refuse the device's next report anyway: the
+		// report's transaction reads the device.
 		e.log.Warn("disconnect not sent to other replicas", "product_id", productID, "device", name, "err", err)
+		e.cfg.Notifier.Disconnect(productID, name)
 	}
 }

@@ -61,8 +61,7 @@ func (e *Engine) ApplyReports(ctx context.Context, reports []ota.Report) ([]erro
 					effects = append(effects, reportEffect{job: j, from: *x, step: s})
 				}
 				if s.Changed {
-					s.Exec.Rev = x.Rev
-					*x = s.Exec
+					*x = s.Exec // Step keeps Rev: the store compares it
 				}
 			}
 			return nil

@@ -101,8 +101,9 @@ func executionEvents(froms, xs []*ota.JobExecution) []ota.Event {
 
 func (s *Store) EventLastSeq(ctx context.Context) (int64, error) {
 	var n int64
-	// event_seq counts what committed transactions took; max(seq) is the
-	// same once they are visible, and cheap on the primary key.
+	// Not event_seq: it counts numbers taken by transactions that may not
+	// have committed yet. max(seq) is what a reader can see, and cheap on
+	// the primary key.
 	if err := s.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM events`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("last event: %w", err)
 	}
