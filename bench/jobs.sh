@@ -32,48 +32,9 @@ fi
 BENCH_NAME=jobbench
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-now() { date +%s.%N; }
-# cpu_s PID: user+system CPU seconds of a process so far.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
-status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
-api() { # api METHOD PATH [curl args...]
-	local m=$1 p=$2; shift 2
-	curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p"
-}
-field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
-metric() { # metric NAME: sums a Prometheus metric's samples
-	curl -fsS -H "Authorization: Bearer $TOKEN" "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
-}
-
-raise_nofile $((N + 2000))
-
-log "building otad and otasim"
-go build -o "$WORK/otad" ./cmd/otad
-go build -o "$WORK/otasim" ./cmd/otasim
-
-start_postgres
-
-HTTP_PORT=$(free_port)
-MQTT_PORT=$(free_port)
-API="http://127.0.0.1:$HTTP_PORT"
-TOKEN=bench-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
-OTAD_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable" \
-	OTAD_HTTP_ADDR="127.0.0.1:$HTTP_PORT" OTAD_MQTT_ADDR="127.0.0.1:$MQTT_PORT" \
-	OTAD_DATA_DIR="$WORK/data" OTAD_API_TOKEN="$TOKEN" OTAD_LOG_LEVEL=warn \
-	"$WORK/otad" 2>"$WORK/otad.err" &
-OTAD=$!
-PIDS+=("$OTAD")
-for _ in $(seq 1 300); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "$API/readyz" >/dev/null || { cat "$WORK/otad.err" >&2; exit 1; }
-
 PID_=BENCH00001
 PAGE_LIMIT=1000
-log "provisioning $N devices through the API"
-"$WORK/otasim" provision -api "$API" -token "$TOKEN" -product "$PID_" -n "$N" -out "$WORK/devices.csv" >&2
-head -c "$FW_SIZE" /dev/urandom >"$WORK/fw.bin"
-for v in 2.0.0 3.0.0; do
-	api POST "/v1/products/$PID_/firmware?version=$v" -H 'Content-Type: application/octet-stream' --data-binary "@$WORK/fw.bin" >/dev/null
-done
+start_fleet "$PID_" 2.0.0 3.0.0
 
 # job VERSION OPTIONS_JSON: creates a job over every device, prints its ID.
 job() {

@@ -52,3 +52,56 @@ start_postgres() {
 	PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
 	log "postgres on 127.0.0.1:$PG_PORT (fsync on)"
 }
+
+now() { date +%s.%N; }
+# cpu_s PID: user+system CPU seconds of a process so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+# status_kib PID KEY: a /proc/PID/status figure, such as VmRSS, in KiB.
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+api() { # api METHOD PATH [curl args...]: the console API with the token
+	local m=$1 p=$2; shift 2
+	curl -fsS -X "$m" -H "Authorization: Bearer $TOKEN" "$@" "$API$p"
+}
+# field EXPR: evaluates a Python expression over the JSON on stdin (d).
+field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"d": d}))' "$1"; }
+metric() { # metric NAME: sums a Prometheus metric's samples
+	curl -fsS -H "Authorization: Bearer $TOKEN" "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
+}
+
+# start_otad: runs $WORK/otad over the throwaway PostgreSQL on free
+# loopback ports and waits until it is ready; sets OTAD (its PID), API,
+# TOKEN and MQTT_PORT.
+start_otad() {
+	local http_port
+	http_port=$(free_port)
+	MQTT_PORT=$(free_port)
+	API="http://127.0.0.1:$http_port"
+	TOKEN=bench-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	OTAD_DATABASE_URL="$PG_URL" OTAD_HTTP_ADDR="127.0.0.1:$http_port" OTAD_MQTT_ADDR="127.0.0.1:$MQTT_PORT" \
+		OTAD_DATA_DIR="$WORK/data" OTAD_API_TOKEN="$TOKEN" OTAD_LOG_LEVEL=warn \
+		"$WORK/otad" 2>"$WORK/otad.err" &
+	OTAD=$!
+	PIDS+=("$OTAD")
+	for _ in $(seq 1 300); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+	curl -fsS "$API/readyz" >/dev/null || { cat "$WORK/otad.err" >&2; exit 1; }
+}
+
+# start_fleet PRODUCT VERSION...: builds otad and otasim, starts PostgreSQL
+# and otad, provisions $N devices of PRODUCT through the API (credentials
+# in $WORK/devices.csv) and uploads $FW_SIZE random bytes as each VERSION.
+start_fleet() {
+	local pid=$1 v
+	shift
+	raise_nofile $((N + 2000))
+	log "building otad and otasim"
+	go build -o "$WORK/otad" ./cmd/otad
+	go build -o "$WORK/otasim" ./cmd/otasim
+	start_postgres
+	start_otad
+	log "provisioning $N devices through the API"
+	"$WORK/otasim" provision -api "$API" -token "$TOKEN" -product "$pid" -n "$N" -out "$WORK/devices.csv" >&2
+	head -c "$FW_SIZE" /dev/urandom >"$WORK/fw.bin"
+	for v in "$@"; do
+		api POST "/v1/products/$pid/firmware?version=$v" -H 'Content-Type: application/octet-stream' --data-binary "@$WORK/fw.bin" >/dev/null
+	done
+}

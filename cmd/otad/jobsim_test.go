@@ -214,13 +214,15 @@ func TestSimProvision(t *testing.T) {
 }
 
 type execJSON struct {
-	DeviceName string `json:"device_name"`
-	State      string `json:"state"`
-	Percent    int    `json:"percent"`
-	Attempts   int    `json:"attempts"`
-	ResultCode int    `json:"result_code"`
-	ResultName string `json:"result_name"`
-	ResultMsg  string `json:"result_msg"`
+	DeviceName string     `json:"device_name"`
+	State      string     `json:"state"`
+	Percent    int        `json:"percent"`
+	Attempts   int        `json:"attempts"`
+	ResultCode int        `json:"result_code"`
+	ResultName string     `json:"result_name"`
+	ResultMsg  string     `json:"result_msg"`
+	Phase      int        `json:"phase"`
+	NotifiedAt *time.Time `json:"notified_at"`
 }
 
 func (a *testApp) job(t *testing.T, pid, id string) jobJSON {
@@ -235,7 +237,7 @@ func (a *testApp) job(t *testing.T, pid, id string) jobJSON {
 func (a *testApp) jobExecutions(t *testing.T, pid, id string) map[string]execJSON {
 	t.Helper()
 	var page struct{ Items []execJSON }
-	r := a.do("GET", "/v1/products/"+pid+"/jobs/"+id+"/devices?limit=100", nil)
+	r := a.do("GET", "/v1/products/"+pid+"/jobs/"+id+"/devices?limit=1000", nil)
 	r.wantStatus(t, 200)
 	r.decode(t, &page)
 	xs := map[string]execJSON{}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	_ "time/tzdata" // maintenance windows name IANA zones; the image has no zoneinfo
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".

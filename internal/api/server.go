@@ -182,7 +182,9 @@ func (s *Server) routes() chi.Router {
 					r.Get("/", s.handle(s.jobList))
 					r.Get("/{id}", s.handle(s.jobGet))
 					r.Get("/{id}/devices", s.handle(s.jobDevices))
-					r.Post("/{id}/cancel", s.handle(s.jobCancel))
+					for _, action := range []string{ota.JobActionCancel, ota.JobActionPause, ota.JobActionResume, ota.JobActionRetry, ota.JobActionAdvance} {
+						r.Post("/{id}/"+action, s.handle(s.jobControl(action)))
+					}
 				})
 				r.Route("/firmware", func(r chi.Router) {
 					r.Post("/", s.handle(s.firmwareCreate))

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -170,9 +171,12 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 	}()
 	defer wg.Wait()
-	t := time.NewTicker(e.cfg.Interval)
+	// Each tick comes at a jittered interval (±20%), so that paced jobs'
+	// notifications, a few per tick, do not go out on a fixed beat.
+	t := time.NewTimer(e.cfg.Interval)
 	defer t.Stop()
 	for {
+		t.Reset(time.Duration(float64(e.cfg.Interval) * (0.8 + 0.4*rand.Float64())))
 		start := time.Now()
 		err := e.pass(ctx)
 		e.passSeconds.Observe(time.Since(start).Seconds())
@@ -232,6 +236,7 @@ func (e *Engine) pass(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list active jobs: %w", err)
 	}
+	e.recache(jobs...)
 	checkAll := now.Sub(e.endCheck) >= endCheckEvery || now.Before(e.endCheck)
 	if checkAll {
 		e.endCheck = now
@@ -257,7 +262,17 @@ func (e *Engine) pass(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
+		if j.Continuous && checkAll && (j.Status == ota.JobRunning || j.Status == ota.JobPaused) {
+			if err := e.addMatching(ctx, j); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if checkAll || e.takeEnded(j.ID) {
+			j, err := e.rollout(ctx, j)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			if err := e.end(ctx, j); err != nil {
 				errs = append(errs, err)
 			}
@@ -345,8 +360,8 @@ func (e *Engine) dispatch(ctx context.Context, j *ota.Job) error {
 		deadline := now.Add(time.Duration(j.TimeoutSeconds) * time.Second)
 		limit := 0
 		claimed, err := e.cfg.Store.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{
-			JobID: j.ID, Node: e.cfg.Node, At: now, Since: now.Add(-time.Minute),
-			Limit: func(p ota.JobPace) int { limit = ota.ClaimLimit(j, p, e.cfg.Batch); return limit },
+			JobID: j.ID, Node: e.cfg.Node, MaxPhase: j.Phase, At: now, Since: now.Add(-time.Minute),
+			Limit: func(p ota.JobPace) int { limit = ota.ClaimLimit(j, p, e.cfg.Batch, now); return limit },
 			Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
 				s := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: deadline}, now)
 				return &s.Exec, s.Changed
@@ -470,9 +485,12 @@ func (e *Engine) stepped(ctx context.Context, j *ota.Job, from *ota.JobExecution
 }
 
 // job returns a job for report handling from a small cache: every report
-// needs its job, and all a decision uses of it but the status never
-// changes. A stale status is harmless: a claim reads the job anew, and a
-// dispatch asked for a canceled job claims nothing.
+// needs its job, and all a decision uses of it but its status and phases
+// never changes. Each pass refreshes the cached jobs (recache), and a
+// stale status or phase is harmless meanwhile: a claim reads the job
+// anew, a dispatch asked for a canceled or paused job claims nothing, and
+// a phase that just ended still watching its devices for rollbacks only
+// counts a device that did roll back.
 func (e *Engine) job(ctx context.Context, id string) (*ota.Job, error) {
 	e.mu.Lock()
 	j, ok := e.jobs[id]
@@ -491,6 +509,17 @@ func (e *Engine) job(ctx context.Context, id string) (*ota.Job, error) {
 	e.jobs[id] = j
 	e.mu.Unlock()
 	return j, nil
+}
+
+// recache replaces the cached copies of jobs with these newer ones.
+func (e *Engine) recache(jobs ...*ota.Job) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, j := range jobs {
+		if _, ok := e.jobs[j.ID]; ok {
+			e.jobs[j.ID] = j
+		}
+	}
 }
 
 // firmwareOf returns a job's firmware from a small cache by job: a

@@ -344,17 +344,28 @@ func TestJobPacing(t *testing.T) {
 			f.pass()
 		}
 
+		// max_per_minute 4: one every 15 s, never four at once.
 		g := newFixture(t, name, 10)
 		g.create(&ota.Job{Targets: ota.JobTargets{All: true}, MaxPerMinute: 4})
-		g.pass()
-		g.pass()
-		if n := g.out.total(); n != 4 {
-			t.Fatalf("%d notified in the first minute, max_per_minute 4", n)
+		var at []time.Duration // when each notification went out, from the start
+		start := g.clock.Now()
+		for range 30 {
+			before := g.out.total()
+			g.pass()
+			if n := g.out.total() - before; n > 1 {
+				t.Fatalf("%d notified in one pass at max_per_minute 4", n)
+			} else if n == 1 {
+				at = append(at, g.clock.Now().Sub(start))
+			}
+			g.clock.Add(5 * time.Second)
 		}
-		g.clock.Add(61 * time.Second)
-		g.pass()
-		if n := g.out.total(); n != 8 {
-			t.Fatalf("%d notified after a minute, want 8", n)
+		if len(at) < 8 || len(at) > 10 {
+			t.Fatalf("%d notified in 150 s at max_per_minute 4: at %v", len(at), at)
+		}
+		for i := 4; i < len(at); i++ {
+			if at[i]-at[i-4] < time.Minute {
+				t.Fatalf("5 notifications within a minute: %v", at)
+			}
 		}
 	})
 }

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/otad/otad/internal/ota"
@@ -26,9 +27,16 @@ func (e *Engine) CreateJob(ctx context.Context, j *ota.Job) error {
 			j.Status = ota.JobScheduled
 		}
 	}
-	err := e.cfg.Store.JobCreate(ctx, ota.JobCreateParams{Job: j, Initial: func(v string) ota.JobExecution {
+	params := ota.JobCreateParams{Job: j, Initial: func(v string) ota.JobExecution {
 		return ota.NewExecution(j, v, j.CreatedAt)
-	}})
+	}}
+	if len(j.Phases) > 1 {
+		params.Phases = func(cs []ota.PhaseCandidate) []int { return ota.AssignPhases(j, cs) }
+	}
+	if len(j.Phases) > 0 {
+		j.Phases[0].StartedAt = &j.CreatedAt
+	}
+	err := e.cfg.Store.JobCreate(ctx, params)
 	if err != nil {
 		return err
 	}
@@ -42,19 +50,107 @@ func (e *Engine) CreateJob(ctx context.Context, j *ota.Job) error {
 // dispatched; devices already upgrading are still tracked. A job that has
 // ended is ECONFLICT.
 func (e *Engine) CancelJob(ctx context.Context, id string) error {
+	_, err := e.ControlJob(ctx, id, ota.JobActionCancel)
+	return err
+}
+
+// ControlJob applies an operator's action to a job (ota.JobControl: pause,
+// resume, retry, advance, cancel) and the executions it moves, and returns
+// the job as stored. ECONFLICT when the job's status does not allow it.
+func (e *Engine) ControlJob(ctx context.Context, id, action string) (*ota.Job, error) {
 	now := e.cfg.Now()
-	changed, err := e.cfg.Store.JobCancel(ctx, ota.JobCancelParams{ID: id, At: now,
-		Cancel: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
-			s := ota.Step(&ota.Job{}, x, ota.ExecEvent{Kind: ota.EventCancel}, now)
+	var job *ota.Job
+	states, kind := ota.JobActionExecutions(action)
+	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: id, At: now, States: states,
+		Exclusive: action == ota.JobActionRetry,
+		Job: func(j *ota.Job) (*ota.Job, error) {
+			to, err := ota.JobControl(j, action, now)
+			job = to
+			return to, err
+		},
+		Apply: func(j *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
+			s := ota.Step(j, x, ota.ExecEvent{Kind: kind}, now)
 			return &s.Exec, s.Changed
 		}})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	e.transitions.WithLabelValues(ota.ExecCanceled).Add(float64(len(changed)))
-	e.log.Info("job canceled", "job_id", id, "executions_canceled", len(changed))
+	for _, x := range changed {
+		e.transitions.WithLabelValues(x.State).Inc()
+	}
+	e.recache(job)
+	e.log.Info("job "+action, "job_id", id, "status", job.Status, "phase", job.Phase, "executions_changed", len(changed))
 	e.markEnded(id)
 	e.wakeAll(ctx, id)
+	return job, nil
+}
+
+// rollout applies ota.RolloutCheck to a running or paused job: it ends,
+// pauses, cancels or moves it to its next phase as its counts say, and
+// returns the job as it now is.
+func (e *Engine) rollout(ctx context.Context, j *ota.Job) (*ota.Job, error) {
+	if j.Status != ota.JobRunning && j.Status != ota.JobPaused || len(j.Phases) == 0 && len(j.Abort) == 0 && j.EndAt == nil {
+		return j, nil
+	}
+	counts, err := e.cfg.Store.JobPhaseCounts(ctx, j.ID, j.AbortSince)
+	if err != nil {
+		return nil, fmt.Errorf("job %s phase counts: %w", j.ID, err)
+	}
+	now := e.cfg.Now()
+	to, act := ota.RolloutCheck(j, counts, now)
+	if act == ota.RolloutNone {
+		return j, nil
+	}
+	var states []string
+	if act == ota.RolloutCancel {
+		states = []string{ota.ExecQueued}
+	}
+	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: states,
+		Job: func(cur *ota.Job) (*ota.Job, error) {
+			if cur.Rev != j.Rev {
+				return nil, ota.Errorf(ota.ECONFLICT, "job %s changed meanwhile", j.ID)
+			}
+			return to, nil
+		},
+		Apply: func(_ *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
+			s := ota.Step(to, x, ota.ExecEvent{Kind: ota.EventCancel, Reason: to.StatusReason}, now)
+			return &s.Exec, s.Changed
+		}})
+	if ota.IsCode(err, ota.ECONFLICT) {
+		return j, nil // an operator or another replica changed it: the next pass looks again
+	}
+	if err != nil {
+		return nil, fmt.Errorf("job %s rollout: %w", j.ID, err)
+	}
+	to.Rev = j.Rev + 1
+	e.recache(to)
+	switch {
+	case to.Status != j.Status:
+		e.log.Info("job "+to.Status, "job_id", j.ID, "reason", to.StatusReason, "executions_canceled", len(changed))
+	case to.Phase != j.Phase:
+		e.log.Info("job phase started", "job_id", j.ID, "phase", to.Phase+1, "of", len(to.Phases))
+	}
+	if to.Phase != j.Phase || to.Status != j.Status {
+		e.markEnded(j.ID)
+		e.wakeAll(ctx, j.ID)
+	}
+	return to, nil
+}
+
+// addMatching adds to a continuous job the devices that came to match its
+// targets.
+func (e *Engine) addMatching(ctx context.Context, j *ota.Job) error {
+	now := e.cfg.Now()
+	n, err := e.cfg.Store.JobExecutionsAdd(ctx, ota.JobAddParams{Job: j, At: now, Initial: func(v string) ota.JobExecution {
+		return ota.NewExecution(j, v, now)
+	}})
+	if err != nil {
+		return fmt.Errorf("job %s add devices: %w", j.ID, err)
+	}
+	if n > 0 {
+		e.log.Info("devices added to continuous job", "job_id", j.ID, "devices", n)
+		e.Wake()
+	}
 	return nil
 }
 

@@ -27,6 +27,7 @@ const (
 	LogJobPrefix           = "job."
 	LogJobCreated          = "job.created"
 	LogJobClosed           = "job.closed" // a canceled job whose last device ended
+	LogJobPhase            = "job.phase_started"
 	LogDeviceCreated       = "device.created"
 	LogDeviceDeleted       = "device.deleted"
 	LogDeviceDisabled      = "device.disabled"
@@ -127,8 +128,27 @@ func JobEvent(j *Job, from, to string, at time.Time) Event {
 		From            string `json:"from,omitempty"`
 		Status          string `json:"status"`
 		FirmwareVersion string `json:"firmware_version,omitempty"`
-	}{From: from, Status: to, FirmwareVersion: j.FirmwareVersion}
+		Reason          string `json:"reason,omitempty"`
+	}{From: from, Status: to, FirmwareVersion: j.FirmwareVersion, Reason: j.StatusReason}
 	return newEvent(typ, j.ProductID, j.ID, "", at, data)
+}
+
+// JobChangeEvents are the events of job from becoming to at at: its
+// status, and the phase it moved to.
+func JobChangeEvents(from, to *Job, at time.Time) []Event {
+	var evs []Event
+	if from.Status != to.Status {
+		evs = append(evs, JobEvent(to, from.Status, to.Status, at))
+	}
+	if from.Phase != to.Phase {
+		data := struct {
+			Phase  int    `json:"phase"`
+			From   int    `json:"from"`
+			Result string `json:"result"`
+		}{to.Phase, from.Phase, to.Phases[from.Phase].Result}
+		evs = append(evs, newEvent(LogJobPhase, to.ProductID, to.ID, "", at, data))
+	}
+	return evs
 }
 
 // DeviceChangeEvent is an event of a device with optional data.

@@ -38,6 +38,9 @@ type Job struct {
 	RollbackWindowSeconds int        `json:"rollback_window_seconds"`
 	CreatedAt             time.Time  `json:"created_at"`
 	CompletedAt           *time.Time `json:"completed_at"`
+	JobRollout
+	// Rev counts the job's writes: JobChange compares and sets it.
+	Rev int `json:"-"`
 }
 
 // JobTargets names the devices of a job: a list of names, every device of
@@ -121,7 +124,7 @@ func ValidateJob(j *Job) error {
 	if j.MaxConcurrent > math.MaxInt32 || j.MaxPerMinute > math.MaxInt32 {
 		return Errorf(EINVALID, "max_concurrent and max_per_minute must be at most %d", math.MaxInt32)
 	}
-	return nil
+	return validateRollout(j)
 }
 
 // RetryDelay is how long a device waits before its next attempt, after
@@ -184,6 +187,7 @@ type JobExecution struct {
 	DeviceName  string `json:"device_name"`
 	State       string `json:"state"`
 	FromVersion string `json:"from_version"` // the device's version when the job was created
+	Phase       int    `json:"phase"`        // the rollout phase it belongs to
 	Percent     int    `json:"percent"`
 	Attempts    int    `json:"attempts"`
 	// ResultCode and ResultMsg are the last failure the device reported
@@ -223,6 +227,9 @@ type JobCreateParams struct {
 	// Initial returns the first state of the execution of a device on
 	// deviceVersion (NewExecution); the store fills in the device's name.
 	Initial func(deviceVersion string) JobExecution
+	// Phases, when set, returns the phase of each execution, given them
+	// sorted by device name (AssignPhases).
+	Phases func(cs []PhaseCandidate) []int
 }
 
 // JobStatusParams moves a job from one status to another, compare-and-set.
@@ -232,13 +239,29 @@ type JobStatusParams struct {
 	CompletedAt *time.Time // set with the move, when not nil
 }
 
-// JobCancelParams cancels a job and moves its executions.
-type JobCancelParams struct {
+// JobChangeParams changes a job and some of its executions in one
+// transaction that holds the job's row.
+type JobChangeParams struct {
 	ID string
 	At time.Time
-	// Cancel returns what an execution of the job that has not ended
-	// becomes, and whether it changed (Step with EventCancel).
-	Cancel func(x *JobExecution) (*JobExecution, bool)
+	// Job returns what the job, as stored, becomes, or an error that
+	// leaves everything as it was (ECONFLICT when it changed meanwhile).
+	Job func(j *Job) (*Job, error)
+	// States selects the executions given to Apply; none when empty.
+	States []string
+	// Exclusive skips executions whose device is in another active job.
+	Exclusive bool
+	// Apply returns what an execution becomes and whether it changed.
+	Apply func(j *Job, x *JobExecution) (*JobExecution, bool)
+}
+
+// JobAddParams adds to a continuous job the devices that now match its
+// targets and are in no active job.
+type JobAddParams struct {
+	Job *Job
+	At  time.Time
+	// Initial returns the first state of a device on deviceVersion.
+	Initial func(deviceVersion string) JobExecution
 }
 
 // JobExecutionClaimParams claims executions of one job for notification,
@@ -248,8 +271,12 @@ type JobExecutionClaimParams struct {
 	JobID string
 	// Node: only executions of devices online on this replica are claimed.
 	Node string
-	At   time.Time
-	// Since starts the window whose notifications JobPace.NotifiedSince counts.
+	// MaxPhase: only executions of phases up to this one are claimed.
+	MaxPhase int
+	At       time.Time
+	// Since starts the window (exclusive) whose notifications
+	// JobPace.NotifiedSince counts: a minute ago, so that a rate of N a
+	// minute allows N in any minute.
 	Since time.Time
 	// Limit says how many due, queued executions to claim at most, given
 	// the job's pace as counted in the transaction.
@@ -262,7 +289,11 @@ type JobExecutionClaimParams struct {
 // JobPace is what a job's rollout pacing needs to know.
 type JobPace struct {
 	InFlight      int // notified, downloading or burning
-	NotifiedSince int // notified at or after JobExecutionClaimParams.Since
+	NotifiedSince int // notified after JobExecutionClaimParams.Since
+	// Notified counts executions ever notified, Succeeded those done after
+	// a notification (an exponential rate grows with them).
+	Notified, Succeeded int
+	LastNotifiedAt      *time.Time // the latest notification, if any
 }
 
 // DeviceKey names a device.

@@ -30,6 +30,7 @@ const (
 	EventCancel        = "cancel"         // the job was canceled
 	EventDeviceDeleted = "device_deleted" // the execution's device was deleted
 	EventReport        = "report"         // the device reported (Report is set)
+	EventRetry         = "retry"          // an operator gave the job's failed devices new attempts
 )
 
 // ExecEvent is what happened to an execution.
@@ -102,6 +103,12 @@ func Step(j *Job, x *JobExecution, ev ExecEvent, now time.Time) ExecStep {
 		if ev.Reason != "" {
 			n.ResultMsg = ev.Reason
 		}
+	case EventRetry:
+		if x.State != ExecFailed && x.State != ExecTimedOut {
+			return s
+		}
+		n.State, n.Attempts, n.NextAttemptAt, n.DeadlineAt, n.FinishedAt = ExecQueued, 0, nil, nil, nil
+		s.Note = "retried by hand"
 	case EventDeviceDeleted:
 		if ExecEnded(x.State) {
 			return s
@@ -146,8 +153,7 @@ func onReport(j *Job, x, n *JobExecution, s *ExecStep, r Report, now time.Time) 
 	case r.Type == EventReportVersion:
 		switch x.State {
 		case ExecDone:
-			if x.FinishedAt != nil && j.RollbackWindowSeconds > 0 &&
-				now.Before(x.FinishedAt.Add(time.Duration(j.RollbackWindowSeconds)*time.Second)) {
+			if j.watchesRollback(x, now) {
 				n.State = ExecRolledBack
 				n.ResultCode, n.ResultMsg = 0, fmt.Sprintf("reports version %s after done", r.Version)
 				n.FinishedAt = timep(now)
@@ -260,9 +266,10 @@ func NewExecution(j *Job, deviceVersion string, now time.Time) JobExecution {
 
 // JobEnd says what a job whose executions are counted as counts becomes:
 // a running job completes, and a canceled one closes, once none of its
-// executions is active. ok is false when the job goes on.
+// executions is active. ok is false when the job goes on: a paused job
+// waits to be resumed, a continuous one to be ended.
 func JobEnd(j *Job, counts map[string]int) (status string, ok bool) {
-	if j.Status != JobRunning && !(j.Status == JobCanceled && j.CompletedAt == nil) {
+	if j.Status != JobRunning && !(j.Status == JobCanceled && j.CompletedAt == nil) || j.Status == JobRunning && j.Continuous {
 		return "", false
 	}
 	for _, st := range ExecStates {
@@ -306,15 +313,38 @@ func ResultName(code int) string {
 
 func timep(t time.Time) *time.Time { return &t }
 
-// ClaimLimit is how many executions of job j may be claimed now, given its
-// pace, at most batch: pacing as max_concurrent and max_per_minute say.
-func ClaimLimit(j *Job, p JobPace, batch int) int {
+// ClaimLimit is how many executions of job j may be claimed at now, given
+// its pace, at most batch: none outside its windows or while it is not
+// running; else as max_concurrent and the rate per minute allow, spread
+// evenly over the minute rather than claimed at once.
+func ClaimLimit(j *Job, p JobPace, batch int, now time.Time) int {
+	if j.Status != JobRunning || !j.InWindow(now) {
+		return 0
+	}
 	n := batch
 	if j.MaxConcurrent > 0 {
 		n = min(n, j.MaxConcurrent-p.InFlight)
 	}
-	if j.MaxPerMinute > 0 {
-		n = min(n, j.MaxPerMinute-p.NotifiedSince)
+	if rate := j.PerMinute(p); rate > 0 {
+		n = min(n, rate-p.NotifiedSince, spread(rate, p.LastNotifiedAt, now))
 	}
 	return max(n, 0)
 }
+
+// spread is how many notifications a rate of perMinute allows at now, the
+// last one sent at last: as many as the time since then earns, counted
+// over at most one tick of PaceTick (or one interval of the rate, when
+// slower), so that a minute's notifications go out a few at a time.
+func spread(perMinute int, last *time.Time, now time.Time) int {
+	every := time.Minute / time.Duration(perMinute)
+	window := max(PaceTick, every)
+	since := window
+	if last != nil {
+		since = min(max(now.Sub(*last), 0), window)
+	}
+	return int(since / every)
+}
+
+// PaceTick is the span over which a paced job's notifications are spread:
+// the engine's claims come about once a PaceTick.
+const PaceTick = time.Second

@@ -69,10 +69,18 @@ type Store interface {
 	// JobSetStatus moves a job between statuses, compare-and-set on From:
 	// ECONFLICT when it is no longer in From.
 	JobSetStatus(ctx context.Context, params JobStatusParams) error
-	// JobCancel cancels a scheduled or running job and applies Cancel to
-	// its executions that have not ended, in one transaction; ECONFLICT if
-	// the job has already ended. It returns the executions it changed.
-	JobCancel(ctx context.Context, params JobCancelParams) ([]*JobExecution, error)
+	// JobChange changes a job and the executions it selects (see
+	// JobChangeParams) in one transaction, and returns the executions it
+	// changed. Every write of a job is compare-and-set on its Rev.
+	JobChange(ctx context.Context, params JobChangeParams) ([]*JobExecution, error)
+	// JobPhaseCounts counts a job's executions per phase and state (see
+	// PhaseCounts), phases in order; executions that ended since since
+	// are counted again in EndedSince (all of them when since is nil).
+	JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]PhaseCounts, error)
+	// JobExecutionsAdd adds the devices a continuous job now targets and
+	// that are in no active job, to the job's current phase; it returns
+	// how many.
+	JobExecutionsAdd(ctx context.Context, params JobAddParams) (int, error)
 
 	JobExecutionGet(ctx context.Context, jobID, deviceName string) (*JobExecution, error)
 	JobExecutionList(ctx context.Context, params JobExecutionListParams) ([]*JobExecution, error)

@@ -20,19 +20,22 @@ var (
 )
 
 const jobColumns = `id, product_id, firmware_version, status, targets, timeout_seconds, max_retries, retry_backoff_seconds,
-	max_concurrent, max_per_minute, start_at, created_at, completed_at, rollback_window_seconds`
+	max_concurrent, max_per_minute, start_at, created_at, completed_at, rollback_window_seconds, rollout, rev`
 
 func scanJob(row scanner) (*ota.Job, error) {
 	var j ota.Job
-	var targets string
+	var targets, rollout string
 	err := row.Scan(&j.ID, &j.ProductID, &j.FirmwareVersion, &j.Status, &targets, &j.TimeoutSeconds, &j.MaxRetries,
 		&j.RetryBackoffSeconds, &j.MaxConcurrent, &j.MaxPerMinute, sqlTimePtr{&j.StartAt}, sqlTime{&j.CreatedAt}, sqlTimePtr{&j.CompletedAt},
-		&j.RollbackWindowSeconds)
+		&j.RollbackWindowSeconds, &rollout, &j.Rev)
 	if err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(targets), &j.Targets); err != nil {
 		return nil, fmt.Errorf("job %s targets: %w", j.ID, err)
+	}
+	if err := ota.UnmarshalRollout(&j, rollout); err != nil {
+		return nil, err
 	}
 	return &j, nil
 }
@@ -95,47 +98,111 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 		if len(busy) > 0 {
 			return ota.JobTargetsBusy(busy)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (`+jobColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)`,
 			j.ID, j.ProductID, j.FirmwareVersion, j.Status, string(targets), j.TimeoutSeconds, j.MaxRetries, j.RetryBackoffSeconds,
-			j.MaxConcurrent, j.MaxPerMinute, fmtTimePtr(j.StartAt), fmtTime(j.CreatedAt), fmtTimePtr(j.CompletedAt), j.RollbackWindowSeconds); err != nil {
+			j.MaxConcurrent, j.MaxPerMinute, fmtTimePtr(j.StartAt), fmtTime(j.CreatedAt), fmtTimePtr(j.CompletedAt), j.RollbackWindowSeconds,
+			ota.MarshalRollout(j)); err != nil {
 			return interpretError(err, "job")
 		}
-		// Each distinct version of the targets gets its first state from
-		// the domain; the transaction holds the only writer, so the
-		// versions cannot change before the insert.
-		filter, arg = targetFilter(j.Targets, "?2")
-		rows, err = tx.QueryContext(ctx, `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = ?1 AND `+filter, j.ProductID, arg)
-		versions, err := collect(rows, err, "target versions", scanString)
+		n, _, err = insertExecutions(ctx, tx, j, j.CreatedAt, p.Initial, false)
 		if err != nil {
-			return err
-		}
-		if len(versions) == 0 {
-			return ota.ErrJobTargetsNone
-		}
-		type initial struct {
-			Version  string `json:"v"`
-			State    string `json:"s"`
-			Percent  int    `json:"p"`
-			Finished any    `json:"f"`
-		}
-		inits := make([]initial, len(versions))
-		for i, v := range versions {
-			x := p.Initial(v)
-			inits[i] = initial{Version: v, State: x.State, Percent: x.Percent, Finished: fmtTimePtr(x.FinishedAt)}
-		}
-		m, _ := json.Marshal(inits)
-		filter, arg = targetFilter(j.Targets, "?3")
-		if _, err := tx.ExecContext(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at)
-			SELECT ?4, d.product_id, d.name, m.value ->> 's', d.version, m.value ->> 'p', m.value ->> 'f', ?5, ?5
-			FROM devices d JOIN json_each(?2) m ON m.value ->> 'v' = d.version
-			WHERE d.product_id = ?1 AND `+filter, j.ProductID, string(m), arg, j.ID, fmtTime(j.CreatedAt)); err != nil {
-			if ota.IsCode(interpretError(err, "job execution"), ota.ECONFLICT) {
+			if ota.IsCode(err, ota.ECONFLICT) {
 				return ota.JobTargetsBusy(nil)
 			}
-			return fmt.Errorf("create job executions: %w", err)
+			return err
+		}
+		if n == 0 {
+			return ota.ErrJobTargetsNone
+		}
+		if p.Phases != nil {
+			if err := assignPhases(ctx, tx, j.ID, p.Phases); err != nil {
+				return err
+			}
 		}
 		return appendEvents(ctx, tx, ota.JobEvent(j, "", j.Status, j.CreatedAt))
 	})
+}
+
+// insertExecutions inserts the executions of job j's targets, in its
+// current phase, their first states from initial per distinct version:
+// all of them for a new job, or (onlyNew) those of devices in neither j
+// nor another active job, which it then returns. The transaction holds
+// the only writer, so the versions cannot change before the insert.
+func insertExecutions(ctx context.Context, tx *sql.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, onlyNew bool) (int, []*ota.JobExecution, error) {
+	fresh := ""
+	if onlyNew {
+		fresh = ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
+			AND (x.job_id = ?4 OR x.state IN ` + activeStates + `))`
+	}
+	filter, arg := targetFilter(j.Targets, "?2")
+	args := []any{j.ProductID, arg}
+	if onlyNew {
+		args = append(args, nil, j.ID)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = ?1 AND `+filter+fresh, args...)
+	versions, err := collect(rows, err, "target versions", scanString)
+	if err != nil || len(versions) == 0 {
+		return 0, nil, err
+	}
+	type first struct {
+		Version  string `json:"v"`
+		State    string `json:"s"`
+		Percent  int    `json:"p"`
+		Finished any    `json:"f"`
+	}
+	firsts := make([]first, len(versions))
+	for i, v := range versions {
+		x := initial(v)
+		firsts[i] = first{Version: v, State: x.State, Percent: x.Percent, Finished: fmtTimePtr(x.FinishedAt)}
+	}
+	m, _ := json.Marshal(firsts)
+	filter, arg = targetFilter(j.Targets, "?3")
+	q := `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
+		SELECT ?4, d.product_id, d.name, m.value ->> 's', d.version, m.value ->> 'p', m.value ->> 'f', ?5, ?5, ?6
+		FROM devices d JOIN json_each(?2) m ON m.value ->> 'v' = d.version
+		WHERE d.product_id = ?1 AND ` + filter + fresh
+	args = []any{j.ProductID, string(m), arg, j.ID, fmtTime(at), j.Phase}
+	if !onlyNew {
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			return 0, nil, fmt.Errorf("create job executions: %w", interpretError(err, "job execution"))
+		}
+		n, _ := res.RowsAffected()
+		return int(n), nil, nil
+	}
+	rows, err = tx.QueryContext(ctx, q+` ON CONFLICT DO NOTHING RETURNING `+execColumns, args...)
+	xs, err := collect(rows, err, "added job executions", scanExec)
+	return len(xs), xs, err
+}
+
+// assignPhases sets the phase of each execution of a new job as phases
+// says.
+func assignPhases(ctx context.Context, tx *sql.Tx, jobID string, phases func([]ota.PhaseCandidate) []int) error {
+	rows, err := tx.QueryContext(ctx, `SELECT device_name, from_version, state FROM job_executions WHERE job_id = ? ORDER BY device_name`, jobID)
+	cs, err := collect(rows, err, "job executions", func(row scanner) (ota.PhaseCandidate, error) {
+		var c ota.PhaseCandidate
+		return c, row.Scan(&c.Name, &c.Version, &c.State)
+	})
+	if err != nil {
+		return err
+	}
+	type set struct {
+		Name  string `json:"n"`
+		Phase int    `json:"p"`
+	}
+	var sets []set
+	for i, ph := range phases(cs) {
+		if ph != 0 {
+			sets = append(sets, set{cs[i].Name, ph})
+		}
+	}
+	b, _ := json.Marshal(sets)
+	_, err = tx.ExecContext(ctx, `UPDATE job_executions SET phase = u.value ->> 'p'
+		FROM json_each(?2) u WHERE job_id = ?1 AND device_name = u.value ->> 'n'`, jobID, string(b))
+	if err != nil {
+		return fmt.Errorf("assign phases: %w", err)
+	}
+	return nil
 }
 
 func scanString(row scanner) (string, error) {
@@ -158,7 +225,7 @@ func (s *Store) JobList(ctx context.Context, p ota.JobListParams) ([]*ota.Job, e
 }
 
 func (s *Store) JobListActive(ctx context.Context) ([]*ota.Job, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE status IN ('scheduled', 'running')
+	rows, err := s.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE status IN ('scheduled', 'running', 'paused')
 		OR (status = 'canceled' AND completed_at IS NULL) ORDER BY id`)
 	return collect(rows, err, "active jobs", scanJob)
 }
@@ -185,7 +252,7 @@ func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error
 
 func (s *Store) JobSetStatus(ctx context.Context, p ota.JobStatusParams) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?3, completed_at = COALESCE(?4, completed_at) WHERE id = ?1 AND status = ?2`,
+		res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?3, completed_at = COALESCE(?4, completed_at), rev = rev + 1 WHERE id = ?1 AND status = ?2`,
 			p.ID, p.From, p.To, fmtTimePtr(p.CompletedAt))
 		if err != nil {
 			return fmt.Errorf("set job status: %w", interpretError(err, "job"))
@@ -205,34 +272,41 @@ func (s *Store) JobSetStatus(ctx context.Context, p ota.JobStatusParams) error {
 	})
 }
 
-func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.JobExecution, error) {
+func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.JobExecution, error) {
 	var changed []*ota.JobExecution
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		changed = nil
-		var status string
-		if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE id = ?`, p.ID).Scan(&status); err != nil {
-			return interpretError(err, "job")
-		}
-		if status != ota.JobScheduled && status != ota.JobRunning {
-			return ota.Errorf(ota.ECONFLICT, "job is already %s", status)
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = 'canceled' WHERE id = ?`, p.ID); err != nil {
-			return fmt.Errorf("cancel job: %w", err)
-		}
-		j, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, p.ID))
+		from, err := scanJob(tx.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE id = ?`, p.ID))
 		if err != nil {
 			return interpretError(err, "job")
 		}
-		if err := appendEvents(ctx, tx, ota.JobEvent(j, status, ota.JobCanceled, p.At)); err != nil {
-			return err
-		}
-		rows, err := tx.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = ? AND state IN `+activeStates, p.ID)
-		active, err := collect(rows, err, "active executions", scanExec)
+		to, err := p.Job(from)
 		if err != nil {
 			return err
 		}
-		for _, x := range active {
-			if y, ok := p.Cancel(x); ok {
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?2, completed_at = ?3, rollout = ?4, rev = rev + 1 WHERE id = ?1`,
+			p.ID, to.Status, fmtTimePtr(to.CompletedAt), ota.MarshalRollout(to)); err != nil {
+			return fmt.Errorf("change job: %w", interpretError(err, "job"))
+		}
+		to.Rev = from.Rev + 1
+		if err := appendEvents(ctx, tx, ota.JobChangeEvents(from, to, p.At)...); err != nil {
+			return err
+		}
+		if len(p.States) == 0 {
+			return nil
+		}
+		states, _ := json.Marshal(p.States)
+		rows, err := tx.QueryContext(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x
+			WHERE x.job_id = ?1 AND x.state IN (SELECT value FROM json_each(?2))
+			AND (NOT ?3 OR NOT EXISTS (SELECT 1 FROM job_executions y WHERE y.product_id = x.product_id AND y.device_name = x.device_name
+				AND y.job_id <> x.job_id AND y.state IN `+activeStates+`))
+			ORDER BY x.device_name`, p.ID, string(states), p.Exclusive)
+		xs, err := collect(rows, err, "job executions", scanExec)
+		if err != nil {
+			return err
+		}
+		for _, x := range xs {
+			if y, ok := p.Apply(to, x); ok {
 				if err := execUpdate(ctx, tx, x, y); err != nil {
 					return err
 				}
@@ -244,14 +318,59 @@ func (s *Store) JobCancel(ctx context.Context, p ota.JobCancelParams) ([]*ota.Jo
 	return changed, err
 }
 
+func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]ota.PhaseCounts, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT x.phase, x.state, count(*),
+			count(*) FILTER (WHERE x.attempts > 0 AND (?2 IS NULL OR x.finished_at >= ?2)),
+			count(*) FILTER (WHERE x.state = 'done' AND d.name IS NOT NULL AND (NOT d.online OR d.version <> j.firmware_version))
+		FROM job_executions x JOIN jobs j ON j.id = x.job_id
+			LEFT JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+		WHERE x.job_id = ?1 GROUP BY x.phase, x.state ORDER BY x.phase`, id, fmtTimePtr(since))
+	type row struct {
+		phase, n, ended, unhealthy int
+		state                      string
+	}
+	rs, err := collect(rows, err, "job phase counts", func(sc scanner) (row, error) {
+		var r row
+		return r, sc.Scan(&r.phase, &r.state, &r.n, &r.ended, &r.unhealthy)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []ota.PhaseCounts
+	for _, r := range rs {
+		out = ota.AddPhaseCount(out, r.phase, r.state, r.n, r.ended, r.unhealthy)
+	}
+	return out, nil
+}
+
+func (s *Store) JobExecutionsAdd(ctx context.Context, p ota.JobAddParams) (int, error) {
+	var added int
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		n, xs, err := insertExecutions(ctx, tx, p.Job, p.At, p.Initial, true)
+		if err != nil {
+			return err
+		}
+		added = n
+		for _, x := range xs {
+			if e, ok := ota.ExecutionEvent(nil, x); ok {
+				if err := appendEvents(ctx, tx, e); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	return added, err
+}
+
 const execColumns = `job_id, product_id, device_name, state, from_version, percent, attempts, result_code, result_msg,
-	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at, rev`
+	notified_at, deadline_at, next_attempt_at, finished_at, created_at, updated_at, rev, phase`
 
 func scanExec(row scanner) (*ota.JobExecution, error) {
 	var e ota.JobExecution
 	err := row.Scan(&e.JobID, &e.ProductID, &e.DeviceName, &e.State, &e.FromVersion, &e.Percent, &e.Attempts, &e.ResultCode, &e.ResultMsg,
 		sqlTimePtr{&e.NotifiedAt}, sqlTimePtr{&e.DeadlineAt}, sqlTimePtr{&e.NextAttemptAt}, sqlTimePtr{&e.FinishedAt},
-		sqlTime{&e.CreatedAt}, sqlTime{&e.UpdatedAt}, &e.Rev)
+		sqlTime{&e.CreatedAt}, sqlTime{&e.UpdatedAt}, &e.Rev, &e.Phase)
 	e.ResultName = ota.ResultName(e.ResultCode)
 	return &e, err
 }
@@ -321,8 +440,12 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		var pace ota.JobPace
 		if err := tx.QueryRowContext(ctx, `SELECT
 			count(*) FILTER (WHERE state IN `+inFlightStates+`),
-			count(*) FILTER (WHERE notified_at >= ?2)
-			FROM job_executions WHERE job_id = ?1`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince); err != nil {
+			count(*) FILTER (WHERE notified_at > ?2),
+			count(*) FILTER (WHERE attempts > 0),
+			count(*) FILTER (WHERE attempts > 0 AND state = 'done'),
+			max(notified_at)
+			FROM job_executions WHERE job_id = ?1`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
+			&pace.Notified, &pace.Succeeded, sqlTimePtr{&pace.LastNotifiedAt}); err != nil {
 			return fmt.Errorf("job pace: %w", err)
 		}
 		limit := p.Limit(pace)
@@ -332,9 +455,9 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		rows, err := tx.QueryContext(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x
 			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
 			WHERE x.job_id = ?1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= ?3)
-				AND d.online AND d.ready AND NOT d.disabled AND d.node = ?2
+				AND x.phase <= ?5 AND d.online AND d.ready AND NOT d.disabled AND d.node = ?2
 			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
-			LIMIT ?4`, p.JobID, p.Node, fmtTime(p.At), limit)
+			LIMIT ?4`, p.JobID, p.Node, fmtTime(p.At), limit, p.MaxPhase)
 		due, err := collect(rows, err, "due job executions", scanExec)
 		if err != nil {
 			return err

@@ -84,6 +84,29 @@ func cancelQueued(x *ota.JobExecution) (*ota.JobExecution, bool) {
 	return &st.Exec, st.Changed
 }
 
+// cancelJob cancels job id as an operator does, applying apply to its
+// executions in states.
+func cancelJob(t *testing.T, s ota.Store, id string, states []string, apply func(*ota.JobExecution) (*ota.JobExecution, bool)) ([]*ota.JobExecution, error) {
+	t.Helper()
+	now := ota.Now()
+	return s.JobChange(ctx(t), ota.JobChangeParams{ID: id, At: now, States: states,
+		Job:   func(j *ota.Job) (*ota.Job, error) { return ota.JobControl(j, ota.JobActionCancel, now) },
+		Apply: func(_ *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) { return apply(x) }})
+}
+
+// paceLimit is the claim limit max_concurrent and max_per_minute set, at
+// most batch, without spreading a minute's claims.
+func paceLimit(j *ota.Job, p ota.JobPace, batch int) int {
+	n := batch
+	if j.MaxConcurrent > 0 {
+		n = min(n, j.MaxConcurrent-p.InFlight)
+	}
+	if j.MaxPerMinute > 0 {
+		n = min(n, j.MaxPerMinute-p.NotifiedSince)
+	}
+	return max(n, 0)
+}
+
 func progress(p *ota.Product, name, state string) ota.ExecEvent {
 	return ota.ExecEvent{Kind: ota.EventReport, Report: &ota.Report{ProductID: p.ID, DeviceName: name, Type: ota.EventReportProgress,
 		Version: "2.0.0", State: state, At: ota.Now()}}
@@ -186,12 +209,12 @@ func testJobLifecycle(t *testing.T, s ota.Store) {
 	if len(claimed) != 1 || claimed[0].State != ota.ExecNotified || claimed[0].Attempts != 1 || !claimed[0].NotifiedAt.Equal(now) {
 		t.Fatalf("claimed = %+v", claimed)
 	}
-	changed, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: now, Cancel: cancelQueued})
+	changed, err := cancelJob(t, s, j.ID, []string{ota.ExecQueued}, cancelQueued)
 	must(t, err)
 	if len(changed) != 2 {
 		t.Fatalf("cancel changed %d executions, want the 2 queued", len(changed))
 	}
-	_, err = s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: now, Cancel: cancelQueued})
+	_, err = cancelJob(t, s, j.ID, []string{ota.ExecQueued}, cancelQueued)
 	wantCode(t, err, ota.ECONFLICT)
 	counts, err := s.JobCounts(ctx(t), j.ID)
 	must(t, err)
@@ -281,10 +304,11 @@ func testJobExecutionClaim(t *testing.T, s ota.Store) {
 		t.Fatalf("second attempt: %+v", e)
 	}
 	var pace ota.JobPace
-	_, err = s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now,
+	_, err = s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now.Add(-time.Microsecond),
 		Limit: func(p ota.JobPace) int { pace = p; return 0 }})
 	must(t, err)
-	if pace != (ota.JobPace{InFlight: 5, NotifiedSince: 5}) {
+	if pace.InFlight != 5 || pace.NotifiedSince != 5 || pace.Notified != 5 || pace.Succeeded != 0 ||
+		pace.LastNotifiedAt == nil {
 		t.Fatalf("pace = %+v", pace)
 	}
 
@@ -394,7 +418,7 @@ func testJobExecutionClaimPacedConcurrent(t *testing.T, s ota.Store) {
 				for range 5 {
 					now := ota.Now()
 					es, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: node, At: now, Since: now.Add(-time.Minute),
-						Limit: func(pace ota.JobPace) int { return ota.ClaimLimit(j, pace, 2) },
+						Limit: func(pace ota.JobPace) int { return paceLimit(j, pace, 2) },
 						Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
 							st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: now.Add(time.Minute)}, now)
 							return &st.Exec, st.Changed
@@ -413,10 +437,10 @@ func testJobExecutionClaimPacedConcurrent(t *testing.T, s ota.Store) {
 		if total != c.want {
 			t.Fatalf("max_concurrent %d, max_per_minute %d: %d claimed, want %d", c.conc, c.perMinute, total, c.want)
 		}
-		_, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: ota.Now(), Cancel: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+		_, err := cancelJob(t, s, j.ID, ota.ExecActiveStates, func(x *ota.JobExecution) (*ota.JobExecution, bool) {
 			st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventDeviceDeleted}, ota.Now()) // ends in-flight ones too
 			return &st.Exec, st.Changed
-		}})
+		})
 		must(t, err)
 	}
 }
@@ -543,7 +567,7 @@ func testFirmwareDeleteInFlight(t *testing.T, s ota.Store) {
 	must(t, createJob(t, s, j))
 	claim(t, s, j, "n1", 1, ota.Now())
 	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "2.0.0"), ota.ECONFLICT)
-	_, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: ota.Now(), Cancel: cancelQueued})
+	_, err := cancelJob(t, s, j.ID, []string{ota.ExecQueued}, cancelQueued)
 	must(t, err)
 	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "2.0.0"), ota.ECONFLICT)
 	step(t, s, j, "d0", progress(p, "d0", ota.ProgressDone), ota.Now())
@@ -600,8 +624,99 @@ func testJobCreateRacesFirmwareDelete(t *testing.T, s ota.Store) {
 		}
 		if createErr == nil {
 			// End the job so the next round's device is free.
-			_, err := s.JobCancel(ctx(t), ota.JobCancelParams{ID: j.ID, At: ota.Now(), Cancel: cancelQueued})
+			_, err := cancelJob(t, s, j.ID, []string{ota.ExecQueued}, cancelQueued)
 			must(t, err)
 		}
+	}
+}
+
+// testJobPhases: phases as assigned at creation, claims only up to the
+// current phase, counts per phase (ended since, unhealthy), a job's change
+// compare-and-set on its Rev, and devices added to a continuous job.
+func testJobPhases(t *testing.T, s ota.Store) {
+	p := jobFixture(t, s, 6)
+	j := newJob(p, ota.JobTargets{All: true})
+	j.Phases = []ota.JobPhase{{Count: 2}, {}}
+	j.Continuous = true
+	j.CreatedAt = ota.Now()
+	err := s.JobCreate(ctx(t), ota.JobCreateParams{Job: j,
+		Initial: func(v string) ota.JobExecution { return ota.NewExecution(j, v, j.CreatedAt) },
+		Phases: func(cs []ota.PhaseCandidate) []int {
+			out := make([]int, len(cs))
+			for i, c := range cs {
+				if c.Name != "d0" && c.Name != "d1" {
+					out[i] = 1
+				}
+			}
+			return out
+		}})
+	must(t, err)
+	got, err := s.JobGet(ctx(t), j.ID)
+	must(t, err)
+	if len(got.Phases) != 2 || got.Phases[0].Count != 2 || !got.Continuous || got.Phase != 0 {
+		t.Fatalf("stored rollout %+v", got.JobRollout)
+	}
+	// Only phase 0 is claimed while it is current.
+	now := ota.Now()
+	run := *got
+	xs, err := s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now.Add(-time.Minute),
+		Limit: func(ota.JobPace) int { return 10 },
+		Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+			st := ota.Step(&run, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: now.Add(time.Minute)}, now)
+			return &st.Exec, st.Changed
+		}})
+	must(t, err)
+	if got := names(xs); !reflect.DeepEqual(got, []string{"d0", "d1"}) {
+		t.Fatalf("claimed %v in phase 0", got)
+	}
+	step(t, s, &run, "d0", progress(p, "d0", ota.ProgressDone), now)
+	step(t, s, &run, "d1", progress(p, "d1", ota.ProgressFail), now)
+	counts, err := s.JobPhaseCounts(ctx(t), j.ID, nil)
+	must(t, err)
+	if len(counts) != 2 || counts[0].Counts[ota.ExecDone] != 1 || counts[0].EndedSince[ota.ExecDone] != 1 ||
+		counts[1].Counts[ota.ExecQueued] != 4 || counts[0].Unhealthy != 1 { // d0 done but still on 1.0.0
+		t.Fatalf("phase counts %+v", counts)
+	}
+	later := now.Add(time.Second)
+	counts, err = s.JobPhaseCounts(ctx(t), j.ID, &later)
+	must(t, err)
+	if n := counts[0].EndedSince[ota.ExecDone] + counts[0].EndedSince[ota.ExecQueued]; n != 0 {
+		t.Fatalf("ended since later: %+v", counts[0])
+	}
+
+	// JobChange is compare-and-set on Rev: a stale decision is ECONFLICT.
+	change := func(rev int) error {
+		_, err := s.JobChange(ctx(t), ota.JobChangeParams{ID: j.ID, At: later, Job: func(cur *ota.Job) (*ota.Job, error) {
+			if cur.Rev != rev {
+				return nil, ota.Errorf(ota.ECONFLICT, "changed meanwhile")
+			}
+			to, err := ota.JobControl(cur, ota.JobActionAdvance, later)
+			return to, err
+		}})
+		return err
+	}
+	must(t, change(got.Rev))
+	wantCode(t, change(got.Rev), ota.ECONFLICT)
+	got, err = s.JobGet(ctx(t), j.ID)
+	must(t, err)
+	if got.Phase != 1 || got.Phases[0].Result != ota.PhaseAdvanced || got.Phases[1].StartedAt == nil {
+		t.Fatalf("advanced job %+v", got.JobRollout)
+	}
+
+	// A new device joins the continuous job, in its current phase; once.
+	MustDevice(t, s, p.ID, "new")
+	add := ota.JobAddParams{Job: got, At: later, Initial: func(v string) ota.JobExecution { return ota.NewExecution(got, v, later) }}
+	n, err := s.JobExecutionsAdd(ctx(t), add)
+	must(t, err)
+	if n != 1 {
+		t.Fatalf("%d devices added, want 1", n)
+	}
+	x, err := s.JobExecutionGet(ctx(t), j.ID, "new")
+	must(t, err)
+	if x.Phase != 1 || x.State != ota.ExecQueued {
+		t.Fatalf("added execution %+v", x)
+	}
+	if n, err := s.JobExecutionsAdd(ctx(t), add); err != nil || n != 0 {
+		t.Fatalf("second add: %d, %v", n, err)
 	}
 }

@@ -44,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"JobExecutionClaim", testJobExecutionClaim},
 		{"JobExecutionClaimConcurrent", testJobExecutionClaimConcurrent},
 		{"JobExecutionClaimPacedConcurrent", testJobExecutionClaimPacedConcurrent},
+		{"JobPhases", testJobPhases},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
