@@ -120,8 +120,8 @@ type Store interface {
 	TokenCreate(ctx context.Context, t *APIToken) error
 	// TokenEnsure makes t the one usable token of its origin, in one
 	// transaction: it stores t unless a token with its hash exists (revoked
-	// or not), then, when that token is not revoked, revokes every other
-	// token of t.Origin not yet revoked. It returns the token stored under
+	// or not), then, when that token is of t.Origin and not revoked,
+	// revokes every other token of t.Origin not yet revoked. It returns the token stored under
 	// t's hash. Events as TokenCreate and TokenRevoke.
 	TokenEnsure(ctx context.Context, t *APIToken) (*APIToken, error)
 	// TokenGet returns a token by ID, revoked or not.

@@ -64,10 +64,10 @@ func (s *Store) TokenEnsure(ctx context.Context, t *ota.APIToken) (*ota.APIToken
 		if created {
 			evs = append(evs, ota.TokenEvent(ota.LogTokenCreated, got, got.CreatedAt))
 		}
-		if got.RevokedAt == nil {
+		if got.RevokedAt == nil && got.Origin == t.Origin {
 			now := ota.Now()
 			rows, err := tx.Query(ctx, `UPDATE api_tokens SET revoked_at = $1 WHERE origin = $2 AND revoked_at IS NULL AND id <> $3
-				RETURNING `+tokenColumns, now, got.Origin, got.ID)
+				RETURNING `+tokenColumns, now, t.Origin, got.ID)
 			replaced, err := collect(rows, err, "tokens", scanToken)
 			if err != nil {
 				return err

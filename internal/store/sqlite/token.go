@@ -59,8 +59,8 @@ func (s *Store) TokenEnsure(ctx context.Context, t *ota.APIToken) (*ota.APIToken
 		if created {
 			evs = append(evs, ota.TokenEvent(ota.LogTokenCreated, got, got.CreatedAt))
 		}
-		if got.RevokedAt == nil {
-			rows, err := tx.QueryContext(ctx, `SELECT `+tokenColumns+` FROM api_tokens WHERE origin = ? AND revoked_at IS NULL AND id <> ?`, got.Origin, got.ID)
+		if got.RevokedAt == nil && got.Origin == t.Origin {
+			rows, err := tx.QueryContext(ctx, `SELECT `+tokenColumns+` FROM api_tokens WHERE origin = ? AND revoked_at IS NULL AND id <> ?`, t.Origin, got.ID)
 			replaced, err := collect(rows, err, "tokens", scanToken)
 			if err != nil {
 				return err
