@@ -132,17 +132,20 @@ func (s *Server) authorize(next http.Handler) http.Handler {
 	})
 }
 
-// route returns the pattern of the route a request goes to ("" for none)
-// and the values of its placeholders, as the router will see them.
+// route returns the pattern of the endpoint a request goes to ("" for
+// none: it will be answered 404 or 405) and the values of its
+// placeholders, as the router will see them. chi's Find also answers a
+// pattern for a method that pattern does not serve: only an endpoint in
+// s.endpoints counts.
 func (s *Server) route(r *http.Request) (string, map[string]string) {
 	rctx := chi.NewRouteContext()
 	path := r.URL.RawPath
 	if path == "" {
 		path = r.URL.Path
 	}
-	pattern := s.router.Find(rctx, r.Method, path)
-	if pattern != "/" {
-		pattern = strings.TrimSuffix(pattern, "/")
+	pattern := trimPattern(s.router.Find(rctx, r.Method, path))
+	if !s.endpoints[r.Method+" "+pattern] {
+		return "", map[string]string{}
 	}
 	params := map[string]string{}
 	for i, k := range rctx.URLParams.Keys {
@@ -151,6 +154,25 @@ func (s *Server) route(r *http.Request) (string, map[string]string) {
 		}
 	}
 	return pattern, params
+}
+
+// endpointsOf lists every method and route pattern the router serves.
+func endpointsOf(router chi.Router) (map[string]bool, error) {
+	out := map[string]bool{}
+	err := chi.Walk(router, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		out[method+" "+trimPattern(route)] = true
+		return nil
+	})
+	return out, err
+}
+
+// trimPattern drops the trailing slash of a route pattern: /v1/products/
+// is the same route as /v1/products.
+func trimPattern(p string) string {
+	if p != "/" {
+		p = strings.TrimSuffix(p, "/")
+	}
+	return p
 }
 
 // audit writes every console request that changes something to the audit

@@ -76,6 +76,8 @@ type Server struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	router   chi.Router
+	// endpoints holds "METHOD pattern" of every route served (see route).
+	endpoints map[string]bool
 }
 
 // New builds the API server and registers its metrics.
@@ -131,6 +133,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.router = s.routes()
+	if s.endpoints, err = endpointsOf(s.router); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
