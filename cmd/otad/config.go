@@ -85,7 +85,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
 		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: as long as they keep sending); a stalled client is cut off", false}, &c.BodyReadTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
-		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log and device history are kept", false}, &c.EventRetention},
+		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log, device history and audit log are kept", false}, &c.EventRetention},
 	}
 }
 
