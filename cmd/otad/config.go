@@ -124,7 +124,13 @@ Flags of %s:
 		usage := v.Usage + " (" + v.Env + ")"
 		switch p := v.ptr.(type) {
 		case *string:
-			fs.StringVar(p, v.Flag, def, usage)
+			if v.Secret {
+				// -h prints defaults: a secret's must not show.
+				fs.StringVar(p, v.Flag, "", usage)
+				*p = def
+			} else {
+				fs.StringVar(p, v.Flag, def, usage)
+			}
 		case *bool:
 			b, err := strconv.ParseBool(def)
 			if err != nil {

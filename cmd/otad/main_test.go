@@ -36,6 +36,17 @@ func TestVersionAndMigrate(t *testing.T) {
 	if err := run(t.Context(), []string{"-h"}, func(string) string { return "" }, io.Discard, &help); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("-h: %v", err)
 	}
+	// Secrets given in the environment are never printed as defaults.
+	help.Reset()
+	secretEnv := map[string]string{"OTAD_API_TOKEN": "env-token-0123456789", "OTAD_SECRET_KEY": strings.Repeat("ab", 32)}
+	if err := run(t.Context(), []string{"-h"}, func(k string) string { return secretEnv[k] }, io.Discard, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, secret := range secretEnv {
+		if strings.Contains(help.String(), secret) {
+			t.Errorf("-h prints a secret from the environment:\n%s", help.String())
+		}
+	}
 	for _, want := range []string{"serve", "migrate", "version", "-http-addr"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("-h does not mention %s:\n%s", want, help.String())
