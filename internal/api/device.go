@@ -42,12 +42,14 @@ func (s *Server) deviceCreate(w http.ResponseWriter, r *http.Request) error {
 	if err := d.Validate(); err != nil {
 		return err
 	}
+	secret := d.Secret
+	d.Secret = s.secrets.Seal(d.ProductID, d.Name, secret)
 	if err := s.store.DeviceCreate(r.Context(), d); err != nil {
 		return err
 	}
 	w.Header().Set("Location", "/v1/products/"+p.ID+"/devices/"+d.Name)
 	w.Header().Set("Cache-Control", "no-store")
-	return writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: d.Secret})
+	return writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: secret})
 }
 
 func (s *Server) deviceList(w http.ResponseWriter, r *http.Request) error {

@@ -418,37 +418,6 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 	})
 }
 
-func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
-	if t.CreatedAt.IsZero() {
-		t.CreatedAt = ota.Now()
-	}
-	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES ($1, $2, $3, $4)`, t.ID, t.Name, t.Hash, t.CreatedAt)
-		if err != nil {
-			return interpretError(err, "token")
-		}
-		return appendEvents(ctx, tx, ota.TokenEvent(t))
-	})
-}
-
-func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {
-	var t ota.APIToken
-	err := s.pool.QueryRow(ctx, `SELECT id, name, hash, created_at FROM api_tokens WHERE hash = $1`, hash).Scan(&t.ID, &t.Name, &t.Hash, &t.CreatedAt)
-	if err != nil {
-		return nil, interpretError(err, "token")
-	}
-	t.CreatedAt = utc(t.CreatedAt)
-	return &t, nil
-}
-
-func (s *Store) TokenCount(ctx context.Context) (int, error) {
-	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM api_tokens`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count tokens: %w", err)
-	}
-	return n, nil
-}
-
 type pgTime = time.Time
 
 func deref(s *string) string {

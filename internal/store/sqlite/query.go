@@ -392,36 +392,6 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 	})
 }
 
-func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
-	if t.CreatedAt.IsZero() {
-		t.CreatedAt = ota.Now()
-	}
-	return s.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES (?, ?, ?, ?)`, t.ID, t.Name, t.Hash, fmtTime(t.CreatedAt))
-		if err != nil {
-			return interpretError(err, "token")
-		}
-		return appendEvents(ctx, tx, ota.TokenEvent(t))
-	})
-}
-
-func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {
-	var t ota.APIToken
-	err := s.read.QueryRowContext(ctx, `SELECT id, name, hash, created_at FROM api_tokens WHERE hash = ?`, hash).Scan(&t.ID, &t.Name, &t.Hash, sqlTime{&t.CreatedAt})
-	if err != nil {
-		return nil, interpretError(err, "token")
-	}
-	return &t, nil
-}
-
-func (s *Store) TokenCount(ctx context.Context) (int, error) {
-	var n int
-	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM api_tokens`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count tokens: %w", err)
-	}
-	return n, nil
-}
-
 func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {
 	var v string
 	err := s.inTx(ctx, func(tx *sql.Tx) error {

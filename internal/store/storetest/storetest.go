@@ -35,6 +35,11 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"EventLogFollow", testEventLogFollow},
 		{"Firmware", testFirmware},
 		{"Token", testToken},
+		{"TokenRevokeLastAdmin", testTokenRevokeLastAdmin},
+		{"TokenRevokeConcurrent", testTokenRevokeConcurrent},
+		{"TokenEnsure", testTokenEnsure},
+		{"Audit", testAudit},
+		{"DeviceSecret", testDeviceSecret},
 		{"Verbatim", testVerbatim},
 		{"DevicePresenceNode", testDevicePresenceNode},
 		{"SettingEnsure", testSettingEnsure},
@@ -428,29 +433,6 @@ func testFirmware(t *testing.T, s ota.Store) {
 	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "1.0.1"), ota.ENOTFOUND)
 	_, err = s.FirmwareGet(ctx(t), p.ID, "1.0.1")
 	wantCode(t, err, ota.ENOTFOUND)
-}
-
-func testToken(t *testing.T, s ota.Store) {
-	n, err := s.TokenCount(ctx(t))
-	must(t, err)
-	if n != 0 {
-		t.Fatalf("TokenCount = %d on a new store", n)
-	}
-	tok := &ota.APIToken{ID: "t1", Name: "bootstrap", Hash: "ab12"}
-	must(t, s.TokenCreate(ctx(t), tok))
-	got, err := s.TokenGetByHash(ctx(t), "ab12")
-	must(t, err)
-	if !reflect.DeepEqual(got, tok) {
-		t.Fatalf("TokenGetByHash = %+v, want %+v", got, tok)
-	}
-	_, err = s.TokenGetByHash(ctx(t), "ffff")
-	wantCode(t, err, ota.ENOTFOUND)
-	wantCode(t, s.TokenCreate(ctx(t), &ota.APIToken{ID: "t2", Name: "x", Hash: "ab12"}), ota.ECONFLICT)
-	n, err = s.TokenCount(ctx(t))
-	must(t, err)
-	if n != 1 {
-		t.Fatalf("TokenCount = %d, want 1", n)
-	}
 }
 
 // testVerbatim stores strings that would break naive SQL and reads them back.
