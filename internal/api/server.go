@@ -193,6 +193,7 @@ func (s *Server) routes() chi.Router {
 					r.Delete("/{name}", s.handle(s.deviceDelete))
 					r.Get("/{name}/events", s.handle(s.deviceEvents))
 				})
+				r.Post("/device-batches", s.handle(s.deviceBatch))
 				r.Route("/jobs", func(r chi.Router) {
 					r.Post("/", s.handle(s.jobCreate))
 					r.Get("/", s.handle(s.jobList))

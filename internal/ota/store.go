@@ -20,7 +20,10 @@ type Store interface {
 	ProductGet(ctx context.Context, id string) (*Product, error)
 	ProductList(ctx context.Context, params ProductListParams) ([]*Product, error)
 
-	DeviceCreate(ctx context.Context, d *Device) error
+	// DeviceCreate stores devices, and a device.created event for each, in
+	// one transaction: all of them or none. A name already taken is
+	// ECONFLICT (DevicesTaken, naming them when known).
+	DeviceCreate(ctx context.Context, ds ...*Device) error
 	DeviceGet(ctx context.Context, productID, name string) (*Device, error)
 	DeviceList(ctx context.Context, params DeviceListParams) ([]*Device, error)
 	// DeviceDelete removes a device and its history in one transaction.
