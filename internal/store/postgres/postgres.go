@@ -15,8 +15,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/queue"
 	"github.com/otad/otad/migrations"
 )
 
@@ -98,8 +101,15 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 		}
 		applied = append(applied, m.name)
 	}
-	return applied, nil
+	// River's schema (the webhook delivery queue), under the same lock:
+	// rivermigrate takes none of its own.
+	river, err := queue.Migrate(ctx, s.QueueDriver())
+	return append(applied, river...), err
 }
+
+// QueueDriver is River's driver on this store's pool: webhook delivery
+// queues its jobs in the same database.
+func (s *Store) QueueDriver() riverdriver.Driver[pgx.Tx] { return riverpgxv5.New(s.pool) }
 
 type migration struct {
 	version int
