@@ -105,6 +105,9 @@ type Service struct {
 	budget time.Duration
 	http   *http.Client
 	queue  queue
+	// stopping is closed when Run's context ends: runs hand over at the
+	// next event instead of spending their budget.
+	stopping chan struct{}
 }
 
 // New builds the service on River's driver for the store's database. The
@@ -114,7 +117,7 @@ func New[TTx any](driver riverdriver.Driver[TTx], cfg Config) (*Service, error) 
 		return nil, fmt.Errorf("webhook: timeout, poll and backoff must be positive")
 	}
 	s := &Service{log: cfg.Logger.With("component", "webhook"), store: cfg.Store, policy: cfg.Policy,
-		timeout: cfg.Timeout, poll: cfg.Poll, budget: 4 * cfg.Timeout, http: cfg.Client}
+		timeout: cfg.Timeout, poll: cfg.Poll, budget: 4 * cfg.Timeout, http: cfg.Client, stopping: make(chan struct{})}
 	if s.http == nil {
 		s.http = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
@@ -168,6 +171,7 @@ func (s *Service) Run(ctx context.Context, stopTimeout time.Duration) error {
 		}
 	}()
 	<-ctx.Done()
+	close(s.stopping)
 	wg.Wait()
 	stopCtx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
@@ -245,6 +249,11 @@ func (s *Service) deliver(ctx context.Context, id string) error {
 			return err
 		}
 		for _, e := range evs {
+			select {
+			case <-s.stopping:
+				return river.JobSnooze(0)
+			default:
+			}
 			a, err := s.post(ctx, w, key, e)
 			if err != nil {
 				return err // otad stops; the run goes on elsewhere or later
@@ -304,11 +313,15 @@ func (s *Service) failed(ctx context.Context, w *ota.Webhook, a ota.WebhookDeliv
 // post sends one event to w and tells how it went. An error is returned
 // only when ctx ended (otad stops): that attempt counts for nothing.
 func (s *Service) post(ctx context.Context, w *ota.Webhook, key []byte, e *ota.Event) (ota.WebhookDelivery, error) {
-	// The body is the event exactly as /v1/events shows it.
-	body, err := json.Marshal(e)
-	if err != nil {
+	// The body is the event exactly as /v1/events shows it (no HTML
+	// escaping).
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil {
 		return ota.WebhookDelivery{}, err
 	}
+	body := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	a := ota.WebhookDelivery{Seq: e.Seq, EventType: e.Type}
 	msgID := ota.WebhookMessageID(e.Seq)
 	now := time.Now()
