@@ -117,7 +117,7 @@ func New[TTx any](driver riverdriver.Driver[TTx], cfg Config) (*Service, error) 
 		return nil, fmt.Errorf("webhook: timeout, poll and backoff must be positive")
 	}
 	s := &Service{log: cfg.Logger.With("component", "webhook"), store: cfg.Store, policy: cfg.Policy,
-		timeout: cfg.Timeout, poll: cfg.Poll, budget: 4 * cfg.Timeout, http: cfg.Client, stopping: make(chan struct{})}
+		timeout: cfg.Timeout, poll: cfg.Poll, budget: 2 * cfg.Timeout, http: cfg.Client, stopping: make(chan struct{})}
 	if s.http == nil {
 		s.http = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	}
@@ -131,7 +131,7 @@ func New[TTx any](driver riverdriver.Driver[TTx], cfg Config) (*Service, error) 
 	jobTimeout := s.budget + 2*cfg.Timeout
 	client, err := river.NewClient(driver, &river.Config{
 		ID:                          cfg.Node,
-		Logger:                      s.log.With("queue", "river"),
+		Logger:                      slog.New(warnOnly{s.log.With("queue", "river").Handler()}),
 		Queues:                      map[string]river.QueueConfig{queueName: {MaxWorkers: maxWorkers}},
 		Workers:                     workers,
 		JobTimeout:                  jobTimeout,
@@ -375,3 +375,17 @@ func requestError(err error, timeout time.Duration) string {
 	}
 	return msg
 }
+
+// warnOnly passes River's warnings and errors on; its info lines (each
+// maintenance run) would drown otad's own.
+type warnOnly struct{ slog.Handler }
+
+func (h warnOnly) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && h.Handler.Enabled(ctx, l)
+}
+
+func (h warnOnly) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return warnOnly{h.Handler.WithAttrs(attrs)}
+}
+
+func (h warnOnly) WithGroup(name string) slog.Handler { return warnOnly{h.Handler.WithGroup(name)} }
