@@ -157,6 +157,8 @@ func interpretError(err error, what string) error {
 			return ota.Errorf(ota.ENOTFOUND, "%s refers to something that does not exist", what)
 		case "40001", "40P01": // serialization_failure, deadlock_detected
 			return ota.Errorf(ota.ECONFLICT, "%s changed concurrently; try again", what)
+		case "57P01", "57P02", "57P03": // admin_shutdown, crash_shutdown, cannot_connect_now: the server cut this connection
+			return &ota.Error{Code: ota.EUNAVAILABLE, Message: "the database is unavailable; try again shortly"}
 		case "22021", "22P05": // invalid byte sequence / untranslatable character (NUL)
 			return ota.Errorf(ota.EINVALID, "%s contains characters that cannot be stored", what)
 		}
