@@ -328,27 +328,34 @@ func TestWebhookJobDelivery(t *testing.T) {
 			return len(page.Items) == 0
 		})
 
-		// The devices' disconnects come in as otasim leaves: the log is
-		// read until the webhook has caught up with it.
+		// Every device is offline: the log of the product is complete.
 		get := func(path string, out any) { a.do("GET", path, nil).decode(t, out) }
-		var wantSeqs, seqs []int64
-		var wantBodies, bodies []json.RawMessage
+		wantSeqs, wantBodies := logEvents(t, get, "product_id="+pid, w.Cursor)
 		waitFor(t, "every event delivered", func() bool {
-			wantSeqs, wantBodies = logEvents(t, get, "product_id="+pid, w.Cursor)
-			seqs, bodies = rcv.received()
-			return len(seqs) >= len(wantSeqs) && seqs[len(seqs)-1] >= wantSeqs[len(wantSeqs)-1]
+			seqs, _ := rcv.received()
+			return len(seqs) > 0 && seqs[len(seqs)-1] >= wantSeqs[len(wantSeqs)-1]
 		})
-		if len(seqs) != len(wantSeqs) {
-			t.Fatalf("%d deliveries, %d events", len(seqs), len(wantSeqs))
-		}
+		seqs, bodies := rcv.received()
+		// At least once: an event may come again right after itself (a
+		// run cut short between the answer and recording it), never out
+		// of order, never missing.
 		types := map[string]int{}
+		repeats, k := 0, 0
 		for i := range seqs {
-			if seqs[i] != wantSeqs[i] || !bytes.Equal(bodies[i], wantBodies[i]) {
-				t.Fatalf("delivery %d: %s\nwant %s", i, bodies[i], wantBodies[i])
+			if i > 0 && seqs[i] == seqs[i-1] && bytes.Equal(bodies[i], bodies[i-1]) {
+				repeats++
+				continue
 			}
+			if k >= len(wantSeqs) || seqs[i] != wantSeqs[k] || !bytes.Equal(bodies[i], wantBodies[k]) {
+				t.Fatalf("delivery %d: %s\nwant event %d of the log", i, bodies[i], k)
+			}
+			k++
 			var e eventJSON
 			json.Unmarshal(bodies[i], &e)
 			types[e.Type]++
+		}
+		if k != len(wantSeqs) || repeats > 2 {
+			t.Fatalf("%d events of %d delivered, %d repeats", k, len(wantSeqs), repeats)
 		}
 		if types["device.created"] != 100 || types["execution.done"] != 100 || types["job.completed"] != 1 || types["device.online"] != 100 || types["device.offline"] != 100 {
 			t.Fatalf("event types delivered: %v", types)
@@ -364,10 +371,10 @@ func TestWebhookJobDelivery(t *testing.T) {
 				retried++
 			}
 		}
-		if len(ds.Items) != len(seqs) || retried != 1 {
-			t.Fatalf("%d delivery records, %d retried; want %d and 1 (the one the outage held)", len(ds.Items), retried, len(seqs))
+		if len(ds.Items) != len(wantSeqs) || retried < 1 || retried > 1+repeats {
+			t.Fatalf("%d delivery records, %d retried; want %d, and the one the outage held", len(ds.Items), retried, len(wantSeqs))
 		}
-		t.Logf("%d events delivered in order", len(seqs))
+		t.Logf("%d events delivered in order, %d repeats", len(wantSeqs), repeats)
 	})
 }
 

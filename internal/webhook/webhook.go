@@ -258,7 +258,11 @@ func (s *Service) deliver(ctx context.Context, id string) error {
 			if err != nil {
 				return err // otad stops; the run goes on elsewhere or later
 			}
-			got, err := s.store.WebhookAttempt(ctx, ota.WebhookAttemptParams{WebhookID: w.ID, From: w.Cursor, Attempt: a})
+			// What the receiver answered is recorded even when the run's
+			// time is up meanwhile: else it would get the event again.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
+			got, err := s.store.WebhookAttempt(rctx, ota.WebhookAttemptParams{WebhookID: w.ID, From: w.Cursor, Attempt: a})
+			cancel()
 			if ota.IsCode(err, ota.ENOTFOUND) || ota.IsCode(err, ota.ECONFLICT) {
 				return nil // deleted, or another run moved the cursor
 			}
