@@ -171,7 +171,8 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	a.engine = eng
 
 	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs,
-		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg, BodyReadTimeout: cfg.BodyReadTimeout})
+		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg,
+		BodyReadTimeout: cfg.BodyReadTimeout, UploadStallTimeout: cfg.BodyReadTimeout, MaxUploads: int(cfg.MaxUploads)})
 	if err != nil {
 		return nil, err
 	}

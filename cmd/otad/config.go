@@ -39,6 +39,7 @@ type Config struct {
 	LogFormat          string
 	ShutdownTimeout    time.Duration
 	BodyReadTimeout    time.Duration
+	MaxUploads         int64
 	EventRetention     time.Duration
 }
 
@@ -79,6 +80,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_API_TOKEN", "api-token", "", "console API bearer token; when empty and none exists, one is generated and printed once", true}, &c.APIToken},
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
+		{configVar{"OTAD_MAX_UPLOADS", "max-uploads", "8", "firmware uploads in progress at once; more are answered 429 with Retry-After", false}, &c.MaxUploads},
 		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: as long as they keep sending); a stalled client is cut off", false}, &c.BodyReadTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
 		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log and device history are kept", false}, &c.EventRetention},
@@ -162,6 +164,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.MQTTTLSAddr != "") != (c.MQTTTLSCert != "" && c.MQTTTLSKey != "") {
 		return fmt.Errorf("OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY go together")
+	}
+	if c.MaxUploads < 1 || c.MaxUploads > 10000 {
+		return fmt.Errorf("OTAD_MAX_UPLOADS must be from 1 to 10000")
 	}
 	if c.BodyReadTimeout < time.Second {
 		return fmt.Errorf("OTAD_BODY_READ_TIMEOUT must be at least 1s")

@@ -43,6 +43,10 @@ type Config struct {
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
+	// MaxUploads caps the firmware uploads in progress at once (each holds
+	// a hashing pipeline and a multipart upload); more are answered 429
+	// with Retry-After. Default 8.
+	MaxUploads int
 	// BodyReadTimeout bounds how long a request's body may take to arrive
 	// (a firmware upload instead must not stall for UploadStallTimeout);
 	// default 30s. It holds before authentication too: a client that
@@ -65,6 +69,8 @@ type Server struct {
 	maxFirmwareSize int64
 	uploadStall     time.Duration
 	bodyRead        time.Duration
+	uploads         chan struct{} // one token per upload in progress
+	uploadsActive   prometheus.Gauge
 	eventPoll       time.Duration
 	streamsDone     chan struct{} // closed by CloseStreams
 	closeStreams    sync.Once
@@ -103,6 +109,10 @@ func New(cfg Config) (*Server, error) {
 			Help:    "HTTP request latency, by method and route pattern.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"method", "route"}),
+		uploadsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "otad_http_uploads_in_progress",
+			Help: "Firmware uploads holding one of the MaxUploads slots (OTAD_MAX_UPLOADS).",
+		}),
 	}
 	if s.maxFirmwareSize <= 0 {
 		s.maxFirmwareSize = ota.DefaultMaxFirmwareSize
@@ -110,6 +120,10 @@ func New(cfg Config) (*Server, error) {
 	if s.uploadStall <= 0 {
 		s.uploadStall = 2 * time.Minute
 	}
+	if cfg.MaxUploads <= 0 {
+		cfg.MaxUploads = 8
+	}
+	s.uploads = make(chan struct{}, cfg.MaxUploads)
 	if s.bodyRead <= 0 {
 		s.bodyRead = 30 * time.Second
 	}
@@ -119,7 +133,7 @@ func New(cfg Config) (*Server, error) {
 	if s.eventKeepAlive <= 0 {
 		s.eventKeepAlive = 15 * time.Second
 	}
-	for _, c := range []prometheus.Collector{s.requests, s.latency} {
+	for _, c := range []prometheus.Collector{s.requests, s.latency, s.uploadsActive} {
 		if err := cfg.Registry.Register(c); err != nil {
 			return nil, err
 		}
