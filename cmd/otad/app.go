@@ -122,7 +122,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-		a.metricsSrv = a.newHTTPServer(mux, "metrics")
+		a.metricsSrv = a.newHTTPServer(mux, "metrics", false)
 	}
 	a.publicURL = cfg.PublicURL
 	if a.publicURL == "" {
@@ -176,22 +176,35 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, err
 	}
-	a.httpSrv = a.newHTTPServer(apiSrv, "http")
+	a.httpSrv = a.newHTTPServer(apiSrv, "http", true)
 	a.httpSrv.RegisterOnShutdown(apiSrv.CloseStreams)
 	if a.downloadLn != nil {
-		a.downloadSrv = a.newHTTPServer(download, "download")
+		a.downloadSrv = a.newHTTPServer(download, "download", false)
 	}
 	return a, nil
 }
 
-func (a *app) newHTTPServer(h http.Handler, component string) *http.Server {
-	return &http.Server{
+// maxHeaderBytes caps the request headers on every HTTP listener; more
+// is answered 431.
+const maxHeaderBytes = 64 << 10
+
+// newHTTPServer builds one of otad's HTTP servers, each with the same
+// header timeout, header size cap and idle timeout. The console API sets
+// its own read deadlines per request (OTAD_BODY_READ_TIMEOUT, and per read
+// for uploads); the other listeners take no request bodies, so one read
+// timeout bounds a whole request there (apiDeadlines false).
+func (a *app) newHTTPServer(h http.Handler, component string, apiDeadlines bool) *http.Server {
+	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: a.cfg.HeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       a.cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(a.log.With("component", component).Handler(), slog.LevelWarn),
 	}
+	if !apiDeadlines {
+		srv.ReadTimeout = a.cfg.HeaderTimeout + a.cfg.BodyReadTimeout
+	}
+	return srv
 }
 
 // openBlobs opens the S3 bucket when one is configured, else the firmware

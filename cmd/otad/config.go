@@ -39,6 +39,8 @@ type Config struct {
 	LogFormat          string
 	ShutdownTimeout    time.Duration
 	BodyReadTimeout    time.Duration
+	HeaderTimeout      time.Duration
+	IdleTimeout        time.Duration
 	MaxUploads         int64
 	EventRetention     time.Duration
 }
@@ -81,7 +83,9 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
 		{configVar{"OTAD_MAX_UPLOADS", "max-uploads", "8", "firmware uploads in progress at once; more are answered 429 with Retry-After", false}, &c.MaxUploads},
-		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: as long as they keep sending); a stalled client is cut off", false}, &c.BodyReadTimeout},
+		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: how long they may send nothing); a stalled client is cut off", false}, &c.BodyReadTimeout},
+		{configVar{"OTAD_HEADER_TIMEOUT", "header-timeout", "10s", "how long a request's headers may take to arrive, on every HTTP listener", false}, &c.HeaderTimeout},
+		{configVar{"OTAD_IDLE_TIMEOUT", "idle-timeout", "2m", "how long an HTTP connection may wait for its next request, on every HTTP listener", false}, &c.IdleTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
 		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log and device history are kept", false}, &c.EventRetention},
 	}
@@ -168,8 +172,13 @@ func (c *Config) Validate() error {
 	if c.MaxUploads < 1 || c.MaxUploads > 10000 {
 		return fmt.Errorf("OTAD_MAX_UPLOADS must be from 1 to 10000")
 	}
-	if c.BodyReadTimeout < time.Second {
-		return fmt.Errorf("OTAD_BODY_READ_TIMEOUT must be at least 1s")
+	for _, d := range []struct {
+		env string
+		d   time.Duration
+	}{{"OTAD_BODY_READ_TIMEOUT", c.BodyReadTimeout}, {"OTAD_HEADER_TIMEOUT", c.HeaderTimeout}, {"OTAD_IDLE_TIMEOUT", c.IdleTimeout}} {
+		if d.d < time.Second {
+			return fmt.Errorf("%s must be at least 1s", d.env)
+		}
 	}
 	if c.EventRetention < time.Hour {
 		return fmt.Errorf("OTAD_EVENT_RETENTION must be at least 1h")

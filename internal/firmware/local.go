@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/otad/otad/internal/ota"
@@ -32,7 +33,57 @@ const (
 	// writes to its file continuously.
 	staleTempAge = time.Hour
 	copyBufSize  = 256 << 10
+	waitBufSize  = 16 << 10
 )
+
+// copyBufs are the large copy buffers, shared by every upload.
+var copyBufs = sync.Pool{New: func() any {
+	b := make([]byte, copyBufSize)
+	return &b
+}}
+
+// copyFlowing copies r to w. A read from a client's upload may wait for
+// as long as the client stalls, holding its buffer: copyFlowing waits
+// with a small buffer of its own and borrows a large one from copyBufs
+// only while bytes flow, that is after a read that filled its buffer
+// (more bytes were waiting). A short read means the source is drained for
+// now, so the large buffer goes back before the next read. 500 stalled
+// uploads then hold 500 small buffers, not 500 large ones.
+func copyFlowing(w io.Writer, r io.Reader) (int64, error) {
+	small := make([]byte, waitBufSize)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyBufs.Put(big)
+		}
+	}()
+	var n int64
+	for {
+		buf := small
+		if big != nil {
+			buf = *big
+		}
+		nr, rerr := r.Read(buf)
+		if nr > 0 {
+			nw, werr := w.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return n, nil
+		case rerr != nil:
+			return n, rerr
+		case nr == len(buf) && big == nil:
+			big = copyBufs.Get().(*[]byte)
+		case nr < len(buf) && big != nil:
+			copyBufs.Put(big)
+			big = nil
+		}
+	}
+}
 
 // NewLocal returns a Local that stores files under dir, creating it when
 // missing, and removes temporary files that a crash left behind.
@@ -81,9 +132,7 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (n int64, err 
 		}
 	}()
 
-	buf := make([]byte, copyBufSize)
-	// Hide f's ReadFrom so that the copy uses buf and checks ctx per read.
-	n, err = io.CopyBuffer(struct{ io.Writer }{f}, &ctxReader{ctx: ctx, r: r}, buf)
+	n, err = copyFlowing(f, &ctxReader{ctx: ctx, r: r})
 	if err != nil {
 		return 0, fmt.Errorf("local put: %w", err)
 	}
