@@ -195,8 +195,12 @@ func (d *Download) serve(w http.ResponseWriter, r *http.Request) int {
 // copy sends length bytes of body in chunks, each with its own write
 // deadline: a device that stops reading gives its connection back after
 // the stall timeout, while a slow one may take days over a large image.
+// The request's read deadline (headers, body) is lifted first: net/http
+// watches the connection while the handler runs, and a read deadline
+// passing there would cancel the request half way through the image.
 func (d *Download) copy(w http.ResponseWriter, body io.Reader, length int64) (int64, error) {
 	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
 	deadlines := rc.SetWriteDeadline(time.Time{}) == nil
 	if deadlines {
 		// The connection may serve another request after this one.
