@@ -141,7 +141,11 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("OTAD_PUBLIC_URL: %w", err)
 	}
-	download, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: a.store, Blobs: a.blobs, Registry: a.reg})
+	limit := api.NewRateLimiter(float64(cfg.RateLimit), int(cfg.RateBurst), 0, nil)
+	if err := limit.Register(a.reg); err != nil {
+		return nil, err
+	}
+	download, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: a.store, Blobs: a.blobs, Registry: a.reg, RateLimit: limit})
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +176,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 
 	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs,
 		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg,
-		BodyReadTimeout: cfg.BodyReadTimeout, UploadStallTimeout: cfg.BodyReadTimeout, MaxUploads: int(cfg.MaxUploads)})
+		BodyReadTimeout: cfg.BodyReadTimeout, UploadStallTimeout: cfg.BodyReadTimeout, MaxUploads: int(cfg.MaxUploads), RateLimit: limit})
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,8 @@ type Config struct {
 	HeaderTimeout      time.Duration
 	IdleTimeout        time.Duration
 	MaxUploads         int64
+	RateLimit          int64
+	RateBurst          int64
 	EventRetention     time.Duration
 }
 
@@ -83,6 +85,8 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
 		{configVar{"OTAD_MAX_UPLOADS", "max-uploads", "8", "firmware uploads in progress at once; more are answered 429 with Retry-After", false}, &c.MaxUploads},
+		{configVar{"OTAD_RATE_LIMIT", "rate-limit", "50", "console API requests per second per client address and per token; more are answered 429 with Retry-After; 0 turns the limit off (downloads: see Limits)", false}, &c.RateLimit},
+		{configVar{"OTAD_RATE_BURST", "rate-burst", "100", "requests a client address or token may send at once above OTAD_RATE_LIMIT", false}, &c.RateBurst},
 		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: how long they may send nothing); a stalled client is cut off", false}, &c.BodyReadTimeout},
 		{configVar{"OTAD_HEADER_TIMEOUT", "header-timeout", "10s", "how long a request's headers may take to arrive, on every HTTP listener", false}, &c.HeaderTimeout},
 		{configVar{"OTAD_IDLE_TIMEOUT", "idle-timeout", "2m", "how long an HTTP connection may wait for its next request, on every HTTP listener", false}, &c.IdleTimeout},
@@ -171,6 +175,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxUploads < 1 || c.MaxUploads > 10000 {
 		return fmt.Errorf("OTAD_MAX_UPLOADS must be from 1 to 10000")
+	}
+	if c.RateLimit < 0 || c.RateLimit > 1_000_000 {
+		return fmt.Errorf("OTAD_RATE_LIMIT must be from 0 (no limit) to 1000000 requests per second")
+	}
+	if c.RateBurst < 1 || c.RateBurst > 1_000_000 {
+		return fmt.Errorf("OTAD_RATE_BURST must be from 1 to 1000000")
 	}
 	for _, d := range []struct {
 		env string

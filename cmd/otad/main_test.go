@@ -223,6 +223,9 @@ func startProcess(t *testing.T, env map[string]string) *otadProcess {
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	if _, ok := env["OTAD_RATE_LIMIT"]; !ok {
+		cmd.Env = append(cmd.Env, "OTAD_RATE_LIMIT=0") // as in startApp
+	}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

@@ -50,7 +50,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		cancel()
 	}
-	if code == ota.EUNAVAILABLE || code == ota.ETOOMANY {
+	if (code == ota.EUNAVAILABLE || code == ota.ETOOMANY) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "5")
 	}
 	status, ok := statusOf[code]
