@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -74,8 +73,9 @@ type app struct {
 	engine                           *engine.Engine
 	publicURL                        string
 
-	cancel   context.CancelFunc // ends the engine
-	engineWG sync.WaitGroup
+	sweeper  *firmware.Sweeper
+	cancel   context.CancelFunc // ends the engine and the sweeper
+	engineWG sync.WaitGroup     // the engine and the sweeper
 	failed   chan error
 	wg       sync.WaitGroup // the HTTP servers
 }
@@ -105,7 +105,13 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err := a.bootstrapToken(ctx); err != nil {
 		return nil, err
 	}
-	if a.blobs, err = openBlobs(ctx, cfg, log); err != nil {
+	blobs, err := openBlobs(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	a.blobs = blobs
+	a.sweeper, err = firmware.NewSweeper(firmware.SweeperConfig{Store: a.store, Blobs: blobs, Grace: cfg.SweepGrace, Logger: log, Registry: a.reg})
+	if err != nil {
 		return nil, err
 	}
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
@@ -213,7 +219,7 @@ func (a *app) newHTTPServer(h http.Handler, component string, apiDeadlines bool)
 
 // openBlobs opens the S3 bucket when one is configured, else the firmware
 // directory under the data dir.
-func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (ota.Blobs, error) {
+func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (firmware.Sweepable, error) {
 	if cfg.S3Bucket == "" {
 		return firmware.NewLocal(filepath.Join(cfg.DataDir, "firmware"))
 	}
@@ -223,13 +229,6 @@ func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (ota.Blobs, e
 	}
 	if err := s3.Ping(ctx); err != nil {
 		return nil, fmt.Errorf("s3 bucket %s: %w", cfg.S3Bucket, err)
-	}
-	// Multipart uploads a dead process left behind cost storage until
-	// aborted; a day is far longer than any live upload.
-	if n, err := s3.AbortStaleUploads(ctx, time.Now().Add(-24*time.Hour)); err != nil {
-		log.Warn("could not abort stale multipart uploads", "component", "firmware", "err", err)
-	} else if n > 0 {
-		log.Info("aborted stale multipart uploads", "component", "firmware", "count", n)
 	}
 	return s3, nil
 }
@@ -306,10 +305,14 @@ func (a *app) Start(ctx context.Context) error {
 		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
 	}
 	a.log.Info("devices download firmware from", "component", "download", "public_url", a.publicURL)
-	a.engineWG.Add(1)
+	a.engineWG.Add(2)
 	go func() {
 		defer a.engineWG.Done()
 		a.engine.Run(runCtx)
+	}()
+	go func() {
+		defer a.engineWG.Done()
+		a.sweeper.Run(runCtx, a.cfg.SweepInterval)
 	}()
 	return nil
 }

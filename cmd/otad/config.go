@@ -43,6 +43,8 @@ type Config struct {
 	IdleTimeout        time.Duration
 	MaxUploads         int64
 	RateLimit          int64
+	SweepInterval      time.Duration
+	SweepGrace         time.Duration
 	RateBurst          int64
 	EventRetention     time.Duration
 }
@@ -91,6 +93,8 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_HEADER_TIMEOUT", "header-timeout", "10s", "how long a request's headers may take to arrive, on every HTTP listener", false}, &c.HeaderTimeout},
 		{configVar{"OTAD_IDLE_TIMEOUT", "idle-timeout", "2m", "how long an HTTP connection may wait for its next request, on every HTTP listener", false}, &c.IdleTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
+		{configVar{"OTAD_SWEEP_INTERVAL", "sweep-interval", "1h", "how often firmware storage is swept of leftovers (also at start): images without a firmware row, unfinished uploads, temporary files", false}, &c.SweepInterval},
+		{configVar{"OTAD_SWEEP_GRACE", "sweep-grace", "24h", "how old a leftover must be before the sweep removes it; longer than any upload takes", false}, &c.SweepGrace},
 		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log and device history are kept", false}, &c.EventRetention},
 	}
 }
@@ -185,7 +189,8 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		env string
 		d   time.Duration
-	}{{"OTAD_BODY_READ_TIMEOUT", c.BodyReadTimeout}, {"OTAD_HEADER_TIMEOUT", c.HeaderTimeout}, {"OTAD_IDLE_TIMEOUT", c.IdleTimeout}} {
+	}{{"OTAD_BODY_READ_TIMEOUT", c.BodyReadTimeout}, {"OTAD_HEADER_TIMEOUT", c.HeaderTimeout}, {"OTAD_IDLE_TIMEOUT", c.IdleTimeout},
+		{"OTAD_SWEEP_INTERVAL", c.SweepInterval}, {"OTAD_SWEEP_GRACE", c.SweepGrace}} {
 		if d.d < time.Second {
 			return fmt.Errorf("%s must be at least 1s", d.env)
 		}
