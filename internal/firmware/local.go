@@ -29,7 +29,7 @@ var _ ota.Blobs = (*Local)(nil)
 const (
 	tempPrefix  = ".tmp-"
 	copyBufSize = 256 << 10
-	waitBufSize  = 16 << 10
+	waitBufSize = 16 << 10
 )
 
 // copyBufs are the large copy buffers, shared by every upload.
