@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -165,6 +166,19 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 			return nil, fmt.Errorf("mqtt tls: %w", err)
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if cfg.MQTTTLSClientCA != "" {
+			// Certificates are asked for, and verified when given: a device
+			// with one logs in by it, the others by their signed password.
+			pem, err := os.ReadFile(cfg.MQTTTLSClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("OTAD_MQTT_TLS_CLIENT_CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("OTAD_MQTT_TLS_CLIENT_CA: %s holds no PEM certificate", cfg.MQTTTLSClientCA)
+			}
+			tlsConfig.ClientCAs, tlsConfig.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		}
 	}
 	a.broker, err = broker.New(log, a.store, broker.Options{
 		Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTTLSAddr, TLSConfig: tlsConfig, Node: a.node, Registerer: a.reg,

@@ -22,6 +22,7 @@ type Config struct {
 	MQTTTLSAddr     string
 	MQTTTLSCert     string
 	MQTTTLSKey      string
+	MQTTTLSClientCA string
 	DownloadAddr    string
 	MaxFirmwareSize int64
 	DataDir         string
@@ -73,6 +74,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_MQTT_TLS_ADDR", "mqtt-tls-addr", "", "device MQTT-over-TLS listen address, such as :8883; needs the certificate and key", false}, &c.MQTTTLSAddr},
 		{configVar{"OTAD_MQTT_TLS_CERT", "mqtt-tls-cert", "", "PEM certificate (chain) file of the TLS listener", false}, &c.MQTTTLSCert},
 		{configVar{"OTAD_MQTT_TLS_KEY", "mqtt-tls-key", "", "PEM private key file of the TLS listener", false}, &c.MQTTTLSKey},
+		{configVar{"OTAD_MQTT_TLS_CLIENT_CA", "mqtt-tls-client-ca", "", "PEM file of the CAs whose client certificates devices may log in with on the TLS listener (CommonName = client ID); others still log in with the signed password", false}, &c.MQTTTLSClientCA},
 		{configVar{"OTAD_METRICS_ADDR", "metrics-addr", "", "listen address serving /metrics alone and without a token, for a scraper on a private network; empty: /metrics on the HTTP address, with a token", false}, &c.MetricsAddr},
 		{configVar{"OTAD_DOWNLOAD_ADDR", "download-addr", "", "separate firmware download listen address, such as :80 (device SDKs ignore URL ports); empty serves downloads on the HTTP address", false}, &c.DownloadAddr},
 		{configVar{"OTAD_MAX_FIRMWARE_SIZE", "max-firmware-size", "2147483648", "largest firmware image accepted, in bytes", false}, &c.MaxFirmwareSize},
@@ -176,6 +178,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.MQTTTLSAddr != "") != (c.MQTTTLSCert != "" && c.MQTTTLSKey != "") {
 		return fmt.Errorf("OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY go together")
+	}
+	if c.MQTTTLSClientCA != "" && c.MQTTTLSAddr == "" {
+		return fmt.Errorf("OTAD_MQTT_TLS_CLIENT_CA needs the TLS listener: set OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY")
 	}
 	if c.MaxUploads < 1 || c.MaxUploads > 10000 {
 		return fmt.Errorf("OTAD_MAX_UPLOADS must be from 1 to 10000")
