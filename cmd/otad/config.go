@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/otad/otad/internal/loglimit"
 	"github.com/otad/otad/internal/ota"
 )
 
@@ -232,11 +233,16 @@ func (c *Config) logLevel() (slog.Level, error) {
 	return l, nil
 }
 
+// logBurst is how many lines of one message otad writes per second at
+// most; the next line let through says how many were held back.
+const logBurst = 10
+
 func (c *Config) logger(w io.Writer) *slog.Logger {
 	level, _ := c.logLevel()
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(loglimit.New(h, logBurst))
 }
