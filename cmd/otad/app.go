@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -92,8 +93,9 @@ type app struct {
 	webhooks                         *webhook.Service
 	publicURL                        string
 
-	cancel   context.CancelFunc // ends the engine
-	engineWG sync.WaitGroup
+	sweeper  *firmware.Sweeper
+	cancel   context.CancelFunc // ends the engine and the sweeper
+	engineWG sync.WaitGroup     // the engine and the sweeper
 	failed   chan error
 	wg       sync.WaitGroup // the HTTP servers
 }
@@ -130,7 +132,13 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err := sealSecrets(ctx, a.store, secrets, log); err != nil {
 		return nil, err
 	}
-	if a.blobs, err = openBlobs(ctx, cfg, log); err != nil {
+	blobs, err := openBlobs(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	a.blobs = blobs
+	a.sweeper, err = firmware.NewSweeper(firmware.SweeperConfig{Store: a.store, Blobs: blobs, Grace: cfg.SweepGrace, Logger: log, Registry: a.reg})
+	if err != nil {
 		return nil, err
 	}
 	if a.httpLn, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
@@ -147,7 +155,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-		a.metricsSrv = a.newHTTPServer(mux, "metrics")
+		a.metricsSrv = a.newHTTPServer(mux, "metrics", false)
 	}
 	a.publicURL = cfg.PublicURL
 	if a.publicURL == "" {
@@ -166,7 +174,11 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err != nil {
 		return nil, fmt.Errorf("OTAD_PUBLIC_URL: %w", err)
 	}
-	download, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: a.store, Blobs: a.blobs, Registry: a.reg})
+	limit := api.NewRateLimiter(float64(cfg.RateLimit), int(cfg.RateBurst), 0, nil)
+	if err := limit.Register(a.reg); err != nil {
+		return nil, err
+	}
+	download, err := api.NewDownload(api.DownloadConfig{Logger: log, Signer: signer, Store: a.store, Blobs: a.blobs, Registry: a.reg, RateLimit: limit})
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +192,19 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 			return nil, fmt.Errorf("mqtt tls: %w", err)
 		}
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if cfg.MQTTTLSClientCA != "" {
+			// Certificates are asked for, and verified when given: a device
+			// with one logs in by it, the others by their signed password.
+			pem, err := os.ReadFile(cfg.MQTTTLSClientCA)
+			if err != nil {
+				return nil, fmt.Errorf("OTAD_MQTT_TLS_CLIENT_CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("OTAD_MQTT_TLS_CLIENT_CA: %s holds no PEM certificate", cfg.MQTTTLSClientCA)
+			}
+			tlsConfig.ClientCAs, tlsConfig.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		}
 	}
 	a.broker, err = broker.New(log, a.store, broker.Options{
 		Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTTLSAddr, TLSConfig: tlsConfig, Node: a.node, Secrets: secrets, Registerer: a.reg,
@@ -201,31 +226,45 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	}
 
 	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs, Secrets: secrets,
-		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg, BodyReadTimeout: cfg.BodyReadTimeout})
+		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg,
+		BodyReadTimeout: cfg.BodyReadTimeout, UploadStallTimeout: cfg.BodyReadTimeout, MaxUploads: int(cfg.MaxUploads), RateLimit: limit})
 	if err != nil {
 		return nil, err
 	}
-	a.httpSrv = a.newHTTPServer(apiSrv, "http")
+	a.httpSrv = a.newHTTPServer(apiSrv, "http", true)
 	a.httpSrv.RegisterOnShutdown(apiSrv.CloseStreams)
 	if a.downloadLn != nil {
-		a.downloadSrv = a.newHTTPServer(download, "download")
+		a.downloadSrv = a.newHTTPServer(download, "download", false)
 	}
 	return a, nil
 }
 
-func (a *app) newHTTPServer(h http.Handler, component string) *http.Server {
-	return &http.Server{
+// maxHeaderBytes caps the request headers on every HTTP listener; more
+// is answered 431.
+const maxHeaderBytes = 64 << 10
+
+// newHTTPServer builds one of otad's HTTP servers, each with the same
+// header timeout, header size cap and idle timeout. The console API sets
+// its own read deadlines per request (OTAD_BODY_READ_TIMEOUT, and per read
+// for uploads); the other listeners take no request bodies, so one read
+// timeout bounds a whole request there (apiDeadlines false).
+func (a *app) newHTTPServer(h http.Handler, component string, apiDeadlines bool) *http.Server {
+	srv := &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: a.cfg.HeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       a.cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(a.log.With("component", component).Handler(), slog.LevelWarn),
 	}
+	if !apiDeadlines {
+		srv.ReadTimeout = a.cfg.HeaderTimeout + a.cfg.BodyReadTimeout
+	}
+	return srv
 }
 
 // openBlobs opens the S3 bucket when one is configured, else the firmware
 // directory under the data dir.
-func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (ota.Blobs, error) {
+func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (firmware.Sweepable, error) {
 	if cfg.S3Bucket == "" {
 		return firmware.NewLocal(filepath.Join(cfg.DataDir, "firmware"))
 	}
@@ -235,13 +274,6 @@ func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (ota.Blobs, e
 	}
 	if err := s3.Ping(ctx); err != nil {
 		return nil, fmt.Errorf("s3 bucket %s: %w", cfg.S3Bucket, err)
-	}
-	// Multipart uploads a dead process left behind cost storage until
-	// aborted; a day is far longer than any live upload.
-	if n, err := s3.AbortStaleUploads(ctx, time.Now().Add(-24*time.Hour)); err != nil {
-		log.Warn("could not abort stale multipart uploads", "component", "firmware", "err", err)
-	} else if n > 0 {
-		log.Info("aborted stale multipart uploads", "component", "firmware", "count", n)
 	}
 	return s3, nil
 }
@@ -320,7 +352,7 @@ func (a *app) Start(ctx context.Context) error {
 		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
 	}
 	a.log.Info("devices download firmware from", "component", "download", "public_url", a.publicURL)
-	a.engineWG.Add(2)
+	a.engineWG.Add(3)
 	go func() {
 		defer a.engineWG.Done()
 		a.engine.Run(runCtx)
@@ -330,6 +362,10 @@ func (a *app) Start(ctx context.Context) error {
 		if err := a.webhooks.Run(runCtx, a.cfg.ShutdownTimeout); err != nil {
 			a.log.Error("webhook delivery stopped", "component", "webhook", "err", err)
 		}
+	}()
+	go func() {
+		defer a.engineWG.Done()
+		a.sweeper.Run(runCtx, a.cfg.SweepInterval)
 	}()
 	return nil
 }

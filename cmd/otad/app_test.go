@@ -75,6 +75,9 @@ func testConfig(t *testing.T, engine string, env map[string]string) *Config {
 		"OTAD_DATA_DIR":  t.TempDir(),
 		"OTAD_API_TOKEN": testToken,
 		"OTAD_LOG_LEVEL": "warn",
+		// waitFor polls the API far faster than any client should;
+		// TestRateLimit sets a limit of its own.
+		"OTAD_RATE_LIMIT": "0",
 	}
 	if engine == "postgres" && env["OTAD_DATABASE_URL"] == "" {
 		vars["OTAD_DATABASE_URL"] = testdb.PostgresURL(t)
@@ -149,6 +152,12 @@ func (r response) wantStatus(t *testing.T, status int) {
 // document, so the document and the code cannot drift apart.
 func (a *testApp) do(method, path string, body any, headers ...string) response {
 	a.t.Helper()
+	return a.doWith(http.DefaultClient, method, path, body, headers...)
+}
+
+// doWith is do through client.
+func (a *testApp) doWith(client *http.Client, method, path string, body any, headers ...string) response {
+	a.t.Helper()
 	var raw []byte
 	switch b := body.(type) {
 	case nil:
@@ -177,7 +186,7 @@ func (a *testApp) do(method, path string, body any, headers ...string) response 
 			req.Header.Set(headers[i], headers[i+1])
 		}
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		a.t.Fatal(err)
 	}

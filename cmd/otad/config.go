@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/otad/otad/internal/loglimit"
 	"github.com/otad/otad/internal/ota"
 )
 
@@ -22,6 +23,7 @@ type Config struct {
 	MQTTTLSAddr     string
 	MQTTTLSCert     string
 	MQTTTLSKey      string
+	MQTTTLSClientCA string
 	DownloadAddr    string
 	MaxFirmwareSize int64
 	DataDir         string
@@ -41,6 +43,13 @@ type Config struct {
 	LogFormat          string
 	ShutdownTimeout    time.Duration
 	BodyReadTimeout    time.Duration
+	HeaderTimeout      time.Duration
+	IdleTimeout        time.Duration
+	MaxUploads         int64
+	RateLimit          int64
+	SweepInterval      time.Duration
+	SweepGrace         time.Duration
+	RateBurst          int64
 	EventRetention     time.Duration
 	// Webhook delivery: one request's timeout, the first retry's wait
 	// (doubling up to WebhookBackoffMax) and how long an endpoint may fail
@@ -75,6 +84,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_MQTT_TLS_ADDR", "mqtt-tls-addr", "", "device MQTT-over-TLS listen address, such as :8883; needs the certificate and key", false}, &c.MQTTTLSAddr},
 		{configVar{"OTAD_MQTT_TLS_CERT", "mqtt-tls-cert", "", "PEM certificate (chain) file of the TLS listener", false}, &c.MQTTTLSCert},
 		{configVar{"OTAD_MQTT_TLS_KEY", "mqtt-tls-key", "", "PEM private key file of the TLS listener", false}, &c.MQTTTLSKey},
+		{configVar{"OTAD_MQTT_TLS_CLIENT_CA", "mqtt-tls-client-ca", "", "PEM file of the CAs whose client certificates devices may log in with on the TLS listener (CommonName = client ID); others still log in with the signed password", false}, &c.MQTTTLSClientCA},
 		{configVar{"OTAD_METRICS_ADDR", "metrics-addr", "", "listen address serving /metrics alone and without a token, for a scraper on a private network; empty: /metrics on the HTTP address, with a token", false}, &c.MetricsAddr},
 		{configVar{"OTAD_DOWNLOAD_ADDR", "download-addr", "", "separate firmware download listen address, such as :80 (device SDKs ignore URL ports); empty serves downloads on the HTTP address", false}, &c.DownloadAddr},
 		{configVar{"OTAD_MAX_FIRMWARE_SIZE", "max-firmware-size", "2147483648", "largest firmware image accepted, in bytes", false}, &c.MaxFirmwareSize},
@@ -90,8 +100,15 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_SECRET_KEY_OLD", "secret-key-old", "", "the previous OTAD_SECRET_KEY during a key rotation: secrets it opens are re-encrypted with the new key at start", true}, &c.SecretKeyOld},
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
-		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: as long as they keep sending); a stalled client is cut off", false}, &c.BodyReadTimeout},
+		{configVar{"OTAD_MAX_UPLOADS", "max-uploads", "8", "firmware uploads in progress at once; more are answered 429 with Retry-After", false}, &c.MaxUploads},
+		{configVar{"OTAD_RATE_LIMIT", "rate-limit", "50", "console API requests per second per client address and per token; more are answered 429 with Retry-After; 0 turns the limit off (downloads: see Limits)", false}, &c.RateLimit},
+		{configVar{"OTAD_RATE_BURST", "rate-burst", "100", "requests a client address or token may send at once above OTAD_RATE_LIMIT", false}, &c.RateBurst},
+		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: how long they may send nothing); a stalled client is cut off", false}, &c.BodyReadTimeout},
+		{configVar{"OTAD_HEADER_TIMEOUT", "header-timeout", "10s", "how long a request's headers may take to arrive, on every HTTP listener", false}, &c.HeaderTimeout},
+		{configVar{"OTAD_IDLE_TIMEOUT", "idle-timeout", "2m", "how long an HTTP connection may wait for its next request, on every HTTP listener", false}, &c.IdleTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
+		{configVar{"OTAD_SWEEP_INTERVAL", "sweep-interval", "1h", "how often firmware storage is swept of leftovers (also at start): images without a firmware row, unfinished uploads, temporary files", false}, &c.SweepInterval},
+		{configVar{"OTAD_SWEEP_GRACE", "sweep-grace", "24h", "how old a leftover must be before the sweep removes it; longer than any upload takes", false}, &c.SweepGrace},
 		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log, device history, audit log and webhook delivery records are kept", false}, &c.EventRetention},
 		{configVar{"OTAD_WEBHOOK_TIMEOUT", "webhook-timeout", "10s", "how long one webhook request may take, connecting included; longer counts as a failure", false}, &c.WebhookTimeout},
 		{configVar{"OTAD_WEBHOOK_BACKOFF", "webhook-backoff", "5s", "wait before retrying a failed webhook delivery; doubled per failure in a row, with jitter", false}, &c.WebhookBackoff},
@@ -184,8 +201,26 @@ func (c *Config) Validate() error {
 	if (c.MQTTTLSAddr != "") != (c.MQTTTLSCert != "" && c.MQTTTLSKey != "") {
 		return fmt.Errorf("OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY go together")
 	}
-	if c.BodyReadTimeout < time.Second {
-		return fmt.Errorf("OTAD_BODY_READ_TIMEOUT must be at least 1s")
+	if c.MQTTTLSClientCA != "" && c.MQTTTLSAddr == "" {
+		return fmt.Errorf("OTAD_MQTT_TLS_CLIENT_CA needs the TLS listener: set OTAD_MQTT_TLS_ADDR, OTAD_MQTT_TLS_CERT and OTAD_MQTT_TLS_KEY")
+	}
+	if c.MaxUploads < 1 || c.MaxUploads > 10000 {
+		return fmt.Errorf("OTAD_MAX_UPLOADS must be from 1 to 10000")
+	}
+	if c.RateLimit < 0 || c.RateLimit > 1_000_000 {
+		return fmt.Errorf("OTAD_RATE_LIMIT must be from 0 (no limit) to 1000000 requests per second")
+	}
+	if c.RateBurst < 1 || c.RateBurst > 1_000_000 {
+		return fmt.Errorf("OTAD_RATE_BURST must be from 1 to 1000000")
+	}
+	for _, d := range []struct {
+		env string
+		d   time.Duration
+	}{{"OTAD_BODY_READ_TIMEOUT", c.BodyReadTimeout}, {"OTAD_HEADER_TIMEOUT", c.HeaderTimeout}, {"OTAD_IDLE_TIMEOUT", c.IdleTimeout},
+		{"OTAD_SWEEP_INTERVAL", c.SweepInterval}, {"OTAD_SWEEP_GRACE", c.SweepGrace}} {
+		if d.d < time.Second {
+			return fmt.Errorf("%s must be at least 1s", d.env)
+		}
 	}
 	if c.EventRetention < time.Hour {
 		return fmt.Errorf("OTAD_EVENT_RETENTION must be at least 1h")
@@ -231,13 +266,18 @@ func (c *Config) logLevel() (slog.Level, error) {
 	return l, nil
 }
 
+// logBurst is how many lines of one message otad writes per second at
+// most; the next line let through says how many were held back.
+const logBurst = 10
+
 func (c *Config) logger(w io.Writer) *slog.Logger {
 	level, _ := c.logLevel()
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(loglimit.New(h, logBurst))
 }
 
 // secretBox returns the box that seals device secrets with OTAD_SECRET_KEY

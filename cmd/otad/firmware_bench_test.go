@@ -226,14 +226,16 @@ func resetPeakRSS(b *testing.B) int64 {
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
 		b.Fatalf("reset peak RSS: %v", err)
 	}
-	return procStatus(b, "VmRSS")
+	return procStatus(b, "self", "VmRSS")
 }
 
-func peakRSS(b *testing.B) int64 { return procStatus(b, "VmHWM") }
+func peakRSS(b *testing.B) int64 { return procStatus(b, "self", "VmHWM") }
 
-// procStatus reads a size field of /proc/self/status, in bytes.
-func procStatus(b *testing.B, field string) int64 {
-	f, err := os.Open("/proc/self/status")
+// procStatus reads a size field of /proc/<proc>/status ("self" or a
+// process ID), in bytes.
+func procStatus(b testing.TB, proc, field string) int64 {
+	b.Helper()
+	f, err := os.Open("/proc/" + proc + "/status")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -248,7 +250,7 @@ func procStatus(b *testing.B, field string) int64 {
 			return kb << 10
 		}
 	}
-	b.Fatalf("no %s in /proc/self/status", field)
+	b.Fatalf("no %s in /proc/%s/status", field, proc)
 	return 0
 }
 

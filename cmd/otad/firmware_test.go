@@ -152,3 +152,48 @@ func TestFirmwareThroughDaemon(t *testing.T) {
 		})
 	}
 }
+
+// A download that lasts longer than every request read timeout is not cut
+// short by them: once a GET's headers are read, only the write stall
+// timeout applies. The device here pauses twice the body read timeout
+// and header timeout together, half way, on both listeners and backends.
+func TestSlowDownloadOutlivesReadTimeouts(t *testing.T) {
+	const timeout = time.Second
+	for _, backend := range []string{"local", "s3"} {
+		t.Run(backend, func(t *testing.T) {
+			env := map[string]string{"OTAD_DOWNLOAD_ADDR": "127.0.0.1:0",
+				"OTAD_BODY_READ_TIMEOUT": timeout.String(), "OTAD_HEADER_TIMEOUT": timeout.String()}
+			if backend == "s3" {
+				for k, v := range s3Env(t) {
+					env[k] = v
+				}
+			}
+			a := startApp(t, "sqlite", env)
+			a.do("POST", "/v1/products", map[string]string{"id": "FWSLOW0001", "name": "fw"}).wantStatus(t, 201)
+			// Far more than loopback's socket buffers hold: the server is
+			// still writing while the device pauses.
+			data := make([]byte, 64<<20)
+			rand.NewChaCha8([32]byte{'s'}).Read(data)
+			f := postImage(t, a.HTTPURL(), "FWSLOW0001", "1.0.0", bytes.NewReader(data), int64(len(data)))
+			u := downloadURL(t, a.app, f, time.Now().Add(time.Hour))
+			token := u[strings.LastIndexByte(u, '/')+1:]
+			for _, base := range []string{"http://" + dialable(a.downloadLn.Addr().String()), a.HTTPURL()} {
+				resp, err := http.Get(base + "/" + token)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := make([]byte, len(data))
+				n, err := io.ReadFull(resp.Body, got[:len(data)/2])
+				if err != nil {
+					t.Fatalf("first half: %d bytes, %v", n, err)
+				}
+				time.Sleep(2 * (timeout + timeout)) // the device pauses: the point of the test
+				m, err := io.ReadFull(resp.Body, got[n:])
+				resp.Body.Close()
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("download on %s after a pause: %d more bytes, %v", base, m, err)
+				}
+			}
+		})
+	}
+}

@@ -571,6 +571,13 @@ func TestJobSurvivesKill(t *testing.T) {
 		if j.Status != "completed" || j.Counts["done"] != 8 {
 			t.Fatalf("job after the kill: %s %v", j.Status, j.Counts)
 		}
+		// A device done before the kill may reconnect after the job
+		// completed: wait for all of them before asking otasim.
+		waitFor(t, "every device to reconnect", func() bool {
+			var page struct{ Items []struct{ Name string } }
+			c.call("GET", "/v1/products/"+pid+"/devices?online=true", nil, 200, &page)
+			return len(page.Items) == len(names)
+		})
 		devs, _ := sim.stop(t)
 		xs := executions()
 		for _, name := range names {

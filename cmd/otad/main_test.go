@@ -90,6 +90,9 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"OTAD_SECRET_KEY": strings.Repeat("ab", 32), "OTAD_SECRET_KEY_OLD": "nope"}, nil, "OTAD_SECRET_KEY_OLD: a secret key"},
 		{map[string]string{"OTAD_SECRET_KEY_OLD": strings.Repeat("ab", 32)}, nil, "OTAD_SECRET_KEY_OLD is set but OTAD_SECRET_KEY is not"},
 		{map[string]string{"OTAD_S3_ENDPOINT": "http://127.0.0.1:9000"}, nil, "OTAD_S3_BUCKET"},
+		{map[string]string{"OTAD_MQTT_TLS_CLIENT_CA": "/etc/ca.pem"}, nil, "OTAD_MQTT_TLS_CLIENT_CA needs the TLS listener"},
+		{map[string]string{"OTAD_RATE_LIMIT": "-1"}, nil, "OTAD_RATE_LIMIT"},
+		{map[string]string{"OTAD_SWEEP_GRACE": "0s"}, nil, "OTAD_SWEEP_GRACE"},
 		{nil, []string{"-no-such-flag"}, "no-such-flag"},
 		{nil, []string{"stray"}, "stray"},
 	} {
@@ -258,6 +261,9 @@ func startProcess(t *testing.T, env map[string]string) *otadProcess {
 	}
 	cmd := exec.Command(bin)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	if _, ok := env["OTAD_RATE_LIMIT"]; !ok {
+		cmd.Env = append(cmd.Env, "OTAD_RATE_LIMIT=0") // as in startApp
+	}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -352,5 +358,45 @@ func TestREADMEConfigReference(t *testing.T) {
 	}
 	for env := range rows {
 		t.Errorf("README documents %s, which otad does not read", env)
+	}
+}
+
+// The real binary says why it cannot open its database and exits 1,
+// without a panic: a password with a stray %, a data dir that cannot be
+// created, a database file that cannot be opened.
+func TestBinaryStoreOpenErrors(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	dbDir := t.TempDir()
+	os.Mkdir(filepath.Join(dbDir, "otad.db"), 0o700) // a directory where the file goes
+	for _, c := range []struct {
+		name, env, want string
+	}{
+		{"percent in password", "OTAD_DATABASE_URL=postgres://otad:50%off@127.0.0.1:1/otad", "otad: parse database url"},
+		{"data dir under a file", "OTAD_DATA_DIR=" + filepath.Join(file, "data"), "otad: create data dir"},
+		{"database file is a directory", "OTAD_DATA_DIR=" + dbDir, "otad: open sqlite"},
+	} {
+		for _, cmd := range []string{"serve", "migrate"} {
+			cmdline := exec.Command(bin, cmd, "-http-addr", "127.0.0.1:0", "-mqtt-addr", "127.0.0.1:0")
+			if cmd == "migrate" {
+				cmdline = exec.Command(bin, cmd)
+			}
+			cmdline.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), c.env}
+			out, err := cmdline.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+				t.Errorf("%s, otad %s: %v, want exit status 1:\n%s", c.name, cmd, err, out)
+			}
+			if !strings.Contains(string(out), c.want) || strings.Contains(string(out), "panic") || strings.Contains(string(out), "goroutine ") {
+				t.Errorf("%s, otad %s printed:\n%s\nwant %q and no panic", c.name, cmd, out, c.want)
+			}
+			if strings.Contains(string(out), "50%off") {
+				t.Errorf("%s: the password is in the output:\n%s", c.name, out)
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -109,29 +110,46 @@ type apiClient struct {
 	http        *http.Client
 }
 
+// call sends one request. A 429 (otad's rate limit) is sent again after
+// the Retry-After it names, up to maxRateRetries times.
 func (c *apiClient) call(ctx context.Context, method, path string, body any) (int, []byte, error) {
-	var r io.Reader
+	var raw []byte
 	if body != nil {
-		b, err := json.Marshal(body)
+		var err error
+		if raw, err = json.Marshal(body); err != nil {
+			return 0, nil, err
+		}
+	}
+	for try := 0; ; try++ {
+		var r io.Reader
+		if body != nil {
+			r = bytes.NewReader(raw)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
 		if err != nil {
 			return 0, nil, err
 		}
-		r = bytes.NewReader(b)
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		if body != nil {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		resp, err := c.http.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		// A batch's answer carries every device's secret: about 150 bytes each.
+		b, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxDevices)*256+1<<20))
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTooManyRequests || try == maxRateRetries || err != nil {
+			return resp.StatusCode, b, err
+		}
+		wait, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+		select {
+		case <-time.After(time.Duration(max(wait, 1)) * time.Second):
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	// A batch's answer carries every device's secret: about 150 bytes each.
-	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxDevices)*256+1<<20))
-	return resp.StatusCode, b, err
 }
+
+const maxRateRetries = 10

@@ -78,6 +78,11 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.writeError(w, r, err)
 			return
 		}
+		if wait := s.rateLimit.take("token:" + t.Hash); wait > 0 {
+			s.rateLimit.refuse(w, "token", wait)
+			s.writeError(w, r, errRateLimited)
+			return
+		}
 		r, c := withCaller(r)
 		c.token = t
 		next.ServeHTTP(w, r)

@@ -29,6 +29,10 @@ type DownloadConfig struct {
 	StallTimeout time.Duration
 	// Now tells the time URLs expire against; default time.Now.
 	Now func() time.Time
+	// RateLimit, when set, refuses downloads from an address that has
+	// used up its rate limit on refused URLs (403, 404); a valid URL
+	// takes nothing from it.
+	RateLimit *RateLimiter
 }
 
 // Download serves firmware images to devices at {public URL}/{token}, as
@@ -44,6 +48,7 @@ type Download struct {
 	blobs  ota.Blobs
 	stall  time.Duration
 	now    func() time.Time
+	limit  *RateLimiter
 
 	requests *prometheus.CounterVec
 	bytes    prometheus.Counter
@@ -61,6 +66,7 @@ func NewDownload(cfg DownloadConfig) (*Download, error) {
 		blobs:  cfg.Blobs,
 		stall:  cfg.StallTimeout,
 		now:    cfg.Now,
+		limit:  cfg.RateLimit,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otad_firmware_downloads_total",
 			Help: "Firmware download requests, by status code.",
@@ -94,8 +100,23 @@ const downloadChunk = 256 << 10
 
 var downloadBufs = sync.Pool{New: func() any { return new([downloadChunk]byte) }}
 
+// ServeHTTP serves a download. Devices behind one NAT address share it,
+// so downloads are not limited per address as console requests are; only
+// refused URLs (403, 404: a client guessing or replaying) take from a
+// rate limit of the address's own (not its console requests' one), and an
+// address that has used it up is answered 429 until it refills.
 func (d *Download) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	code := d.serve(w, r)
+	var code int
+	key := "download:" + addressKey(r)
+	if wait := d.limit.wait(key); wait > 0 {
+		d.limit.refuse(w, "address", wait)
+		code = plainError(w, http.StatusTooManyRequests, "too many refused download URLs from this address; try again later")
+	} else {
+		code = d.serve(w, r)
+		if code == http.StatusForbidden || code == http.StatusNotFound {
+			d.limit.take(key)
+		}
+	}
 	d.requests.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
@@ -195,8 +216,12 @@ func (d *Download) serve(w http.ResponseWriter, r *http.Request) int {
 // copy sends length bytes of body in chunks, each with its own write
 // deadline: a device that stops reading gives its connection back after
 // the stall timeout, while a slow one may take days over a large image.
+// The request's read deadline (headers, body) is lifted first: net/http
+// watches the connection while the handler runs, and a read deadline
+// passing there would cancel the request half way through the image.
 func (d *Download) copy(w http.ResponseWriter, body io.Reader, length int64) (int64, error) {
 	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
 	deadlines := rc.SetWriteDeadline(time.Time{}) == nil
 	if deadlines {
 		// The connection may serve another request after this one.

@@ -33,6 +33,16 @@ func (s *Server) firmwareCreate(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	select {
+	case s.uploads <- struct{}{}:
+		s.uploadsActive.Inc()
+		defer func() {
+			s.uploadsActive.Dec()
+			<-s.uploads
+		}()
+	default:
+		return ota.Errorf(ota.ETOOMANY, "%d firmware uploads are in progress, the most this server takes at once; try again shortly", cap(s.uploads))
+	}
 	q := r.URL.Query()
 	up := uploadFields{"version": q.Get("version"), "description": q.Get("description"), "md5": q.Get("md5"), "sha256": q.Get("sha256")}
 

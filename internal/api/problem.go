@@ -20,6 +20,7 @@ var statusOf = map[string]int{
 	ota.EUNAUTHORIZED: http.StatusUnauthorized,
 	ota.EFORBIDDEN:    http.StatusForbidden,
 	ota.EUNAVAILABLE:  http.StatusServiceUnavailable,
+	ota.ETOOMANY:      http.StatusTooManyRequests,
 	ota.EINTERNAL:     http.StatusInternalServerError,
 }
 
@@ -49,7 +50,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		cancel()
 	}
-	if code == ota.EUNAVAILABLE {
+	if (code == ota.EUNAVAILABLE || code == ota.ETOOMANY) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "5")
 	}
 	status, ok := statusOf[code]

@@ -40,6 +40,13 @@ type Config struct {
 	// Registry receives the API's metrics; Gatherer serves /metrics.
 	Registry prometheus.Registerer
 	Gatherer prometheus.Gatherer
+	// RateLimit, when set, limits requests per client address and per
+	// token (see RateLimiter); the download handler shares it.
+	RateLimit *RateLimiter
+	// MaxUploads caps the firmware uploads in progress at once (each holds
+	// a hashing pipeline and a multipart upload); more are answered 429
+	// with Retry-After. Default 8.
+	MaxUploads int
 	// BodyReadTimeout bounds how long a request's body may take to arrive
 	// (a firmware upload instead must not stall for UploadStallTimeout);
 	// default 30s. It holds before authentication too: a client that
@@ -66,6 +73,9 @@ type Server struct {
 	maxFirmwareSize int64
 	uploadStall     time.Duration
 	bodyRead        time.Duration
+	rateLimit       *RateLimiter
+	uploads         chan struct{} // one token per upload in progress
+	uploadsActive   prometheus.Gauge
 	eventPoll       time.Duration
 	streamsDone     chan struct{} // closed by CloseStreams
 	closeStreams    sync.Once
@@ -97,6 +107,7 @@ func New(cfg Config) (*Server, error) {
 		streamsDone:     make(chan struct{}),
 		eventKeepAlive:  cfg.EventKeepAlive,
 		download:        cfg.Download,
+		rateLimit:       cfg.RateLimit,
 
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "otad_http_requests_total",
@@ -107,6 +118,10 @@ func New(cfg Config) (*Server, error) {
 			Help:    "HTTP request latency, by method and route pattern.",
 			Buckets: prometheus.DefBuckets,
 		}, []string{"method", "route"}),
+		uploadsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "otad_http_uploads_in_progress",
+			Help: "Firmware uploads holding one of the MaxUploads slots (OTAD_MAX_UPLOADS).",
+		}),
 	}
 	if s.maxFirmwareSize <= 0 {
 		s.maxFirmwareSize = ota.DefaultMaxFirmwareSize
@@ -114,6 +129,10 @@ func New(cfg Config) (*Server, error) {
 	if s.uploadStall <= 0 {
 		s.uploadStall = 2 * time.Minute
 	}
+	if cfg.MaxUploads <= 0 {
+		cfg.MaxUploads = 8
+	}
+	s.uploads = make(chan struct{}, cfg.MaxUploads)
 	if s.bodyRead <= 0 {
 		s.bodyRead = 30 * time.Second
 	}
@@ -123,7 +142,7 @@ func New(cfg Config) (*Server, error) {
 	if s.eventKeepAlive <= 0 {
 		s.eventKeepAlive = 15 * time.Second
 	}
-	for _, c := range []prometheus.Collector{s.requests, s.latency} {
+	for _, c := range []prometheus.Collector{s.requests, s.latency, s.uploadsActive} {
 		if err := cfg.Registry.Register(c); err != nil {
 			return nil, err
 		}
@@ -150,7 +169,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 func (s *Server) routes() chi.Router {
 	r := chi.NewRouter()
 	// HEAD is answered wherever GET is, as GET without the body.
-	r.Use(middleware.Recoverer, s.measure, s.readDeadline, s.headAsGet, methodProblem)
+	r.Use(middleware.Recoverer, s.measure, s.limitAddress, s.readDeadline, s.headAsGet, methodProblem)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, ota.Errorf(ota.ENOTFOUND, "no such resource"))
 	})
@@ -234,6 +253,35 @@ func (s *Server) readDeadline(next http.Handler) http.Handler {
 	})
 }
 
+// isDownload reports whether r is routed to the download handler
+// (/{token}).
+func (s *Server) isDownload(r *http.Request) bool {
+	p := r.URL.Path
+	return s.download != nil && strings.Count(p, "/") == 1 && p != "/healthz" && p != "/readyz" && p != "/metrics"
+}
+
+// limitAddress takes one request from the client address's rate limit
+// before anything else is done for it, authentication included. Downloads
+// have their own rule (Download.ServeHTTP).
+func (s *Server) limitAddress(next http.Handler) http.Handler {
+	if s.rateLimit == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.isDownload(r) {
+			if wait := s.rateLimit.take(addressKey(r)); wait > 0 {
+				s.rateLimit.refuse(w, "address", wait)
+				s.writeError(w, r, errRateLimited)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// errRateLimited answers a request over its rate limit.
+var errRateLimited = &ota.Error{Code: ota.ETOOMANY, Message: "too many requests from this address or token; try again after Retry-After seconds"}
+
 // headKey marks a HEAD request that is routed as a GET.
 type headKey struct{}
 
@@ -243,9 +291,7 @@ type headKey struct{}
 // the handler writes.
 func (s *Server) headAsGet(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		download := s.download != nil && strings.Count(p, "/") == 1 && p != "/healthz" && p != "/readyz" && p != "/metrics"
-		if r.Method == http.MethodHead && !download {
+		if r.Method == http.MethodHead && !s.isDownload(r) {
 			r = r.Clone(context.WithValue(r.Context(), headKey{}, true))
 			r.Method = http.MethodGet
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/otad/otad/internal/loglimit"
 	"github.com/otad/otad/internal/ota"
 )
 
@@ -406,7 +407,7 @@ func (b *Broker) connectionEnded(dc *deviceConn) {
 	if dc.online.Load() {
 		// Under b.mu, so that it is queued before the online event of the
 		// next connection.
-		b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "error", cl.StopCause())
+		b.log.Debug("device disconnected", "product_id", s.productID, "device", s.deviceName, "err", cl.StopCause())
 		b.presence.enqueue(ota.DevicePresenceParams{ProductID: s.productID, DeviceName: s.deviceName, Online: false, Node: b.opts.Node, At: b.opts.Now()})
 	}
 }
@@ -428,26 +429,18 @@ func (b *Broker) revokedLocked(id string, seq uint64) bool {
 // min (mochi logs every connection at info level, which at thousands of
 // devices is noise), never lets a whole packet into a line (mochi logs
 // the packet it failed on, payload and all: a refused MQTT 5 report was
-// 10 KB of decimal bytes), and lets at most mochiLogBurst records through
-// per second, counting the ones it held back in the next.
+// 10 KB of decimal bytes), names the error "err" as otad's own lines do,
+// and lets at most mochiLogBurst records of a message through per second
+// (loglimit).
 type mochiLog struct {
 	min slog.Level
 	slog.Handler
-	limit *logLimit
-}
-
-// logLimit is a per-second budget shared by a handler and its derivatives.
-type logLimit struct {
-	mu         sync.Mutex
-	second     int64
-	n          int
-	suppressed int
 }
 
 const mochiLogBurst = 10
 
 func newMochiLog(min slog.Level, h slog.Handler) mochiLog {
-	return mochiLog{min: min, Handler: h, limit: &logLimit{}}
+	return mochiLog{min: min, Handler: loglimit.New(h, mochiLogBurst)}
 }
 
 func (h mochiLog) Enabled(ctx context.Context, l slog.Level) bool {
@@ -455,38 +448,24 @@ func (h mochiLog) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (h mochiLog) Handle(ctx context.Context, r slog.Record) error {
-	l := h.limit
-	l.mu.Lock()
-	if sec := r.Time.Unix(); sec != l.second {
-		l.second, l.n = sec, 0
-	}
-	l.n++
-	if l.n > mochiLogBurst {
-		l.suppressed++
-		l.mu.Unlock()
-		return nil
-	}
-	suppressed := l.suppressed
-	l.suppressed = 0
-	l.mu.Unlock()
 	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
 	r.Attrs(func(a slog.Attr) bool {
 		if pk, ok := a.Value.Any().(packets.Packet); ok {
 			a = slog.Group(a.Key, "type", packets.PacketNames[pk.FixedHeader.Type], "topic", clip(pk.TopicName), "payload_bytes", len(pk.Payload))
 		}
+		if a.Key == "error" {
+			a.Key = "err"
+		}
 		out.AddAttrs(a)
 		return true
 	})
-	if suppressed > 0 {
-		out.AddAttrs(slog.Int("suppressed_before", suppressed))
-	}
 	return h.Handler.Handle(ctx, out)
 }
 
 func (h mochiLog) WithAttrs(a []slog.Attr) slog.Handler {
-	return mochiLog{h.min, h.Handler.WithAttrs(a), h.limit}
+	return mochiLog{h.min, h.Handler.WithAttrs(a)}
 }
 
 func (h mochiLog) WithGroup(n string) slog.Handler {
-	return mochiLog{h.min, h.Handler.WithGroup(n), h.limit}
+	return mochiLog{h.min, h.Handler.WithGroup(n)}
 }

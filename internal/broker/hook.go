@@ -121,7 +121,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return h.refuse(cl, ota.AuthUnknownDevice, pid, name, err)
 	}
 	if err != nil {
-		h.b.log.Error("device lookup failed", "product_id", pid, "device", name, "error", err)
+		h.b.log.Error("device lookup failed", "product_id", pid, "device", name, "err", err)
 		return h.refuse(cl, "store_error", pid, name, err)
 	}
 	if err := check(d); err != nil {
@@ -176,7 +176,7 @@ func (h *hook) refuse(cl *mqtt.Client, reason, pid, name string, err error) erro
 	}
 	h.b.metrics.refused.WithLabelValues(reason).Inc()
 	h.b.log.Info("connection refused", "reason", reason, "product_id", pid, "device", name,
-		"client_id", clip(cl.ID), "remote", cl.Net.Remote, "error", ota.ErrorMessage(err))
+		"client_id", clip(cl.ID), "remote", cl.Net.Remote, "err", ota.ErrorMessage(err))
 	_ = h.b.server.SendConnack(cl, code, false, nil)
 	return code
 }
@@ -348,7 +348,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 		h.b.metrics.dropped.WithLabelValues(reason).Inc()
 		h.b.log.Warn("report dropped", "reason", reason, "product_id", s.productID, "device", s.deviceName,
-			"qos", qos, "bytes", len(pk.Payload), "error", ota.ErrorMessage(err), "payload_prefix", prefix(pk.Payload))
+			"qos", qos, "bytes", len(pk.Payload), "err", ota.ErrorMessage(err), "payload_prefix", prefix(pk.Payload))
 		if cl.Properties.ProtocolVersion == 5 && qos > 0 {
 			return pk, packets.ErrPayloadFormatInvalid // PUBACK 0x99
 		}
@@ -371,7 +371,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	if err != nil {
 		h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
-		h.b.log.Error("report not stored", "product_id", s.productID, "device", s.deviceName, "type", r.Type, "qos", qos, "error", err)
+		h.b.log.Error("report not stored", "product_id", s.productID, "device", s.deviceName, "type", r.Type, "qos", qos, "err", err)
 		switch {
 		case qos == 0:
 			return pk, packets.CodeSuccessIgnore
@@ -387,7 +387,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if r.Type == ota.EventReportVersion {
 		err := h.b.Publish(h.b.ctx, s.productID, s.deviceName, ota.NewReportVersionRsp(r.Version))
 		if err != nil {
-			h.b.log.Debug("report_version_rsp not sent", "product_id", s.productID, "device", s.deviceName, "error", err)
+			h.b.log.Debug("report_version_rsp not sent", "product_id", s.productID, "device", s.deviceName, "err", err)
 		}
 	}
 	return pk, packets.CodeSuccessIgnore
@@ -412,14 +412,14 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	r, err := ota.ParseReport(s.productID, s.deviceName, pk.Payload, h.b.opts.Now())
 	if err != nil {
 		h.b.metrics.dropped.WithLabelValues(dropMalformed).Inc()
-		h.b.log.Warn("will dropped", "product_id", s.productID, "device", s.deviceName, "error", ota.ErrorMessage(err))
+		h.b.log.Warn("will dropped", "product_id", s.productID, "device", s.deviceName, "err", ota.ErrorMessage(err))
 		return
 	}
 	ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
 	defer cancel()
 	if err := h.b.rec.record(ctx, r); err != nil {
 		h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
-		h.b.log.Error("will not stored", "product_id", s.productID, "device", s.deviceName, "error", err)
+		h.b.log.Error("will not stored", "product_id", s.productID, "device", s.deviceName, "err", err)
 		return
 	}
 	h.b.metrics.reports.WithLabelValues(r.Type).Inc()

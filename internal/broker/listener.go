@@ -61,7 +61,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			}
 			// Out of file descriptors and the like: back off briefly
 			// rather than spin.
-			l.log.Warn("mqtt accept failed", "error", err)
+			l.log.Warn("mqtt accept failed", "err", err)
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
@@ -89,7 +89,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 				l.log.Info("connection dropped: no CONNECT in time", "remote", c.raw.RemoteAddr().String(), "timeout", l.timeout)
 				return
 			}
-			l.log.Debug("mqtt connection ended", "remote", c.raw.RemoteAddr().String(), "error", err)
+			l.log.Debug("mqtt connection ended", "remote", c.raw.RemoteAddr().String(), "err", err)
 		}()
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// mochi's failure logs name the packet, never dump it, and are bounded per
-// second.
+// mochi's failure logs name the packet, never dump it, call the error
+// err, and are bounded per second.
 func TestMochiLogQuiet(t *testing.T) {
 	var out bytes.Buffer
 	log := slog.New(newMochiLog(slog.LevelWarn, slog.NewTextHandler(&out, nil)))
@@ -25,11 +25,11 @@ func TestMochiLogQuiet(t *testing.T) {
 		t.Fatalf("%d lines in one second, want %d:\n%s", len(lines), mochiLogBurst, out.String())
 	}
 	if len(lines[0]) > 300 || strings.Contains(lines[0], "xxxx") || !strings.Contains(lines[0], "pk.payload_bytes=4000") ||
-		!strings.Contains(lines[0], "pk.type=Publish") {
+		!strings.Contains(lines[0], "pk.type=Publish") || !strings.Contains(lines[0], "err=bad") {
 		t.Fatalf("line = %s", lines[0])
 	}
 	out.Reset()
-	r := slog.NewRecord(time.Now().Add(time.Hour), slog.LevelWarn, "later", 0)
+	r := slog.NewRecord(time.Now().Add(time.Hour), slog.LevelWarn, "error processing packet", 0)
 	log.Handler().Handle(t.Context(), r)
 	if !strings.Contains(out.String(), "suppressed_before=90") {
 		t.Fatalf("the next second's line does not count the suppressed: %s", out.String())

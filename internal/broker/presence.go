@@ -123,6 +123,6 @@ func (p *presence) write(e ota.DevicePresenceParams) {
 		p.log.Debug("presence of deleted device ignored", "product_id", e.ProductID, "device", e.DeviceName)
 	default:
 		p.metrics.presenceErrors.Inc()
-		p.log.Error("presence not recorded", "product_id", e.ProductID, "device", e.DeviceName, "online", e.Online, "error", err)
+		p.log.Error("presence not recorded", "product_id", e.ProductID, "device", e.DeviceName, "online", e.Online, "err", err)
 	}
 }

@@ -314,16 +314,19 @@ func TestLocalRemovesStaleTemp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Close()
+	defer l.Close()
+	if n, err := l.RemoveIncomplete(t.Context(), time.Now().Add(-time.Hour)); err != nil || n != 1 {
+		t.Fatalf("RemoveIncomplete: %d, %v; want 1", n, err)
+	}
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("stale temporary file survived NewLocal: %v", err)
+		t.Errorf("stale temporary file survived: %v", err)
 	}
 	if _, err := os.Stat(fresh); err != nil {
 		t.Errorf("fresh temporary file (an upload in progress) was removed: %v", err)
 	}
 }
 
-func TestS3AbortStaleUploads(t *testing.T) {
+func TestS3RemoveIncomplete(t *testing.T) {
 	b := firmwaretest.S3(t, partSize)
 	s3b := b.Blobs.(*firmware.S3)
 	ctx := t.Context()
@@ -331,16 +334,16 @@ func TestS3AbortStaleUploads(t *testing.T) {
 	if _, err := b.Client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &b.Bucket, Key: aws.String("P/orphan")}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := s3b.AbortStaleUploads(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
-		t.Fatalf("AbortStaleUploads with a cut-off before the upload: %d, %v; want 0", n, err)
+	if n, err := s3b.RemoveIncomplete(ctx, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("RemoveIncomplete with a cut-off before the upload: %d, %v; want 0", n, err)
 	}
 	if left := b.Leftovers(t); !slices.Equal(left, []string{"upload:P/orphan"}) {
 		t.Fatalf("a recent upload was touched: %v", left)
 	}
-	if n, err := s3b.AbortStaleUploads(ctx, time.Now().Add(time.Hour)); err != nil || n != 1 {
-		t.Fatalf("AbortStaleUploads: %d, %v; want 1", n, err)
+	if n, err := s3b.RemoveIncomplete(ctx, time.Now().Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("RemoveIncomplete: %d, %v; want 1", n, err)
 	}
 	if left := b.Leftovers(t); len(left) != 0 {
-		t.Errorf("after AbortStaleUploads the bucket holds %v", left)
+		t.Errorf("after RemoveIncomplete the bucket holds %v", left)
 	}
 }

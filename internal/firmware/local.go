@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/otad/otad/internal/ota"
@@ -26,16 +27,63 @@ type Local struct {
 var _ ota.Blobs = (*Local)(nil)
 
 const (
-	tempPrefix = ".tmp-"
-	// staleTempAge is how old a temporary file must be before NewLocal
-	// takes it for the leftover of a crashed upload: an upload in progress
-	// writes to its file continuously.
-	staleTempAge = time.Hour
-	copyBufSize  = 256 << 10
+	tempPrefix  = ".tmp-"
+	copyBufSize = 256 << 10
+	waitBufSize = 16 << 10
 )
 
+// copyBufs are the large copy buffers, shared by every upload.
+var copyBufs = sync.Pool{New: func() any {
+	b := make([]byte, copyBufSize)
+	return &b
+}}
+
+// copyFlowing copies r to w. A read from a client's upload may wait for
+// as long as the client stalls, holding its buffer: copyFlowing waits
+// with a small buffer of its own and borrows a large one from copyBufs
+// only while bytes flow, that is after a read that filled its buffer
+// (more bytes were waiting). A short read means the source is drained for
+// now, so the large buffer goes back before the next read. 500 stalled
+// uploads then hold 500 small buffers, not 500 large ones.
+func copyFlowing(w io.Writer, r io.Reader) (int64, error) {
+	small := make([]byte, waitBufSize)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			copyBufs.Put(big)
+		}
+	}()
+	var n int64
+	for {
+		buf := small
+		if big != nil {
+			buf = *big
+		}
+		nr, rerr := r.Read(buf)
+		if nr > 0 {
+			nw, werr := w.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return n, nil
+		case rerr != nil:
+			return n, rerr
+		case nr == len(buf) && big == nil:
+			big = copyBufs.Get().(*[]byte)
+		case nr < len(buf) && big != nil:
+			copyBufs.Put(big)
+			big = nil
+		}
+	}
+}
+
 // NewLocal returns a Local that stores files under dir, creating it when
-// missing, and removes temporary files that a crash left behind.
+// missing. The temporary files a crash leaves behind are RemoveIncomplete's
+// (the Sweeper's) to remove.
 func NewLocal(dir string) (*Local, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create firmware directory: %w", err)
@@ -44,12 +92,7 @@ func NewLocal(dir string) (*Local, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open firmware directory: %w", err)
 	}
-	l := &Local{root: root}
-	if err := l.removeStaleTemp(time.Now().Add(-staleTempAge)); err != nil {
-		root.Close()
-		return nil, err
-	}
-	return l, nil
+	return &Local{root: root}, nil
 }
 
 // Close releases the directory.
@@ -81,9 +124,7 @@ func (l *Local) Put(ctx context.Context, key string, r io.Reader) (n int64, err 
 		}
 	}()
 
-	buf := make([]byte, copyBufSize)
-	// Hide f's ReadFrom so that the copy uses buf and checks ctx per read.
-	n, err = io.CopyBuffer(struct{ io.Writer }{f}, &ctxReader{ctx: ctx, r: r}, buf)
+	n, err = copyFlowing(f, &ctxReader{ctx: ctx, r: r})
 	if err != nil {
 		return 0, fmt.Errorf("local put: %w", err)
 	}
@@ -157,19 +198,60 @@ func (l *Local) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-func (l *Local) removeStaleTemp(before time.Time) error {
-	fsys := l.root.FS()
-	return fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+// List calls fn with every stored image, some at a time; temporary files
+// and files whose names no key has are not listed.
+func (l *Local) List(ctx context.Context, fn func([]Object) error) error {
+	var batch []Object
+	err := fs.WalkDir(l.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("scan firmware directory: %w", err)
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() || ValidateKey(p) != nil {
+			return nil // a directory, a temporary file, nothing Put wrote
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil // removed meanwhile
+		}
+		batch = append(batch, Object{Key: p, Modified: fi.ModTime()})
+		if len(batch) == listBatch {
+			err, batch = fn(batch), nil
+		}
+		return err
+	})
+	if err == nil && len(batch) > 0 {
+		err = fn(batch)
+	}
+	return err
+}
+
+// RemoveIncomplete removes the temporary files of uploads that a crash
+// left behind, last written before before, and says how many it removed.
+// An upload in progress writes to its file all along, so a file untouched
+// for long is nobody's.
+func (l *Local) RemoveIncomplete(ctx context.Context, before time.Time) (int, error) {
+	removed := 0
+	err := fs.WalkDir(l.root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("scan firmware directory: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if d.Type().IsRegular() && strings.HasPrefix(d.Name(), tempPrefix) {
 			if fi, err := d.Info(); err == nil && fi.ModTime().Before(before) {
-				l.root.Remove(p)
+				if err := l.root.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("remove temporary file: %w", err)
+				}
+				removed++
 			}
 		}
 		return nil
 	})
+	return removed, err
 }
 
 // localReader reads a section of a file. Its WriteTo hands the

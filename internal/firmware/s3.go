@@ -184,12 +184,33 @@ func (s *S3) cleanup(ctx context.Context, key string, uploadErr error) {
 	}
 }
 
-// AbortStaleUploads aborts the bucket's multipart uploads started before
+// List calls fn with every object of the bucket, a page at a time.
+func (s *S3) List(ctx context.Context, fn func([]Object) error) error {
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.bucket, MaxKeys: aws.Int32(listBatch)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return fmt.Errorf("s3 list objects: %w", err)
+		}
+		batch := make([]Object, 0, len(page.Contents))
+		for _, o := range page.Contents {
+			if key := aws.ToString(o.Key); ValidateKey(key) == nil { // others are not otad's
+				batch = append(batch, Object{Key: key, Modified: aws.ToTime(o.LastModified)})
+			}
+		}
+		if err := fn(batch); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RemoveIncomplete aborts the bucket's multipart uploads started before
 // before and returns how many it aborted. Put aborts its own on failure,
-// but not when the process dies half way; their parts cost storage while
-// invisible. Call it at startup with a cut-off far beyond any real upload
-// (a day), as replicas may be uploading right now.
-func (s *S3) AbortStaleUploads(ctx context.Context, before time.Time) (int, error) {
+// but not when the process dies half way, nor when S3 is unreachable at
+// that moment; their parts cost storage while invisible. The cut-off must
+// be far beyond any real upload, as replicas may be uploading right now.
+func (s *S3) RemoveIncomplete(ctx context.Context, before time.Time) (int, error) {
 	in := &s3.ListMultipartUploadsInput{Bucket: &s.bucket}
 	aborted := 0
 	for {

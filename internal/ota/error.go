@@ -19,6 +19,7 @@ const (
 	EUNAUTHORIZED = "unauthorized"
 	EFORBIDDEN    = "forbidden"
 	EUNAVAILABLE  = "unavailable"
+	ETOOMANY      = "too_many_requests" // a limit on concurrent or repeated requests; retry later
 	EINTERNAL     = "internal"
 )
 

@@ -203,21 +203,24 @@ func (ir *ingestReader) Read(p []byte) (int, error) {
 
 // hashPipe computes the MD5 and the SHA-256 of what is written to it, each
 // on a goroutine of its own. Hashing in line with the upload made it the
-// slowest step: MD5 alone runs at a few hundred MB/s. Writes are copied
-// into a bounded set of chunks, so memory stays at hashChunks*hashChunkSize
-// and a write waits when the hashes fall behind.
+// slowest step: MD5 alone runs at a few hundred MB/s. Each write is copied
+// into chunks borrowed from a pool shared by every upload, and at most
+// hashChunks of them are in flight per pipe (a write waits when the hashes
+// fall behind). A chunk goes back to the pool once both hashes have read
+// it, so a pipe holds no chunk between writes: an upload whose client has
+// stalled holds none.
 type hashPipe struct {
-	free    chan []byte
-	work    [2]chan *hashChunk
-	hashes  [2]hash.Hash
-	cur     []byte // the chunk being filled
-	wg      sync.WaitGroup
-	closed  bool
-	md5, sh []byte
+	inFlight chan struct{} // one token per chunk being hashed
+	work     [2]chan *hashChunk
+	hashes   [2]hash.Hash
+	wg       sync.WaitGroup
+	closed   bool
+	md5, sh  []byte
 }
 
 type hashChunk struct {
-	b    []byte
+	buf  *[]byte // from hashChunkPool
+	b    []byte  // the part of *buf written
 	refs atomic.Int32
 }
 
@@ -226,11 +229,13 @@ const (
 	hashChunks    = 16
 )
 
+var hashChunkPool = sync.Pool{New: func() any {
+	b := make([]byte, hashChunkSize)
+	return &b
+}}
+
 func newHashPipe() *hashPipe {
-	h := &hashPipe{free: make(chan []byte, hashChunks), hashes: [2]hash.Hash{md5.New(), sha256.New()}}
-	for range hashChunks {
-		h.free <- make([]byte, 0, hashChunkSize)
-	}
+	h := &hashPipe{inFlight: make(chan struct{}, hashChunks), hashes: [2]hash.Hash{md5.New(), sha256.New()}}
 	for i := range h.work {
 		h.work[i] = make(chan *hashChunk, hashChunks)
 		h.wg.Add(1)
@@ -239,7 +244,8 @@ func newHashPipe() *hashPipe {
 			for c := range h.work[i] {
 				h.hashes[i].Write(c.b)
 				if c.refs.Add(-1) == 0 {
-					h.free <- c.b[:0]
+					hashChunkPool.Put(c.buf)
+					<-h.inFlight
 				}
 			}
 		}()
@@ -249,25 +255,16 @@ func newHashPipe() *hashPipe {
 
 func (h *hashPipe) write(p []byte) {
 	for len(p) > 0 {
-		if h.cur == nil {
-			h.cur = <-h.free
+		h.inFlight <- struct{}{}
+		buf := hashChunkPool.Get().(*[]byte)
+		n := copy(*buf, p)
+		c := &hashChunk{buf: buf, b: (*buf)[:n]}
+		c.refs.Store(int32(len(h.work)))
+		for _, w := range h.work {
+			w <- c
 		}
-		n := copy(h.cur[len(h.cur):cap(h.cur)], p)
-		h.cur = h.cur[:len(h.cur)+n]
 		p = p[n:]
-		if len(h.cur) == cap(h.cur) {
-			h.send()
-		}
 	}
-}
-
-func (h *hashPipe) send() {
-	c := &hashChunk{b: h.cur}
-	c.refs.Store(int32(len(h.work)))
-	for _, w := range h.work {
-		w <- c
-	}
-	h.cur = nil
 }
 
 // close waits for the hashes and returns them; later calls return the
@@ -275,9 +272,6 @@ func (h *hashPipe) send() {
 func (h *hashPipe) close() (md5sum, sha256sum []byte) {
 	if !h.closed {
 		h.closed = true
-		if len(h.cur) > 0 {
-			h.send()
-		}
 		for _, w := range h.work {
 			close(w)
 		}

@@ -53,6 +53,10 @@ type Store interface {
 	// scheduled or running job uses the version or any execution of any
 	// job of the version has not ended.
 	FirmwareDelete(ctx context.Context, productID, version string) error
+	// FirmwareBlobKeys returns those of keys that are the blob key of some
+	// firmware row, in any order: the others are leftovers the sweeper
+	// may remove.
+	FirmwareBlobKeys(ctx context.Context, keys []string) ([]string, error)
 
 	// JobCreate stores a job and one execution per targeted device in one
 	// transaction, resolving the job's targets against the devices as they

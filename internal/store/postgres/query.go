@@ -417,6 +417,12 @@ func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ot
 	return f, nil
 }
 
+func (s *Store) FirmwareBlobKeys(ctx context.Context, keys []string) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT blob_key FROM firmware WHERE blob_key = ANY($1)`, keys)
+	found, err := collect(rows, err, "firmware blob keys", func(row pgx.Row) (k string, err error) { return k, row.Scan(&k) })
+	return found, err
+}
+
 func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*ota.Firmware, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+firmwareColumns+` FROM firmware WHERE product_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
 		p.ProductID, p.After, ota.PageLimit(p.Limit))

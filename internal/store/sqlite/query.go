@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -376,6 +377,16 @@ func (s *Store) FirmwareGet(ctx context.Context, productID, version string) (*ot
 		return nil, interpretError(err, "firmware")
 	}
 	return f, nil
+}
+
+func (s *Store) FirmwareBlobKeys(ctx context.Context, keys []string) ([]string, error) {
+	list, err := json.Marshal(keys)
+	if err != nil {
+		return nil, fmt.Errorf("list firmware blob keys: %w", err)
+	}
+	rows, err := s.read.QueryContext(ctx, `SELECT blob_key FROM firmware WHERE blob_key IN (SELECT value FROM json_each(?))`, string(list))
+	found, err := collect(rows, err, "firmware blob keys", func(row scanner) (k string, err error) { return k, row.Scan(&k) })
+	return found, err
 }
 
 func (s *Store) FirmwareList(ctx context.Context, p ota.FirmwareListParams) ([]*ota.Firmware, error) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"Webhook", testWebhook},
 		{"WebhookAttemptConcurrent", testWebhookAttemptConcurrent},
 		{"Firmware", testFirmware},
+		{"FirmwareBlobKeys", testFirmwareBlobKeys},
 		{"Token", testToken},
 		{"TokenRevokeLastAdmin", testTokenRevokeLastAdmin},
 		{"TokenRevokeConcurrent", testTokenRevokeConcurrent},
@@ -436,6 +438,34 @@ func testFirmware(t *testing.T, s ota.Store) {
 	wantCode(t, s.FirmwareDelete(ctx(t), p.ID, "1.0.1"), ota.ENOTFOUND)
 	_, err = s.FirmwareGet(ctx(t), p.ID, "1.0.1")
 	wantCode(t, err, ota.ENOTFOUND)
+}
+
+func testFirmwareBlobKeys(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	for i, key := range []string{p.ID + "/a-1", p.ID + "/b-2", p.ID + "/it's-%_3"} {
+		must(t, s.FirmwareCreate(ctx(t), &ota.Firmware{ProductID: p.ID, Version: fmt.Sprint("1.", i), BlobKey: key}))
+	}
+	many := []string{p.ID + "/b-2", "gone/x", p.ID + "/it's-%_3", p.ID + "/a-"}
+	for i := range 3000 { // more than one statement's worth of parameters anywhere
+		many = append(many, fmt.Sprintf("%s/orphan-%d", p.ID, i))
+	}
+	got, err := s.FirmwareBlobKeys(ctx(t), many)
+	must(t, err)
+	slices.Sort(got)
+	if want := []string{p.ID + "/b-2", p.ID + "/it's-%_3"}; !slices.Equal(got, want) {
+		t.Fatalf("FirmwareBlobKeys = %q, want %q", got, want)
+	}
+	got, err = s.FirmwareBlobKeys(ctx(t), nil)
+	must(t, err)
+	if len(got) != 0 {
+		t.Fatalf("FirmwareBlobKeys(nil) = %q", got)
+	}
+	must(t, s.FirmwareDelete(ctx(t), p.ID, "1.1"))
+	got, err = s.FirmwareBlobKeys(ctx(t), []string{p.ID + "/b-2"})
+	must(t, err)
+	if len(got) != 0 {
+		t.Fatalf("FirmwareBlobKeys after the delete = %q", got)
+	}
 }
 
 // testVerbatim stores strings that would break naive SQL and reads them back.
