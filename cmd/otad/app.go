@@ -28,6 +28,7 @@ import (
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/postgres"
 	"github.com/otad/otad/internal/store/sqlite"
+	"github.com/otad/otad/internal/web"
 )
 
 // migratingStore is an ota.Store that can apply its migrations.
@@ -171,7 +172,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	a.engine = eng
 
 	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs,
-		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg, BodyReadTimeout: cfg.BodyReadTimeout})
+		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Console: web.Files(), Registry: a.reg, Gatherer: a.reg, BodyReadTimeout: cfg.BodyReadTimeout})
 	if err != nil {
 		return nil, err
 	}

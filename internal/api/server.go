@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -48,6 +49,9 @@ type Config struct {
 	// default 30s. It holds before authentication too: a client that
 	// sends headers and part of a body, then nothing, is cut off.
 	BodyReadTimeout time.Duration
+	// Console, when set, holds the web console's files (index.html and
+	// what it loads, flat), served at / and /ui/{file}.
+	Console fs.FS
 	// EventPoll is how often an event stream looks for new events
 	// (default 500ms); EventKeepAlive how long it may stay silent before
 	// it sends a keep-alive comment (default 15s).
@@ -70,6 +74,7 @@ type Server struct {
 	closeStreams    sync.Once
 	eventKeepAlive  time.Duration
 	download        http.Handler
+	consoleFiles    map[string]*consoleFile
 
 	openAPI  []byte // the OpenAPI document as JSON
 	requests *prometheus.CounterVec
@@ -128,6 +133,11 @@ func New(cfg Config) (*Server, error) {
 	if s.openAPI, err = openAPIDocJSON(); err != nil {
 		return nil, err
 	}
+	if cfg.Console != nil {
+		if s.consoleFiles, err = loadConsole(cfg.Console); err != nil {
+			return nil, err
+		}
+	}
 	s.router = s.routes()
 	return s, nil
 }
@@ -152,6 +162,11 @@ func (s *Server) routes() chi.Router {
 	// The listener that serves /metrics also serves downloads to anyone:
 	// metrics need a token here (OTAD_METRICS_ADDR serves them alone).
 	r.With(s.authenticate).Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	if s.consoleFiles != nil {
+		// Two segments under /ui never collide with a download token (one).
+		r.Get("/", s.console)
+		r.Get("/ui/{file}", s.console)
+	}
 	if s.download != nil {
 		// Tokens never collide with the fixed routes, which chi matches first.
 		r.Method(http.MethodGet, "/{token}", s.download)
@@ -218,7 +233,7 @@ type headKey struct{}
 func (s *Server) headAsGet(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
-		download := s.download != nil && strings.Count(p, "/") == 1 && p != "/healthz" && p != "/readyz" && p != "/metrics"
+		download := s.download != nil && strings.Count(p, "/") == 1 && p != "/" && p != "/healthz" && p != "/readyz" && p != "/metrics"
 		if r.Method == http.MethodHead && !download {
 			r = r.Clone(context.WithValue(r.Context(), headKey{}, true))
 			r.Method = http.MethodGet
