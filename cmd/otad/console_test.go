@@ -177,6 +177,11 @@ func (b *browser) shot(name string) {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, time.Minute)
 	defer cancel()
+	// From the top, so that the sticky header is where a person sees it.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`window.scrollTo(0, 0)`)); err != nil {
+		b.t.Errorf("screenshot %s: %v", name, err)
+		return
+	}
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		b.t.Errorf("screenshot %s: %v", name, err)
@@ -430,17 +435,24 @@ func TestConsole(t *testing.T) {
 	b.waitText(".product-card", "2.0.0")
 	b.waitText(".product-card", "None.")
 
-	// Every page again at phone width.
+	// Every page again at phone width, each once it shows what it is for.
 	b.viewport("phone", 390, 844, chromedp.EmulateMobile)
-	for name, route := range map[string]string{
-		"overview": "/", "products": "/products", "devices": "/products/" + pid, "device": "/products/" + pid + "/devices/therm-07",
-		"firmware": "/products/" + pid + "/firmware", "job-form": "/products/" + pid + "/jobs/new", "job": "/products/" + pid + "/jobs/" + id,
-		"jobs": "/products/" + pid + "/jobs",
+	for _, p := range []struct{ name, route, sel, text string }{
+		{"overview", "/", ".product-card", "2.0.0"},
+		{"products", "/products", "main table", pid},
+		{"devices", "/products/" + pid, "main table", "therm-11"},
+		{"device", "/products/" + pid + "/devices/therm-07", "main table", "reported version"},
+		{"firmware", "/products/" + pid + "/firmware", "main table", "2.0.0"},
+		{"jobs", "/products/" + pid + "/jobs", "main table", id},
+		{"job-form", "/products/" + pid + "/jobs/new", "#job-preview", "14 devices targeted"},
+		{"job", "/products/" + pid + "/jobs/" + id, "#timeline", "Job created"},
 	} {
-		b.open(route)
-		b.waitJS(name+" to load", `!document.querySelector('main > p.muted') && document.querySelector('main').children.length > 0`)
+		name := p.name
+		b.open(p.route)
+		b.waitText(p.sel, p.text)
 		if name == "job" {
 			b.waitText("#stream-state", "live")
+			b.waitText("#job-devices", "therm-11")
 		}
 		if w := b.eval(`String(document.documentElement.scrollWidth)`); w != "390" {
 			t.Errorf("%s is %s px wide at phone width: it scrolls sideways", name, w)

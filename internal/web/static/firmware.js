@@ -48,6 +48,9 @@ export async function firmwarePage(main, { signal, args: [pid] }) {
     signal.addEventListener('abort', () => up.abort(), { once: true });
     try {
       const fw = await up.done;
+      bar.firstChild.style.width = '100%';
+      bar.setAttribute('aria-valuenow', 100);
+      replace(barText, `100% · ${fmtBytes(fw.size)} in ${((performance.now() - started) / 1000).toFixed(1)} s`);
       replace(status, notice(`Uploaded ${fw.version}: ${fmtBytes(fw.size)}, MD5 ${fw.md5}.`, 'ok'));
       form.reset();
       items.push(fw);
@@ -67,7 +70,7 @@ export async function firmwarePage(main, { signal, args: [pid] }) {
 }
 
 function firmwareTable(pid, items, signal) {
-  return table(['Version', 'Size', 'MD5', 'SHA-256', 'Description', 'Uploaded', ''], items.map(f => ({
+  return table(['Version', 'Size', ['MD5', 'wide'], ['SHA-256', 'wide'], ['Description', 'wide'], 'Uploaded', ''], items.map(f => ({
     attrs: { dataset: { version: f.version } },
     cells: [h('strong', { class: 'mono' }, f.version), fmtBytes(f.size), h('span', { class: 'mono small' }, f.md5),
       h('span', { class: 'mono small', title: f.sha256 }, f.sha256.slice(0, 16) + '…'), f.description, timeCell(f.created_at), deleteButton(pid, f, signal)],

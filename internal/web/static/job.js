@@ -10,6 +10,7 @@ import { ACTIVE_JOB, EXEC_STATES, badge, card, errorText, fmtTime, h, label, lin
 
 const TIMELINE_TYPES = ['job.*', 'execution.failed', 'execution.timed_out', 'execution.rolled_back'];
 const TIMELINE_MAX = 300;
+const BAD = new Set(['failed', 'timed_out', 'rolled_back']);
 const ACTIONS = [
   ['pause', 'Pause', j => j.status === 'running' || j.status === 'scheduled'],
   ['resume', 'Resume', j => j.status === 'paused'],
@@ -21,10 +22,10 @@ const ACTIONS = [
 export async function jobPage(main, { signal, args: [pid, id], params }) {
   document.title = `Job ${id} · otad`;
   const jobURL = path('products', pid, 'jobs', id);
-  const [head, first] = await Promise.all([productHead(pid, 'jobs', signal), api('GET', jobURL, { signal })]);
-  let job = first;
   let state = params.get('state') || '';
   let limit = 100;
+  const devicesOf = () => api('GET', jobURL + '/devices', { signal, query: { state: state || undefined, limit } });
+  let [head, job, devices] = await Promise.all([productHead(pid, 'jobs', signal), api('GET', jobURL, { signal }), devicesOf()]);
 
   const streamState = h('span', { class: 'pill', id: 'stream-state' }, 'connecting…');
   const title = h('div', { class: 'page-head' });
@@ -79,7 +80,7 @@ export async function jobPage(main, { signal, args: [pid, id], params }) {
       h('div', { class: 'counts' }, EXEC_STATES.map(s => h('button', {
         type: 'button', class: 'count' + (state === s ? ' active' : '') + (c[s] ? '' : ' zero'), dataset: { state: s }, id: 'count-' + s,
         onclick: () => { state = state === s ? '' : s; limit = 100; refresh(); },
-      }, h('span', { class: 'swatch s-' + s }), h('strong', null, String(c[s] || 0)), h('span', null, label(s))))),
+      }, h('span', { class: 'count-n' }, h('span', { class: 'swatch s-' + s }), h('strong', null, String(c[s] || 0))), h('span', { class: 'count-label' }, label(s))))),
       h('dl', { class: 'facts inline' },
         fact('Created', fmtTime(job.created_at)),
         job.start_at ? fact('Starts', fmtTime(job.start_at)) : null,
@@ -93,7 +94,7 @@ export async function jobPage(main, { signal, args: [pid, id], params }) {
   function drawPhases() {
     phasesCard.hidden = !(job.phases && job.phases.length);
     if (phasesCard.hidden) return;
-    replace(phasesCard, h('h2', null, 'Phases'), table(['Phase', 'State', 'Devices', 'Progress', 'Started', 'Soak until', 'Ended'], job.phases.map(p => ({
+    replace(phasesCard, h('h2', null, 'Phases'), table(['Phase', 'State', ['Devices', 'wide'], 'Progress', ['Started', 'wide'], ['Soak until', 'wide'], ['Ended', 'wide']], job.phases.map(p => ({
       attrs: { class: p.index === job.current_phase ? 'current' : '', dataset: { phase: p.index } },
       cells: [
         h('span', null, h('strong', null, `${p.index + 1}`), ' ', h('span', { class: 'muted' }, phaseSize(p, job.phases.length))),
@@ -113,7 +114,6 @@ export async function jobPage(main, { signal, args: [pid, id], params }) {
     filter.value = state;
   }
 
-  let devices = { items: [] };
   function drawDevices() {
     const rows = devices.items.map(x => ({
       attrs: { dataset: { device: x.device_name, state: x.state } },
@@ -121,14 +121,14 @@ export async function jobPage(main, { signal, args: [pid, id], params }) {
         link(route('products', pid, 'devices', x.device_name), x.device_name, { class: 'mono' }),
         job.phases && job.phases.length ? String(x.phase + 1) : '—',
         badge(x.state),
-        x.state === 'done' ? progress(100, 'small ok') : progress(x.percent, 'small'),
+        x.state === 'done' ? progress(100, 'small ok') : progress(x.percent, 'small' + (BAD.has(x.state) ? ' bad' : '')),
         String(x.attempts),
         x.result_name ? h('strong', { class: 'result-name' }, x.result_name) : (x.result_code ? `code ${x.result_code}` : ''),
         h('span', { class: 'muted' }, x.result_msg),
         timeCell(x.updated_at),
       ],
     }));
-    replace(devicesSlot, table(['Device', 'Phase', 'State', 'Progress', 'Attempts', 'Failure', 'Message', 'Updated'], rows,
+    replace(devicesSlot, table(['Device', ['Phase', 'wide'], 'State', 'Progress', ['Attempts', 'wide'], 'Failure', ['Message', 'wide'], ['Updated', 'wide']], rows,
       { empty: state ? `No device is ${label(state)}.` : 'No devices.' }));
     replace(moreSlot, devices.next_cursor && limit < 1000
       ? h('button', { type: 'button', class: 'btn', onclick: () => { limit = Math.min(1000, limit * 4); refresh(); } }, 'Show more')
@@ -161,8 +161,7 @@ export async function jobPage(main, { signal, args: [pid, id], params }) {
     running = (async () => {
       do {
         again = false;
-        const [j, d] = await Promise.all([api('GET', jobURL, { signal }),
-          api('GET', jobURL + '/devices', { signal, query: { state: state || undefined, limit } })]);
+        const [j, d] = await Promise.all([api('GET', jobURL, { signal }), devicesOf()]);
         job = j;
         devices = d;
         draw();

@@ -11,7 +11,7 @@ export async function jobsPage(main, { signal, args: [pid] }) {
   const items = jobs.items.slice().reverse();
   replace(main, head,
     h('div', { class: 'page-head' }, h('h2', null, 'Jobs'), h('div', { class: 'actions' }, link(route('products', pid, 'jobs', 'new'), 'New job', { class: 'btn primary', id: 'new-job' }))),
-    card(null, table(['Job', 'Firmware', 'Status', 'Targets', 'Phases', 'Created', 'Ended'], items.map(j => [
+    card(null, table(['Job', 'Firmware', 'Status', ['Targets', 'wide'], ['Phases', 'wide'], 'Created', ['Ended', 'wide']], items.map(j => [
       link(route('products', pid, 'jobs', j.id), j.id, { class: 'mono' }),
       h('span', { class: 'mono' }, j.firmware_version),
       badge(j.status),
@@ -25,7 +25,7 @@ export async function jobsPage(main, { signal, args: [pid] }) {
 export function targetsText(t) {
   if (!t) return '';
   if (t.all) return 'all devices';
-  if (t.versions) return 'on ' + t.versions.join(', ');
+  if (t.versions) return 'devices on ' + t.versions.join(', ');
   if (t.devices) return t.devices.length <= 3 ? t.devices.join(', ') : `${t.devices.length} devices`;
   return '';
 }
@@ -162,7 +162,7 @@ export async function jobFormPage(main, { signal, args: [pid], params }) {
   const status = h('div', { id: 'job-status', 'aria-live': 'polite' });
   const submit = h('button', { type: 'submit', class: 'btn primary', id: 'job-create' }, 'Start job');
   const form = h('form', { class: 'job-form', novalidate: true },
-    h('fieldset', null, h('legend', null, 'Firmware'), field('Install version', firmware)),
+    h('fieldset', null, h('legend', null, 'Firmware'), h('div', { class: 'narrow' }, field('Install version', firmware))),
     targetsSet, phasesSet, pacingSet, timeSet,
     h('div', { class: 'submit-bar' }, preview, status, h('div', { class: 'actions' }, link(route('products', pid, 'jobs'), 'Cancel', { class: 'btn ghost' }), submit)));
 

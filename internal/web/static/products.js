@@ -27,7 +27,7 @@ export async function productsPage(main, { signal }) {
   });
   replace(main,
     h('div', { class: 'page-head' }, h('h1', null, 'Products')),
-    card(null, table(['ID', 'Name', 'Description', 'Registered'], items.map(p => [
+    card(null, table(['ID', 'Name', ['Description', 'wide'], 'Registered'], items.map(p => [
       link(route('products', p.id), p.id, { class: 'mono' }), link(route('products', p.id), p.name), p.description || '', timeCell(p.created_at)]),
     { empty: 'No products yet.' }), more ? notice('Showing the first 1000 products.', 'info') : null),
     card('Register a product', form, status));
@@ -88,7 +88,7 @@ export async function productPage(main, { signal, args: [pid], params }) {
     const page = await api('GET', path('products', pid, 'devices'), { signal, query: { ...q, limit: 100, cursor } });
     shown += page.items.length;
     if (devices) addRows(devices, deviceRows(pid, page.items));
-    else rows.append(devices = table(['Name', 'Version', 'Presence', 'Last seen', 'Upgrade', ''], deviceRows(pid, page.items), { empty: 'No devices match.' }));
+    else rows.append(devices = table(['Name', 'Version', 'Presence', ['Last seen', 'wide'], 'Upgrade', ['', 'wide']], deviceRows(pid, page.items), { empty: 'No devices match.' }));
     replace(count, `${shown}${page.next_cursor ? '+' : ''} devices`);
     replace(more, page.next_cursor ? h('button', { type: 'button', class: 'btn', onclick: () => load(page.next_cursor) }, 'Load more') : null);
   };

@@ -100,20 +100,26 @@ export function progress(percent, cls = '') {
 
 // table builds a table from column titles and rows of cells; wide tables
 // scroll sideways on a phone instead of squeezing.
-// A row is an array of cells, or { cells, attrs }. addRows appends more
-// rows to a table that table() built.
+// A column is its title, or [title, class] (such as 'wide': shown only
+// on a wide screen). A row is an array of cells, or { cells, attrs }.
+// addRows appends more rows to a table that table() built.
 export function table(columns, rows, { empty = 'Nothing here yet.', cls = '' } = {}) {
-  const head = h('tr', null, columns.map(c => h('th', { scope: 'col' }, c)));
-  const body = rows.length ? tableRows(rows) : [h('tr', null, h('td', { colspan: columns.length, class: 'empty' }, empty))];
-  return h('div', { class: 'table-wrap ' + cls }, h('table', null, h('thead', null, head), h('tbody', null, body)));
+  const classes = columns.map(c => (Array.isArray(c) ? c[1] : null));
+  const head = h('tr', null, columns.map((c, i) => h('th', { scope: 'col', class: classes[i] }, Array.isArray(c) ? c[0] : c)));
+  const body = rows.length ? tableRows(rows, classes) : [h('tr', null, h('td', { colspan: columns.length, class: 'empty' }, empty))];
+  const wrap = h('div', { class: 'table-wrap ' + cls }, h('table', null, h('thead', null, head), h('tbody', null, body)));
+  wrap.columnClasses = classes;
+  return wrap;
 }
 
 export function addRows(wrap, rows) {
-  wrap.querySelector('tbody').append(...tableRows(rows));
+  const body = wrap.querySelector('tbody');
+  if (rows.length && body.querySelector('td.empty')) body.replaceChildren();
+  body.append(...tableRows(rows, wrap.columnClasses));
 }
 
-function tableRows(rows) {
-  return rows.map(r => h('tr', r.attrs || null, (r.cells || r).map(c => h('td', null, c))));
+function tableRows(rows, classes) {
+  return rows.map(r => h('tr', r.attrs || null, (r.cells || r).map((c, i) => h('td', { class: classes[i] }, c))));
 }
 
 export function notice(text, kind = 'error') {
