@@ -422,6 +422,19 @@ func TestConsole(t *testing.T) {
 	if j := a.job(t, pid, id); j.Status != "completed" || j.Counts["done"] != 11 || j.Counts["failed"] != 1 {
 		t.Fatalf("the API says %s %v", j.Status, j.Counts)
 	}
+	// The README's picture of the job page: the top of it, at 1280 px.
+	b.run("a taller viewport", chromedp.EmulateViewport(1280, 1250), chromedp.Evaluate[chromedp.Void](`window.scrollTo(0, 0)`))
+	if png, err := chromedp.Run(b.ctx, chromedp.CaptureScreenshot()); err == nil {
+		os.WriteFile(filepath.Join(b.dir, "readme-job.png"), png, 0o644)
+	}
+	// Retry from the page: the failed device gets a new attempt (and
+	// fails again), the job completes again.
+	b.click("#action-retry")
+	b.waitJS("the retried device to fail again", `document.querySelectorAll('#timeline li[data-type="execution.failed"]').length === 2`)
+	b.waitText("#job-status", "completed")
+	if j := a.job(t, pid, id); j.Status != "completed" || j.Counts["done"] != 11 || j.Counts["failed"] != 1 {
+		t.Fatalf("after Retry the API says %s %v", j.Status, j.Counts)
+	}
 	// The device table, filtered by state, with the failure's name.
 	b.set("#exec-state", "failed")
 	b.waitJS("only the failed device", `[...document.querySelectorAll('#job-devices tbody tr')].map(r => r.dataset.device).join() === 'therm-07'`)

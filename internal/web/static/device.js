@@ -29,7 +29,7 @@ export async function devicePage(main, { signal, args: [pid, name] }) {
   const upgrade = u
     ? h('div', { class: 'upgrade-box' },
       h('div', { class: 'row' }, badge(u.state), h('span', { class: 'mono' }, `→ ${u.version}`), h('span', { class: 'muted' }, timeCell(u.updated_at))),
-      progress(u.state === 'done' ? 100 : u.percent),
+      progress(u.state === 'done' ? 100 : u.percent, u.state === 'done' ? 'ok' : u.state === 'failed' ? 'bad' : ''),
       u.result_code ? h('p', null, h('strong', null, u.result_name || `code ${u.result_code}`), ` (${u.result_code}) `, h('span', { class: 'muted' }, u.result_msg)) : null)
     : h('p', { class: 'muted' }, 'No upgrade reported.');
 
