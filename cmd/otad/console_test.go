@@ -167,6 +167,14 @@ func (b *browser) set(sel, value string) {
 	})()`, sel, sel, value)))
 }
 
+// fill sets fields: selector, value, selector, value…
+func (b *browser) fill(pairs ...string) {
+	b.t.Helper()
+	for i := 0; i+1 < len(pairs); i += 2 {
+		b.set(pairs[i], pairs[i+1])
+	}
+}
+
 func (b *browser) click(sel string) {
 	b.t.Helper()
 	b.run("click "+sel, chromedp.Click(chromedp.CSS(sel)))
@@ -332,29 +340,16 @@ func TestConsole(t *testing.T) {
 	b.click(`.tabs a[href$="/jobs"]`)
 	b.click("#new-job")
 	b.run("job form", chromedp.WaitVisible(chromedp.CSS("#job-create")))
-	b.set("#job-firmware", "2.0.0")
-	b.click("#t-versions")
-	b.set("#job-versions", "1.0.0")
-	b.click("#add-phase")
-	b.click("#add-phase")
-	b.set(".phase:nth-child(1) .phase-kind", "count")
-	b.set(".phase:nth-child(1) .phase-size", "2")
-	b.set(".phase:nth-child(1) .phase-soak", "1")
-	b.set(".phase:nth-child(1) .phase-threshold", "50")
-	b.set(".phase:nth-child(2) .phase-size", "50")
-	b.set(".phase:nth-child(2) .phase-soak", "1")
-	b.set(".phase:nth-child(2) .phase-threshold", "80")
-	b.set("#job-max-concurrent", "4")
-	b.click("#job-rate")
-	b.set("#rate-base", "30")
-	b.set("#rate-factor", "2")
-	b.set("#rate-every", "2")
-	b.set("#job-timeout", "120")
-	b.set("#job-retries", "0")
-	b.click("#add-window")
-	b.set(".window .window-start", "00:00")
-	b.set(".window .window-duration", "1440")
-	b.set(".window .window-zone", "UTC")
+	for _, sel := range []string{"#t-versions", "#add-phase", "#add-phase", "#job-rate", "#add-window"} {
+		b.click(sel)
+	}
+	b.fill("#job-firmware", "2.0.0", "#job-versions", "1.0.0",
+		".phase:nth-child(1) .phase-kind", "count", ".phase:nth-child(1) .phase-size", "2",
+		".phase:nth-child(1) .phase-soak", "1", ".phase:nth-child(1) .phase-threshold", "50",
+		".phase:nth-child(2) .phase-size", "50", ".phase:nth-child(2) .phase-soak", "1", ".phase:nth-child(2) .phase-threshold", "80",
+		"#job-max-concurrent", "4", "#rate-base", "30", "#rate-factor", "2", "#rate-every", "2",
+		"#job-timeout", "120", "#job-retries", "0",
+		".window .window-start", "00:00", ".window .window-duration", "1440", ".window .window-zone", "UTC")
 	b.run("end_at in two hours", chromedp.Evaluate[chromedp.Void](`(() => {
 		const d = new Date(Date.now() + 2 * 3600e3), p = n => String(n).padStart(2, '0');
 		const el = document.querySelector('#job-end-at');

@@ -2,7 +2,7 @@
 
 import { api, path } from './api.js';
 import { productHead } from './products.js';
-import { addRows, badge, card, errorText, fmtTime, h, notice, onlineDot, progress, replace, table, timeCell } from './ui.js';
+import { addRows, badge, card, errorText, fact, fmtTime, h, notice, onlineDot, progress, replace, table, timeCell } from './ui.js';
 
 export async function devicePage(main, { signal, args: [pid, name] }) {
   document.title = `${name} · otad`;
@@ -49,10 +49,6 @@ export async function devicePage(main, { signal, args: [pid, name] }) {
     h('div', { class: 'grid two' }, card('Device', facts), card('Current upgrade', upgrade)),
     card('History', historySlot, more));
   await load();
-}
-
-function fact(k, v) {
-  return h('div', null, h('dt', null, k), h('dd', null, v));
 }
 
 function eventText(e) {

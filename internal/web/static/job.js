@@ -6,7 +6,7 @@ import { api, path, query, refused } from './api.js';
 import { productHead } from './products.js';
 import { targetsText } from './jobs.js';
 import { follow } from './sse.js';
-import { ACTIVE_JOB, EXEC_STATES, badge, card, errorText, fmtTime, h, label, link, notice, progress, replace, route, stacked, table, timeCell } from './ui.js';
+import { ACTIVE_JOB, EXEC_STATES, badge, card, errorText, fact, fmtTime, h, label, link, notice, progress, replace, route, stacked, table, timeCell } from './ui.js';
 
 const TIMELINE_TYPES = ['job.*', 'execution.failed', 'execution.timed_out', 'execution.rolled_back'];
 const TIMELINE_MAX = 300;
@@ -216,10 +216,6 @@ export async function jobPage(main, { signal, args: [pid, id], params }) {
   replace(main, head, title, actionStatus, summary, phasesCard,
     card(null, h('div', { class: 'row' }, h('h2', null, 'Devices'), filter), devicesSlot, moreSlot),
     card('Timeline', h('p', { class: 'hint' }, 'Job changes and device failures, newest first.'), timelineList));
-}
-
-function fact(k, v) {
-  return h('div', null, h('dt', null, k), h('dd', null, v));
 }
 
 function failedText(c) {

@@ -130,6 +130,11 @@ export function field(labelText, input, hint) {
   return h('label', { class: 'field' }, h('span', { class: 'field-label' }, labelText), input, hint ? h('span', { class: 'hint' }, hint) : null);
 }
 
+// fact is one term of a <dl class="facts">.
+export function fact(k, v) {
+  return h('div', null, h('dt', null, k), h('dd', null, v));
+}
+
 export function card(title, ...children) {
   return h('section', { class: 'card' }, title ? h('h2', null, title) : null, children);
 }
