@@ -1,6 +1,7 @@
 // Package api is otad's console REST API: products, devices, firmware and
 // jobs under /v1, bearer-token auth, problem+json errors, the OpenAPI
-// document, health, readiness and Prometheus metrics.
+// document, health, readiness and Prometheus metrics; and the web
+// console's files, served at / and /ui/{file}.
 package api
 
 import (
