@@ -72,7 +72,7 @@ function signInPage() {
   const button = h('button', { type: 'submit', class: 'btn primary', id: 'signin' }, 'Sign in');
   const form = h('form', { class: 'signin card', novalidate: true },
     h('h1', null, 'Sign in to otad'),
-    h('p', { class: 'muted' }, 'Paste a console API token: the one otad printed on its first start, or one set with OTAD_API_TOKEN.'),
+    h('p', { class: 'muted' }, 'Paste a console API token: one made with /v1/tokens, or the bootstrap token (printed on the first start, or set with OTAD_API_TOKEN). A read-scoped token can look but not change anything.'),
     h('label', { class: 'field' }, h('span', { class: 'field-label' }, 'API token'), input),
     h('label', { class: 'check' }, remember, ' Remember on this device (kept in this browser until you sign out)'),
     status,
