@@ -92,7 +92,7 @@ function signInPage() {
       go(to);
     } catch (err) {
       replace(status, notice(err.status === 401
-        ? 'That token was refused: otad does not know it. Check it and try again.'
+        ? 'That token was refused: otad does not know it, or it was revoked or has expired. Check it and try again.'
         : `Could not sign in: ${err.message}`));
       button.disabled = false;
       input.select();
