@@ -2,7 +2,9 @@
 # Runs otad's whole test suite against real services on loopback:
 #   - a throwaway PostgreSQL (Debian's packages, installed when absent),
 #   - a versitygw S3 server (built once with `go install`, cached),
-#   - mosquitto clients (Debian's mosquitto-clients, installed when absent).
+#   - mosquitto clients (Debian's mosquitto-clients, installed when absent),
+#   - headless Chromium for the web console's tests (Debian's chromium, with
+#     the DejaVu fonts its screenshots are drawn in; installed when absent).
 # It stops everything it started, whatever happens. Extra arguments go to
 # `go test` (default: -race -timeout 30m ./...).
 #
@@ -112,6 +114,12 @@ ensure_mosquitto_clients() {
 	apt_install mosquitto-clients
 }
 
+ensure_chromium() {
+	if command -v chromium >/dev/null && [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then return 0; fi
+	log "installing chromium"
+	apt_install chromium fonts-dejavu-core && command -v chromium >/dev/null
+}
+
 required() {
 	if [ "${CI:-}" = true ]; then
 		log "FATAL: $1 could not be started, and CI=true requires it"
@@ -123,6 +131,7 @@ required() {
 start_postgres || required postgres
 start_versitygw || required versitygw
 ensure_mosquitto_clients || required mosquitto-clients
+ensure_chromium || required chromium
 if [ "${CI:-}" = true ]; then export OTAD_TEST_REQUIRE_SERVICES=1; fi
 
 # The default 10-minute limit per package is too short for cmd/otad on a

@@ -29,6 +29,7 @@ import (
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/postgres"
 	"github.com/otad/otad/internal/store/sqlite"
+	"github.com/otad/otad/internal/web"
 	"github.com/otad/otad/internal/webhook"
 )
 
@@ -226,7 +227,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	}
 
 	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs, Secrets: secrets,
-		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg,
+		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Console: web.Files(), Registry: a.reg, Gatherer: a.reg,
 		BodyReadTimeout: cfg.BodyReadTimeout, UploadStallTimeout: cfg.BodyReadTimeout, MaxUploads: int(cfg.MaxUploads), RateLimit: limit})
 	if err != nil {
 		return nil, err

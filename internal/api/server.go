@@ -1,10 +1,13 @@
 // Package api is otad's console REST API: products, devices, firmware,
-// jobs, events and webhooks under /v1, bearer-token auth, problem+json errors, the OpenAPI
-// document, health, readiness and Prometheus metrics.
+// jobs, events, webhooks and tokens under /v1, bearer-token auth,
+// problem+json errors, the OpenAPI document, health, readiness and
+// Prometheus metrics; and the web console's files, served at / and
+// /ui/{file}.
 package api
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -52,6 +55,9 @@ type Config struct {
 	// default 30s. It holds before authentication too: a client that
 	// sends headers and part of a body, then nothing, is cut off.
 	BodyReadTimeout time.Duration
+	// Console, when set, holds the web console's files (index.html and
+	// what it loads, flat), served at / and /ui/{file}.
+	Console fs.FS
 	// Secrets seals the secrets of new devices for storage; nil stores
 	// them as they are.
 	Secrets *ota.SecretBox
@@ -81,6 +87,7 @@ type Server struct {
 	closeStreams    sync.Once
 	eventKeepAlive  time.Duration
 	download        http.Handler
+	consoleFiles    map[string]*consoleFile
 
 	openAPI  []byte // the OpenAPI document as JSON
 	requests *prometheus.CounterVec
@@ -151,6 +158,11 @@ func New(cfg Config) (*Server, error) {
 	if s.openAPI, err = openAPIDocJSON(); err != nil {
 		return nil, err
 	}
+	if cfg.Console != nil {
+		if s.consoleFiles, err = loadConsole(cfg.Console); err != nil {
+			return nil, err
+		}
+	}
 	s.router = s.routes()
 	if s.endpoints, err = endpointsOf(s.router); err != nil {
 		return nil, err
@@ -178,6 +190,13 @@ func (s *Server) routes() chi.Router {
 	// The listener that serves /metrics also serves downloads to anyone:
 	// metrics need a token here (OTAD_METRICS_ADDR serves them alone).
 	r.With(s.authenticate, s.authorize).Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	if s.consoleFiles != nil {
+		// The console's files need no token: what it does, it does
+		// through /v1. Two segments under /ui never collide with a
+		// download token (one).
+		r.Get("/", s.console)
+		r.Get("/ui/{file}", s.console)
+	}
 	if s.download != nil {
 		// Tokens never collide with the fixed routes, which chi matches first.
 		r.Method(http.MethodGet, "/{token}", s.download)
@@ -257,7 +276,7 @@ func (s *Server) readDeadline(next http.Handler) http.Handler {
 // (/{token}).
 func (s *Server) isDownload(r *http.Request) bool {
 	p := r.URL.Path
-	return s.download != nil && strings.Count(p, "/") == 1 && p != "/healthz" && p != "/readyz" && p != "/metrics"
+	return s.download != nil && strings.Count(p, "/") == 1 && p != "/" && p != "/healthz" && p != "/readyz" && p != "/metrics"
 }
 
 // limitAddress takes one request from the client address's rate limit
