@@ -457,3 +457,239 @@ func TestOtactlCommands(t *testing.T) {
 		t.Fatalf("the tail reconnected with Last-Event-ID %q, want %v", ids, seqs[0])
 	}
 }
+
+// jobs create with every option of JobCreate, read back; the job
+// controls; each device's progress; the refusals.
+func TestOtactlJobs(t *testing.T) {
+	a := startApp(t, "sqlite", nil)
+	c := a.ctl(t)
+	c.env["OTAD_PRODUCT"] = "CTLJOBS001"
+	c.ok("products", "create", "jobs", "--id", "CTLJOBS001")
+	for i := range 4 {
+		c.ok("devices", "create", fmt.Sprintf("d%d", i), "--version", "1.0.0")
+	}
+	c.ok("firmware", "upload", randomFile(t, 4096), "--version", "2.0.0")
+
+	every := []string{"jobs", "create", "--firmware", "2.0.0", "--all", "--timeout", "10m", "--max-retries", "1",
+		"--retry-backoff", "1m", "--max-concurrent", "5", "--max-per-minute", "60", "--start-at", "1h", "--rollback-window", "30m",
+		"--phase", "count=1,soak=10m,threshold=90,abort=failed:50:1:cancel", "--phase", "percent=50%,soak=60", "--phase", "rest",
+		"--phase-seed", "42", "--spread-versions", "--abort", "any:20:2:pause", "--abort", "timed_out:30",
+		"--rate", "base=10,factor=2,every=5,on=succeeded", "--window", "start=02:00,duration=3h,days=mon+tue,tz=Europe/Berlin",
+		"--window", "start=23:30,duration=90", "--end-at", "48h", "--continuous"}
+	var body map[string]any
+	c.json(&body, append(every, "--dry-run")...)
+	if body["timeout_seconds"] != 600.0 || body["continuous"] != true || len(body["phases"].([]any)) != 3 {
+		t.Fatalf("jobs create --dry-run: %v", body)
+	}
+	var none []map[string]any
+	if c.json(&none, "jobs", "list"); len(none) != 0 {
+		t.Fatalf("the dry run created a job: %v", none)
+	}
+	type abort struct {
+		FailureType      string  `json:"failure_type"`
+		ThresholdPercent float64 `json:"threshold_percent"`
+		MinEnded         int     `json:"min_ended"`
+		Action           string  `json:"action"`
+	}
+	var job struct {
+		ID                    string
+		Status                string
+		TimeoutSeconds        int     `json:"timeout_seconds"`
+		MaxRetries            int     `json:"max_retries"`
+		RetryBackoffSeconds   int     `json:"retry_backoff_seconds"`
+		MaxConcurrent         int     `json:"max_concurrent"`
+		MaxPerMinute          int     `json:"max_per_minute"`
+		StartAt               *string `json:"start_at"`
+		RollbackWindowSeconds int     `json:"rollback_window_seconds"`
+		Phases                []struct {
+			Percent          float64 `json:"percent"`
+			Count            int     `json:"count"`
+			SoakSeconds      int     `json:"soak_seconds"`
+			SuccessThreshold float64 `json:"success_threshold"`
+			Abort            []abort `json:"abort"`
+			Size             int     `json:"size"`
+		}
+		PhaseSeed      int64   `json:"phase_seed"`
+		SpreadVersions bool    `json:"spread_versions"`
+		Abort          []abort `json:"abort"`
+		Rate           struct {
+			BasePerMinute   int     `json:"base_per_minute"`
+			IncrementFactor float64 `json:"increment_factor"`
+			IncrementEvery  int     `json:"increment_every"`
+			IncrementOn     string  `json:"increment_on"`
+		}
+		Windows []struct {
+			Days            []string `json:"days"`
+			Start           string   `json:"start"`
+			DurationMinutes int      `json:"duration_minutes"`
+			TimeZone        string   `json:"time_zone"`
+		} `json:"maintenance_windows"`
+		EndAt      *string `json:"end_at"`
+		Continuous bool    `json:"continuous"`
+		Total      int     `json:"total"`
+	}
+	c.json(&job, every...)
+	c.json(&job, "jobs", "show", job.ID)
+	ph := job.Phases
+	if job.Status != "scheduled" || job.TimeoutSeconds != 600 || job.MaxRetries != 1 || job.RetryBackoffSeconds != 60 ||
+		job.MaxConcurrent != 5 || job.MaxPerMinute != 60 || job.StartAt == nil || job.RollbackWindowSeconds != 1800 ||
+		len(ph) != 3 || ph[0].Count != 1 || ph[0].SoakSeconds != 600 || ph[0].SuccessThreshold != 90 ||
+		len(ph[0].Abort) != 1 || ph[0].Abort[0] != (abort{"failed", 50, 1, "cancel"}) ||
+		ph[1].Percent != 50 || ph[1].SoakSeconds != 60 || ph[2].Count != 0 || ph[2].Percent != 0 ||
+		job.PhaseSeed != 42 || !job.SpreadVersions || len(job.Abort) != 2 || job.Abort[0] != (abort{"any", 20, 2, "pause"}) ||
+		job.Abort[1].FailureType != "timed_out" || job.Abort[1].ThresholdPercent != 30 ||
+		job.Rate.BasePerMinute != 10 || job.Rate.IncrementFactor != 2 || job.Rate.IncrementEvery != 5 || job.Rate.IncrementOn != "succeeded" ||
+		len(job.Windows) != 2 || strings.Join(job.Windows[0].Days, "+") != "mon+tue" || job.Windows[0].Start != "02:00" ||
+		job.Windows[0].DurationMinutes != 180 || job.Windows[0].TimeZone != "Europe/Berlin" || job.Windows[1].DurationMinutes != 90 ||
+		job.EndAt == nil || !job.Continuous || job.Total != 4 {
+		t.Fatalf("job with every option: %+v", job)
+	}
+	r := c.ok("jobs", "show", job.ID)
+	for _, want := range []string{"status:", "scheduled", "phases:", "PHASE", "abort[0]:", "any ≥ 20% of ≥ 2 ended → pause",
+		"window[0]:", "mon,tue 02:00 for 180 min Europe/Berlin", "rate:", "10/min ×2 every 5 succeeded", "devices:", "4: queued 4"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("jobs show lacks %q:\n%s", want, r.stdout)
+		}
+	}
+
+	// Controls.
+	c.json(&job, "jobs", "pause", job.ID)
+	if job.Status != "paused" {
+		t.Fatalf("jobs pause: %+v", job)
+	}
+	c.fails(cli.ExitError, "otactl: 409 conflict: ", "jobs", "pause", job.ID)
+	c.json(&job, "jobs", "resume", job.ID)
+	c.json(&job, "jobs", "cancel", job.ID)
+	if job.Status != "canceled" {
+		t.Fatalf("jobs cancel: %+v", job)
+	}
+	c.fails(cli.ExitError, "otactl: 409 conflict: ", "jobs", "retry", job.ID)
+	c.fails(cli.ExitError, "otactl: 409 conflict: ", "jobs", "cancel", job.ID)
+
+	// Named targets, from flags and a file; the devices of a job.
+	names := writeFile(t, "names.txt", "d1\n# a comment\nd2\n")
+	c.json(&job, "jobs", "create", "--firmware", "2.0.0", "--device", "d0", "--devices-file", names)
+	if job.Total != 3 || job.Status != "running" {
+		t.Fatalf("job over d0..d2: %+v", job)
+	}
+	var execs []map[string]any
+	c.json(&execs, "jobs", "devices", job.ID, "--state", "queued")
+	if len(execs) != 3 || execs[0]["device_name"] != "d0" {
+		t.Fatalf("jobs devices --state queued: %v", execs)
+	}
+	c.json(&execs, "jobs", "devices", job.ID, "--state", "done")
+	if len(execs) != 0 {
+		t.Fatalf("jobs devices --state done: %v", execs)
+	}
+	if r := c.ok("jobs", "devices", job.ID); !strings.HasPrefix(r.stdout, "DEVICE") || strings.Count(r.stdout, "queued") != 3 {
+		t.Fatalf("jobs devices table:\n%s", r.stdout)
+	}
+	c.fails(cli.ExitError, "otactl: 409 conflict: ", "jobs", "advance", job.ID) // no phases
+	c.fails(cli.ExitError, "(1 devices: d1)", "jobs", "create", "--firmware", "2.0.0", "--device", "d1", "--device", "d3")
+	c.fails(cli.ExitError, "otactl: 400 invalid: ", "jobs", "devices", job.ID, "--state", "sleeping")
+	var jobs []map[string]any
+	c.json(&jobs, "jobs", "list")
+	if len(jobs) != 2 || jobs[1]["id"] != job.ID {
+		t.Fatalf("jobs list: %v", jobs)
+	}
+	if r := c.ok("jobs", "list"); !strings.Contains(r.stdout, "3 devices") || !strings.Contains(r.stdout, "all devices") {
+		t.Fatalf("jobs list table:\n%s", r.stdout)
+	}
+	c.fails(cli.ExitError, "otactl: 404 not_found: ", "jobs", "show", "00000000000000000000")
+	c.fails(cli.ExitError, "otactl: 400 invalid: ", "jobs", "create", "--firmware", "9.9.9", "--all")
+
+	// Refused before anything is sent.
+	for _, bad := range [][]string{
+		{"--all"},
+		{"--firmware", "2.0.0"},
+		{"--firmware", "2.0.0", "--all", "--version", "1.0.0"},
+		{"--firmware", "2.0.0", "--all", "--phase", "percent=ten"},
+		{"--firmware", "2.0.0", "--all", "--phase", "size=3"},
+		{"--firmware", "2.0.0", "--all", "--abort", "slow:10"},
+		{"--firmware", "2.0.0", "--all", "--abort", "failed:10:1:explode"},
+		{"--firmware", "2.0.0", "--all", "--rate", "base=10"},
+		{"--firmware", "2.0.0", "--all", "--window", "start=02:00"},
+		{"--firmware", "2.0.0", "--all", "--start-at", "tomorrow"},
+		{"--firmware", "2.0.0", "--all", "--timeout", "ten"},
+	} {
+		if r := c.run(append([]string{"jobs", "create"}, bad...)...); r.code != cli.ExitUsage {
+			t.Errorf("jobs create %v: exit %d, want 2; %s", bad, r.code, r.stderr)
+		}
+	}
+}
+
+// jobs watch follows otasim's upgrades to the end: 0 when every device is
+// done, 3 when some failed, 4 for a canceled job, 5 for a paused one with
+// --exit-on-pause; the devices imported with otactl log in with the
+// secrets it wrote.
+func TestOtactlWatch(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, engine string) {
+		a := startApp(t, engine, nil)
+		c := a.ctl(t)
+		fw := randomFile(t, 64<<10)
+		fleet := func(pid string, n int) string {
+			c.ok("products", "create", pid, "--id", pid)
+			c.ok("firmware", "upload", fw, "--version", "2.0.0", "-p", pid)
+			var csv strings.Builder
+			for i := range n {
+				fmt.Fprintf(&csv, "%s-%02d,1.0.0\n", strings.ToLower(pid[:4]), i)
+			}
+			secrets := filepath.Join(t.TempDir(), "secrets.csv")
+			c.ok("devices", "import", writeFile(t, "fleet.csv", csv.String()), "--secrets-out", secrets, "-p", pid)
+			return secrets
+		}
+		good, bad := "WATCHGOOD1", "WATCHBAD01"
+		startSim(t, a.MQTTAddr(), fleet(good, 6))
+		startSim(t, a.MQTTAddr(), fleet(bad, 4), "-behaviour", "fail:-4=50%")
+
+		var job struct{ ID, Status string }
+		// A soak of a second: the canaries' version reports come after
+		// their done (with none, the gate may look before and pause).
+		c.json(&job, "jobs", "create", "-p", good, "--firmware", "2.0.0", "--all", "--phase", "count=2,soak=1s", "--phase", "rest")
+		r := c.run("jobs", "watch", job.ID, "-p", good)
+		if r.code != cli.ExitOK || !strings.Contains(r.stderr, "completed: 6 of 6 devices done") || !strings.Contains(r.stdout, "completed 6/6 done (phase 2 of 2): done 6") {
+			t.Fatalf("watch of a good job: %+v", r)
+		}
+		var devs []map[string]any
+		c.json(&devs, "devices", "list", "-p", good, "--version", "2.0.0", "--online")
+		if len(devs) != 6 {
+			t.Fatalf("after the good job, %d devices online on 2.0.0", len(devs))
+		}
+
+		c.json(&job, "jobs", "create", "-p", bad, "--firmware", "2.0.0", "--all", "--max-retries", "0")
+		r = c.run("jobs", "watch", job.ID, "-p", bad, "-o", "json")
+		if r.code != cli.ExitFailures || !strings.Contains(r.stderr, "completed with 2 of 4 devices not done (failed 2)") {
+			t.Fatalf("watch of a failing job: %+v", r)
+		}
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		var last struct {
+			Status string
+			Counts map[string]int
+		}
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Status != "completed" || last.Counts["failed"] != 2 || last.Counts["done"] != 2 {
+			t.Fatalf("watch -o json ended with %q: %v", lines[len(lines)-1], err)
+		}
+		var failed []map[string]any
+		c.json(&failed, "jobs", "devices", job.ID, "-p", bad, "--state", "failed")
+		if len(failed) != 2 || failed[0]["result_name"] != "md5_mismatch" {
+			t.Fatalf("failed devices: %v", failed)
+		}
+
+		// A scheduled job: paused (--exit-on-pause), then canceled.
+		c.json(&job, "jobs", "create", "-p", good, "--firmware", "2.0.0", "--all", "--start-at", "1h")
+		w := c.start("jobs", "watch", job.ID, "-p", good, "--exit-on-pause")
+		waitFor(t, "the watch to open its stream", func() bool { return strings.Contains(w.out.String(), "scheduled") })
+		c.ok("jobs", "pause", job.ID, "-p", good)
+		if r := w.wait(t); r.code != cli.ExitPaused || !strings.Contains(r.stderr, "paused") {
+			t.Fatalf("watch --exit-on-pause: %+v", r)
+		}
+		w = c.start("jobs", "watch", job.ID, "-p", good)
+		waitFor(t, "the second watch to show the job", func() bool { return strings.Contains(w.out.String(), "paused") })
+		c.ok("jobs", "cancel", job.ID, "-p", good)
+		if r := w.wait(t); r.code != cli.ExitCanceled || !strings.Contains(r.stderr, "canceled") {
+			t.Fatalf("watch of a canceled job: %+v", r)
+		}
+		c.fails(cli.ExitCanceled, "canceled", "jobs", "watch", job.ID, "-p", good) // already over
+		c.fails(cli.ExitError, "otactl: 404 not_found: ", "jobs", "watch", "00000000000000000000", "-p", good)
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -89,7 +90,7 @@ func jobView(w io.Writer, o obj) error {
 		if s := ph.int("soak_seconds"); s > 0 {
 			soak = (time.Duration(s) * time.Second).String()
 		}
-		rows = append(rows, []string{ph.str("index"), ph.str("state"), share, ph.str("size"), soak,
+		rows = append(rows, []string{strconv.FormatInt(ph.int("index")+1, 10), ph.str("state"), share, ph.str("size"), soak,
 			firstOf(ph.text("success_threshold"), "100") + "%", countsSummary(ph, "counts"),
 			ph.time("started_at"), ph.time("ended_at")})
 	}

@@ -121,8 +121,8 @@ type JobRate struct {
 // MaintenanceWindow is a recurring time when devices may be notified: on
 // the given days, from Start (HH:MM) for DurationMinutes, in TimeZone.
 type MaintenanceWindow struct {
-	Days            []string `json:"days"`  // mon…sun; empty: every day
-	Start           string   `json:"start"` // HH:MM
+	Days            []string `json:"days,omitempty"` // mon…sun; empty: every day
+	Start           string   `json:"start"`          // HH:MM
 	DurationMinutes int      `json:"duration_minutes"`
 	TimeZone        string   `json:"time_zone"` // IANA name; empty: UTC
 }
