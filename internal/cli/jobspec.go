@@ -111,14 +111,13 @@ func parseSeconds(s string) (int, error) {
 }
 
 // parsePhase reads a phase: "percent=10,soak=1h,threshold=95,abort=failed:20",
-// "count=2", or "rest" (or "") for the last phase, which takes the devices
-// left.
+// "count=2", or "rest" (or "", or "rest,threshold=90") for the last phase,
+// which takes the devices left.
 func parsePhase(spec string) (jobPhase, error) {
 	var p jobPhase
-	if s := strings.TrimSpace(spec); s == "" || s == "rest" {
-		return p, nil
-	}
-	fields, err := specFields(spec, "percent", "count", "soak", "threshold", "abort")
+	parts := strings.Split(spec, ",")
+	parts = slices.DeleteFunc(parts, func(s string) bool { return strings.TrimSpace(s) == "rest" })
+	fields, err := specFields(strings.Join(parts, ","), "percent", "count", "soak", "threshold", "abort")
 	if err != nil {
 		return p, err
 	}

@@ -18,6 +18,7 @@ func TestJobSpecs(t *testing.T) {
 		{"phase count", "count=2,soak=90", phase, `{"count":2,"soak_seconds":90}`},
 		{"phase rest", "rest", phase, `{}`},
 		{"phase empty", "", phase, `{}`},
+		{"phase rest with options", "rest,soak=1m,threshold=90", phase, `{"soak_seconds":60,"success_threshold":90}`},
 		{"phase zero threshold", "count=1,threshold=0", phase, `{"count":1,"success_threshold":0}`},
 		{"phase unknown key", "size=3", phase, ""},
 		{"phase no value", "percent=", phase, ""},

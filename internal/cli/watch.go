@@ -247,6 +247,9 @@ func (w *watcher) draw(o obj) error {
 func watchBars(o obj) []string {
 	total := o.int("total")
 	head := fmt.Sprintf("job %s → %s  %s  %s", o.text("id"), o.text("firmware_version"), o.text("status"), progressCount(o))
+	if n := len(o.list("phases")); n > 0 {
+		head += fmt.Sprintf("  phase %d of %d", o.int("current_phase")+1, n)
+	}
 	if r := o.text("status_reason"); r != "" {
 		head += "  (" + r + ")"
 	}
