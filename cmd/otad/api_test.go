@@ -131,6 +131,17 @@ func TestBootstrapTokenPrintedOnce(t *testing.T) {
 		t.Fatalf("second start printed a token again: %q", second.stdout.String())
 	}
 	second.do("GET", "/v1/products", nil, "Authorization", "Bearer "+token).wantStatus(t, 200)
+	// It is revocable, and not generated again once revoked.
+	other := second.createToken(token, map[string]any{"name": "ops", "scope": "admin"})
+	bootstrap := second.tokens(token)["bootstrap"]
+	second.as(other.Token, "DELETE", "/v1/tokens/"+bootstrap.ID, nil).wantStatus(t, 204)
+	second.stop()
+	third := startApp(t, "sqlite", env)
+	if strings.Contains(third.stdout.String(), "otad_") {
+		t.Fatalf("a start after the revocation printed a token: %q", third.stdout.String())
+	}
+	third.as(token, "GET", "/v1/products", nil).wantProblem(t, 401, "unauthorized")
+	third.as(other.Token, "GET", "/v1/products", nil).wantStatus(t, 200)
 }
 
 func TestProducts(t *testing.T) {

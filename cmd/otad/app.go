@@ -105,6 +105,13 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	if err := a.bootstrapToken(ctx); err != nil {
 		return nil, err
 	}
+	secrets, err := cfg.secretBox()
+	if err != nil {
+		return nil, err
+	}
+	if err := sealSecrets(ctx, a.store, secrets, log); err != nil {
+		return nil, err
+	}
 	if a.blobs, err = openBlobs(ctx, cfg, log); err != nil {
 		return nil, err
 	}
@@ -157,7 +164,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	a.broker, err = broker.New(log, a.store, broker.Options{
-		Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTTLSAddr, TLSConfig: tlsConfig, Node: a.node, Registerer: a.reg,
+		Addr: cfg.MQTTAddr, TLSAddr: cfg.MQTTTLSAddr, TLSConfig: tlsConfig, Node: a.node, Secrets: secrets, Registerer: a.reg,
 	})
 	if err != nil {
 		return nil, err
@@ -170,7 +177,7 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	a.broker.SetReports(eng)
 	a.engine = eng
 
-	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs,
+	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs, Secrets: secrets,
 		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg, BodyReadTimeout: cfg.BodyReadTimeout})
 	if err != nil {
 		return nil, err
@@ -229,29 +236,30 @@ func randomSecret() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// bootstrapToken makes sure the console API can be used: the configured
-// token is registered, or, when there is none and the database has no token
-// yet, one is generated and printed once. Only its hash is stored.
+// bootstrapToken makes sure the console API can be used. OTAD_API_TOKEN
+// is an admin token named bootstrap; a new value revokes the previous
+// one's, and a value revoked is not accepted again. Without it, when the
+// database never had a token, one is generated and printed once. Only
+// hashes are stored.
 func (a *app) bootstrapToken(ctx context.Context) error {
 	if a.cfg.APIToken != "" {
-		hash := api.HashToken(a.cfg.APIToken)
-		_, err := a.store.TokenGetByHash(ctx, hash)
-		if ota.IsCode(err, ota.ENOTFOUND) {
-			err = a.store.TokenCreate(ctx, &ota.APIToken{ID: randomID(), Name: "OTAD_API_TOKEN", Hash: hash})
-			if ota.IsCode(err, ota.ECONFLICT) { // another replica registered it first
-				err = nil
-			}
+		t, err := a.store.TokenEnsure(ctx, &ota.APIToken{ID: ota.NewTokenID(), Name: "bootstrap", Scope: ota.ScopeAdmin,
+			Hash: ota.HashAPIToken(a.cfg.APIToken), Origin: ota.TokenOriginEnv})
+		if err != nil {
+			return err
 		}
-		return err
+		if t.RevokedAt != nil {
+			a.log.Warn("OTAD_API_TOKEN is a revoked token and is not accepted; give it a new value for a new admin token", "component", "api", "token_id", t.ID)
+		}
+		return nil
 	}
 	n, err := a.store.TokenCount(ctx)
 	if err != nil || n > 0 {
 		return err
 	}
-	b := make([]byte, 32)
-	rand.Read(b)
-	token := "otad_" + base64.RawURLEncoding.EncodeToString(b)
-	if err := a.store.TokenCreate(ctx, &ota.APIToken{ID: randomID(), Name: "bootstrap", Hash: api.HashToken(token)}); err != nil {
+	token := ota.NewAPIToken()
+	if err := a.store.TokenCreate(ctx, &ota.APIToken{ID: ota.NewTokenID(), Name: "bootstrap", Scope: ota.ScopeAdmin,
+		Hash: ota.HashAPIToken(token), Origin: ota.TokenOriginGenerated}); err != nil {
 		return err
 	}
 	fmt.Fprintf(a.stdout, "otad: generated the console API token; it is shown only this once:\n\n    %s\n\n", token)

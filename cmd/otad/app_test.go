@@ -42,23 +42,7 @@ func (a *testApp) stop() error {
 // is applied to the app before it starts listening.
 func startApp(t *testing.T, engine string, env map[string]string, before ...func(*app)) *testApp {
 	t.Helper()
-	vars := map[string]string{
-		"OTAD_HTTP_ADDR": "127.0.0.1:0",
-		"OTAD_MQTT_ADDR": "127.0.0.1:0",
-		"OTAD_DATA_DIR":  t.TempDir(),
-		"OTAD_API_TOKEN": testToken,
-		"OTAD_LOG_LEVEL": "warn",
-	}
-	if engine == "postgres" && env["OTAD_DATABASE_URL"] == "" {
-		vars["OTAD_DATABASE_URL"] = testdb.PostgresURL(t)
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := parseConfig("otad", nil, func(k string) string { return vars[k] }, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, engine, env)
 	out := &bytes.Buffer{}
 	a, err := newApp(t.Context(), cfg, cfg.logger(testWriter{t}), out)
 	if err != nil {
@@ -78,6 +62,31 @@ func startApp(t *testing.T, engine string, env map[string]string, before ...func
 		}
 	})
 	return ta
+}
+
+// testConfig is the configuration startApp runs otad with: :0 ports, a
+// temp data dir, the test token, a fresh PostgreSQL database for the
+// postgres engine (unless env names one), and env on top.
+func testConfig(t *testing.T, engine string, env map[string]string) *Config {
+	t.Helper()
+	vars := map[string]string{
+		"OTAD_HTTP_ADDR": "127.0.0.1:0",
+		"OTAD_MQTT_ADDR": "127.0.0.1:0",
+		"OTAD_DATA_DIR":  t.TempDir(),
+		"OTAD_API_TOKEN": testToken,
+		"OTAD_LOG_LEVEL": "warn",
+	}
+	if engine == "postgres" && env["OTAD_DATABASE_URL"] == "" {
+		vars["OTAD_DATABASE_URL"] = testdb.PostgresURL(t)
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := parseConfig("otad", nil, func(k string) string { return vars[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 type testWriter struct{ t *testing.T }

@@ -35,6 +35,8 @@ type Config struct {
 	// devices on the C SDK (PROTOCOL.md).
 	PublicURLAllowPort bool
 	APIToken           string
+	SecretKey          string
+	SecretKeyOld       string
 	LogLevel           string
 	LogFormat          string
 	ShutdownTimeout    time.Duration
@@ -76,12 +78,14 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_S3_PATH_STYLE", "s3-path-style", "false", "address the bucket in the path, as most S3-compatible servers need", false}, &c.S3PathStyle},
 		{configVar{"OTAD_PUBLIC_URL", "public-url", "", "base URL devices download firmware from, with no port (:80 is dropped); derived from the HTTP address when empty", false}, &c.PublicURL},
 		{configVar{"OTAD_PUBLIC_URL_ALLOW_PORT", "public-url-allow-port", "false", "allow a port other than 80 (443) in OTAD_PUBLIC_URL; devices on Tencent's C SDK then cannot download", false}, &c.PublicURLAllowPort},
-		{configVar{"OTAD_API_TOKEN", "api-token", "", "console API bearer token; when empty and none exists, one is generated and printed once", true}, &c.APIToken},
+		{configVar{"OTAD_API_TOKEN", "api-token", "", "bootstrap admin token of the console API; a new value revokes the previous one; when empty and no token was ever made, one is generated and printed once", true}, &c.APIToken},
+		{configVar{"OTAD_SECRET_KEY", "secret-key", "", "32-byte key (base64 or hex) that encrypts device secrets at rest (AES-256-GCM); empty stores them unencrypted", true}, &c.SecretKey},
+		{configVar{"OTAD_SECRET_KEY_OLD", "secret-key-old", "", "the previous OTAD_SECRET_KEY during a key rotation: secrets it opens are re-encrypted with the new key at start", true}, &c.SecretKeyOld},
 		{configVar{"OTAD_LOG_LEVEL", "log-level", "info", "debug, info, warn or error", false}, &c.LogLevel},
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
 		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: as long as they keep sending); a stalled client is cut off", false}, &c.BodyReadTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
-		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log and device history are kept", false}, &c.EventRetention},
+		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log, device history and audit log are kept", false}, &c.EventRetention},
 	}
 }
 
@@ -120,7 +124,13 @@ Flags of %s:
 		usage := v.Usage + " (" + v.Env + ")"
 		switch p := v.ptr.(type) {
 		case *string:
-			fs.StringVar(p, v.Flag, def, usage)
+			if v.Secret {
+				// -h prints defaults: a secret's must not show.
+				fs.StringVar(p, v.Flag, "", usage)
+				*p = def
+			} else {
+				fs.StringVar(p, v.Flag, def, usage)
+			}
 		case *bool:
 			b, err := strconv.ParseBool(def)
 			if err != nil {
@@ -187,6 +197,9 @@ func (c *Config) Validate() error {
 	if c.APIToken != "" && len(c.APIToken) < 16 {
 		return fmt.Errorf("OTAD_API_TOKEN must be at least 16 characters")
 	}
+	if _, err := c.secretBox(); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -205,4 +218,26 @@ func (c *Config) logger(w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// secretBox returns the box that seals device secrets with OTAD_SECRET_KEY
+// (opening OTAD_SECRET_KEY_OLD's too), or nil when no key is set.
+func (c *Config) secretBox() (*ota.SecretBox, error) {
+	if c.SecretKey == "" {
+		if c.SecretKeyOld != "" {
+			return nil, fmt.Errorf("OTAD_SECRET_KEY_OLD is set but OTAD_SECRET_KEY is not")
+		}
+		return nil, nil
+	}
+	key, err := ota.ParseSecretKey(c.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("OTAD_SECRET_KEY: %s", ota.ErrorMessage(err))
+	}
+	var old []byte
+	if c.SecretKeyOld != "" {
+		if old, err = ota.ParseSecretKey(c.SecretKeyOld); err != nil {
+			return nil, fmt.Errorf("OTAD_SECRET_KEY_OLD: %s", ota.ErrorMessage(err))
+		}
+	}
+	return ota.NewSecretBox(key, old)
 }

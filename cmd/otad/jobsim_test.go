@@ -466,6 +466,13 @@ func TestJobPacingAndRestart(t *testing.T) {
 		if maxSeen < 1 {
 			t.Fatalf("never saw a device upgrading")
 		}
+		// A device done before the restart may reconnect after the job
+		// completed: wait for all of them before asking otasim.
+		waitFor(t, "every device to reconnect", func() bool {
+			var page struct{ Items []struct{ Name string } }
+			a.do("GET", "/v1/products/"+pid+"/devices?online=true", nil).decode(t, &page)
+			return len(page.Items) == len(names)
+		})
 		devs, sum := sim.stop(t)
 		if sum.MaxUpgrading > 2 {
 			t.Errorf("the devices saw %d upgrading at once", sum.MaxUpgrading)

@@ -36,6 +36,17 @@ func TestVersionAndMigrate(t *testing.T) {
 	if err := run(t.Context(), []string{"-h"}, func(string) string { return "" }, io.Discard, &help); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("-h: %v", err)
 	}
+	// Secrets given in the environment are never printed as defaults.
+	help.Reset()
+	secretEnv := map[string]string{"OTAD_API_TOKEN": "env-token-0123456789", "OTAD_SECRET_KEY": strings.Repeat("ab", 32)}
+	if err := run(t.Context(), []string{"-h"}, func(k string) string { return secretEnv[k] }, io.Discard, &help); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, secret := range secretEnv {
+		if strings.Contains(help.String(), secret) {
+			t.Errorf("-h prints a secret from the environment:\n%s", help.String())
+		}
+	}
 	for _, want := range []string{"serve", "migrate", "version", "-http-addr"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("-h does not mention %s:\n%s", want, help.String())
@@ -75,6 +86,9 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]string{"OTAD_PUBLIC_URL": "http://fw.example.com:8080"}, nil, "OTAD_PUBLIC_URL: public URL must not name port 8080: Tencent's C device SDK"},
 		{map[string]string{"OTAD_PUBLIC_URL_ALLOW_PORT": "maybe"}, nil, "OTAD_PUBLIC_URL_ALLOW_PORT"},
 		{map[string]string{"OTAD_API_TOKEN": "short"}, nil, "OTAD_API_TOKEN"},
+		{map[string]string{"OTAD_SECRET_KEY": "c2hvcnQ="}, nil, "OTAD_SECRET_KEY: a secret key must be 32 bytes"},
+		{map[string]string{"OTAD_SECRET_KEY": strings.Repeat("ab", 32), "OTAD_SECRET_KEY_OLD": "nope"}, nil, "OTAD_SECRET_KEY_OLD: a secret key"},
+		{map[string]string{"OTAD_SECRET_KEY_OLD": strings.Repeat("ab", 32)}, nil, "OTAD_SECRET_KEY_OLD is set but OTAD_SECRET_KEY is not"},
 		{map[string]string{"OTAD_S3_ENDPOINT": "http://127.0.0.1:9000"}, nil, "OTAD_S3_BUCKET"},
 		{nil, []string{"-no-such-flag"}, "no-such-flag"},
 		{nil, []string{"stray"}, "stray"},

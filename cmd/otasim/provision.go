@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"sync"
 	"time"
 )
 
@@ -31,7 +30,6 @@ func provision(ctx context.Context, args []string, stdout io.Writer) error {
 	prefix := fs.String("prefix", "sim-", "device names are PREFIX plus a five-digit index")
 	version := fs.String("version", "1.0.0", "the devices' initial version")
 	out := fs.String("out", "devices.csv", "CSV file to write")
-	workers := fs.Int("workers", 8, "API calls in flight")
 	allowRemote := fs.Bool("allow-remote", false, "allow an API address that is not loopback")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -50,10 +48,8 @@ func provision(ctx context.Context, args []string, stdout io.Writer) error {
 		return errors.New("-product is required")
 	case *n < 1 || *n > maxDevices:
 		return fmt.Errorf("-n must be 1 to %d", maxDevices)
-	case *workers < 1 || *workers > 64:
-		return errors.New("-workers must be 1 to 64")
 	}
-	c := &apiClient{base: *api, token: *token, http: &http.Client{Timeout: 30 * time.Second}}
+	c := &apiClient{base: *api, token: *token, http: &http.Client{Timeout: 2 * time.Minute}}
 
 	status, body, err := c.call(ctx, "GET", "/v1/products/"+*product, nil)
 	if err != nil {
@@ -71,53 +67,28 @@ func provision(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("get product %s: %d %s", *product, status, body)
 	}
 
+	// One batch: the devices are registered all or none.
 	start := time.Now()
-	rows := make([][]string, *n)
-	jobs := make(chan int)
-	errc := make(chan error, *workers)
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for range *workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				name := fmt.Sprintf("%s%05d", *prefix, i)
-				status, body, err := c.call(ctx, "POST", "/v1/products/"+*product+"/devices", map[string]string{"name": name, "version": *version})
-				if err == nil && status != http.StatusCreated {
-					err = fmt.Errorf("create device %s: %d %s", name, status, body)
-				}
-				var d struct{ Secret string }
-				if err == nil {
-					err = json.Unmarshal(body, &d)
-				}
-				if err != nil {
-					errc <- err
-					cancel()
-					return
-				}
-				rows[i] = []string{*product, name, d.Secret}
-			}
-		}()
+	batch := make([]map[string]string, *n)
+	for i := range batch {
+		batch[i] = map[string]string{"name": fmt.Sprintf("%s%05d", *prefix, i), "version": *version}
 	}
-feed:
-	for i := range *n {
-		select {
-		case jobs <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	select {
-	case err := <-errc:
+	status, body, err = c.call(ctx, "POST", "/v1/products/"+*product+"/device-batches", map[string]any{"devices": batch})
+	if err != nil {
 		return err
-	default:
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	if status != http.StatusCreated {
+		return fmt.Errorf("create devices: %d %s", status, body)
+	}
+	var created struct {
+		Items []struct{ Name, Secret string }
+	}
+	if err := json.Unmarshal(body, &created); err != nil {
+		return fmt.Errorf("create devices: %w", err)
+	}
+	rows := make([][]string, len(created.Items))
+	for i, d := range created.Items {
+		rows[i] = []string{*product, d.Name, d.Secret}
 	}
 
 	var buf bytes.Buffer

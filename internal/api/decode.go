@@ -18,9 +18,12 @@ import (
 // maxJSONBody caps every JSON request body but a job's; maxJobBody fits
 // the largest job the API documents (ota.MaxJobDevices names of the longest
 // kind, quoted and separated, with room for the options).
+// maxBatchBody fits the largest device batch, each entry with the
+// longest name and version and JSON's keys around them.
 const (
-	maxJSONBody = 64 << 10
-	maxJobBody  = ota.MaxJobDevices*(ota.DeviceNameMaxLen+3) + maxJSONBody
+	maxJSONBody  = 64 << 10
+	maxJobBody   = ota.MaxJobDevices*(ota.DeviceNameMaxLen+3) + maxJSONBody
+	maxBatchBody = ota.MaxDeviceBatch*(ota.DeviceNameMaxLen+ota.VersionMaxLen+32) + maxJSONBody
 )
 
 // decodeJSON reads exactly one JSON object into v, refusing unknown fields,

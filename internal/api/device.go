@@ -1,8 +1,12 @@
 package api
 
 import (
+	"bufio"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
@@ -42,12 +46,93 @@ func (s *Server) deviceCreate(w http.ResponseWriter, r *http.Request) error {
 	if err := d.Validate(); err != nil {
 		return err
 	}
+	secret := d.Secret
+	d.Secret = s.secrets.Seal(d.ProductID, d.Name, secret)
 	if err := s.store.DeviceCreate(r.Context(), d); err != nil {
 		return err
 	}
 	w.Header().Set("Location", "/v1/products/"+p.ID+"/devices/"+d.Name)
 	w.Header().Set("Cache-Control", "no-store")
-	return writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: d.Secret})
+	return writeJSON(w, http.StatusCreated, deviceCreated{Device: d, Secret: secret})
+}
+
+type deviceBatchRequest struct {
+	Devices []deviceCreateRequest `json:"devices"`
+}
+
+// deviceBatch registers up to ota.MaxDeviceBatch devices in one
+// transaction, all or none, and streams them back with their secrets: JSON
+// ({"items":[…]}, each item as deviceCreate answers) or, when the client
+// accepts text/csv, the product_id,device_name,secret lines device SDKs'
+// provisioning tools (and otasim) read.
+func (s *Server) deviceBatch(w http.ResponseWriter, r *http.Request) error {
+	var req deviceBatchRequest
+	if err := decodeJSONLimit(w, r, &req, maxBatchBody); err != nil {
+		return err
+	}
+	p, err := s.product(r)
+	if err != nil {
+		return err
+	}
+	if len(req.Devices) == 0 || len(req.Devices) > ota.MaxDeviceBatch {
+		return ota.Errorf(ota.EINVALID, "devices: 1 to %d per batch", ota.MaxDeviceBatch)
+	}
+	ds, secrets := make([]*ota.Device, len(req.Devices)), make([]string, len(req.Devices))
+	seen := make(map[string]bool, len(req.Devices))
+	for i, e := range req.Devices {
+		d := &ota.Device{ProductID: p.ID, Name: e.Name, Version: e.Version, Secret: ota.NewDeviceSecret()}
+		if err := d.Validate(); err != nil {
+			return ota.Errorf(ota.EINVALID, "devices[%d]: %s", i, ota.ErrorMessage(err))
+		}
+		if seen[d.Name] {
+			return ota.Errorf(ota.EINVALID, "devices[%d]: %q is named twice", i, d.Name)
+		}
+		seen[d.Name] = true
+		secrets[i] = d.Secret
+		d.Secret = s.secrets.Seal(d.ProductID, d.Name, d.Secret)
+		ds[i] = d
+	}
+	if err := s.store.DeviceCreate(r.Context(), ds...); err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	if accepts(r, "text/csv") {
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.WriteHeader(http.StatusCreated)
+		bw := bufio.NewWriterSize(w, 64<<10)
+		bw.WriteString("product_id,device_name,secret\n")
+		for i, d := range ds {
+			// Names, IDs and base64 secrets need no CSV quoting.
+			fmt.Fprintf(bw, "%s,%s,%s\n", d.ProductID, d.Name, secrets[i])
+		}
+		return bw.Flush()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	enc := json.NewEncoder(bw)
+	bw.WriteString(`{"items":[`)
+	for i, d := range ds {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		if err := enc.Encode(deviceCreated{Device: d, Secret: secrets[i]}); err != nil {
+			return err
+		}
+	}
+	bw.WriteString("]}\n")
+	return bw.Flush()
+}
+
+// accepts reports whether the request's Accept header names mediaType.
+func accepts(r *http.Request, mediaType string) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(mt), mediaType) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) deviceList(w http.ResponseWriter, r *http.Request) error {

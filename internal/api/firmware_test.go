@@ -77,7 +77,7 @@ func newFWServerWith(t testing.TB, be *firmwaretest.Backend, maxSize int64, apiC
 	if _, err := st.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.TokenCreate(ctx, &ota.APIToken{ID: "t1", Name: "test", Hash: api.HashToken(fwToken)}); err != nil {
+	if err := st.TokenCreate(ctx, &ota.APIToken{ID: "t1", Name: "test", Scope: ota.ScopeAdmin, Hash: ota.HashAPIToken(fwToken)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.ProductCreate(ctx, &ota.Product{ID: fwProduct, Name: "Lamp"}); err != nil {

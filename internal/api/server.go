@@ -5,9 +5,6 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -48,6 +45,9 @@ type Config struct {
 	// default 30s. It holds before authentication too: a client that
 	// sends headers and part of a body, then nothing, is cut off.
 	BodyReadTimeout time.Duration
+	// Secrets seals the secrets of new devices for storage; nil stores
+	// them as they are.
+	Secrets *ota.SecretBox
 	// EventPoll is how often an event stream looks for new events
 	// (default 500ms); EventKeepAlive how long it may stay silent before
 	// it sends a keep-alive comment (default 15s).
@@ -60,6 +60,7 @@ type Server struct {
 	store    ota.Store
 	jobs     Jobs
 	blobs    ota.Blobs
+	secrets  *ota.SecretBox
 	gatherer prometheus.Gatherer
 
 	maxFirmwareSize int64
@@ -75,6 +76,8 @@ type Server struct {
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	router   chi.Router
+	// endpoints holds "METHOD pattern" of every route served (see route).
+	endpoints map[string]bool
 }
 
 // New builds the API server and registers its metrics.
@@ -84,6 +87,7 @@ func New(cfg Config) (*Server, error) {
 		store:    cfg.Store,
 		jobs:     cfg.Jobs,
 		blobs:    cfg.Blobs,
+		secrets:  cfg.Secrets,
 		gatherer: cfg.Gatherer,
 
 		maxFirmwareSize: cfg.MaxFirmwareSize,
@@ -129,6 +133,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.router = s.routes()
+	if s.endpoints, err = endpointsOf(s.router); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -151,7 +158,7 @@ func (s *Server) routes() chi.Router {
 	r.Get("/readyz", s.readyz)
 	// The listener that serves /metrics also serves downloads to anyone:
 	// metrics need a token here (OTAD_METRICS_ADDR serves them alone).
-	r.With(s.authenticate).Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	r.With(s.authenticate, s.authorize).Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	if s.download != nil {
 		// Tokens never collide with the fixed routes, which chi matches first.
 		r.Method(http.MethodGet, "/{token}", s.download)
@@ -159,11 +166,20 @@ func (s *Server) routes() chi.Router {
 	}
 
 	r.Route("/v1", func(r chi.Router) {
-		r.Use(s.authenticate)
+		// Every change, and every refusal for want of a token or of
+		// scope, goes to the audit log; scopes come from one table.
+		r.Use(s.audit, s.authenticate, s.authorize)
 		r.Get("/openapi.json", s.openAPIJSON)
 		r.Get("/openapi.yaml", s.openAPIYAML)
 		r.Get("/events", s.handle(s.eventList))
 		r.Get("/events/stream", s.handle(s.eventStream))
+		r.Get("/audit", s.handle(s.auditList))
+		r.Route("/tokens", func(r chi.Router) {
+			r.Post("/", s.handle(s.tokenCreate))
+			r.Get("/", s.handle(s.tokenList))
+			r.Get("/{id}", s.handle(s.tokenGet))
+			r.Delete("/{id}", s.handle(s.tokenDelete))
+		})
 		r.Route("/products", func(r chi.Router) {
 			r.Post("/", s.handle(s.productCreate))
 			r.Get("/", s.handle(s.productList))
@@ -177,6 +193,7 @@ func (s *Server) routes() chi.Router {
 					r.Delete("/{name}", s.handle(s.deviceDelete))
 					r.Get("/{name}/events", s.handle(s.deviceEvents))
 				})
+				r.Post("/device-batches", s.handle(s.deviceBatch))
 				r.Route("/jobs", func(r chi.Router) {
 					r.Post("/", s.handle(s.jobCreate))
 					r.Get("/", s.handle(s.jobList))
@@ -301,36 +318,6 @@ func (s *Server) measure(next http.Handler) http.Handler {
 		}
 		s.requests.WithLabelValues(r.Method, route, strconv.Itoa(status)).Inc()
 		s.latency.WithLabelValues(r.Method, route).Observe(time.Since(start).Seconds())
-	})
-}
-
-// HashToken returns the stored form of an API token.
-func HashToken(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:])
-}
-
-// authenticate requires a valid bearer token. Every refusal looks the same,
-// so a caller learns nothing about which tokens exist.
-func (s *Server) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		token = strings.TrimSpace(token)
-		if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" || len(token) > 512 {
-			s.writeError(w, r, ota.Errorf(ota.EUNAUTHORIZED, "a valid bearer token is required"))
-			return
-		}
-		hash := HashToken(token)
-		t, err := s.store.TokenGetByHash(r.Context(), hash)
-		if err != nil && !ota.IsCode(err, ota.ENOTFOUND) {
-			s.writeError(w, r, err)
-			return
-		}
-		if t == nil || subtle.ConstantTimeCompare([]byte(t.Hash), []byte(hash)) != 1 {
-			s.writeError(w, r, ota.Errorf(ota.EUNAUTHORIZED, "a valid bearer token is required"))
-			return
-		}
-		next.ServeHTTP(w, r)
 	})
 }
 

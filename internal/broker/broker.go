@@ -72,6 +72,10 @@ type Options struct {
 	// name. Default: the host name.
 	Node string
 
+	// Secrets opens the devices' stored secrets (see ota.SecretBox); nil
+	// means they are stored as they are.
+	Secrets *ota.SecretBox
+
 	// Registerer receives the broker's metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Now returns the current time; default ota.Now. Tests move it.

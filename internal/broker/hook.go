@@ -99,7 +99,15 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return h.refuse(cl, ota.AuthReason(err), pid, name, err)
 		}
 		pid, name = u.ProductID, u.DeviceName
-		check = func(d *ota.Device) error { return login.Check(d, now) }
+		check = func(d *ota.Device) error {
+			secret, err := h.b.opts.Secrets.Open(d.ProductID, d.Name, d.Secret)
+			if err != nil {
+				h.b.log.Error("device secret does not open", "product_id", d.ProductID, "device", d.Name, "error", err)
+				return &ota.Error{Code: ota.EUNAVAILABLE, Message: ota.ErrorMessage(err), Detail: "secret_error"}
+			}
+			d.Secret = secret
+			return login.Check(d, now)
+		}
 	}
 	reportTopic := ota.ReportTopic(pid, name)
 	if pk.Connect.WillFlag && pk.Connect.WillTopic != reportTopic {
@@ -158,7 +166,7 @@ func (h *hook) refuse(cl *mqtt.Client, reason, pid, name string, err error) erro
 		code = packets.ErrBadUsernameOrPassword // mochi sends it as 3.1.1's 5, "not authorized"
 	}
 	switch reason {
-	case "store_error":
+	case "store_error", "secret_error":
 		code = packets.ErrServerUnavailable
 	case authMethod:
 		code = packets.ErrBadAuthenticationMethod // 0x8C; MQTT 5 only

@@ -1,6 +1,9 @@
 package ota
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // Device is one physical device of a product.
 type Device struct {
@@ -126,4 +129,29 @@ type Report struct {
 	ResultCode *int
 	ResultMsg  string
 	At         time.Time
+}
+
+// MaxDeviceBatch is the most devices one batch registers.
+const MaxDeviceBatch = 100_000
+
+// DevicesTaken is the error of devices whose names are taken; names may
+// be empty when the conflict was only seen at insertion.
+func DevicesTaken(names []string) error {
+	if len(names) == 0 {
+		return Errorf(ECONFLICT, "device already exists")
+	}
+	msg := "device already exists"
+	if len(names) > 1 {
+		msg = fmt.Sprintf("%d devices already exist", len(names))
+	}
+	return &Error{Code: ECONFLICT, Message: msg, Detail: map[string]any{"devices": names}}
+}
+
+// DeviceCreatedEvents are the events of devices created.
+func DeviceCreatedEvents(ds []*Device) []Event {
+	evs := make([]Event, len(ds))
+	for i, d := range ds {
+		evs[i] = DeviceChangeEvent(LogDeviceCreated, d.ProductID, d.Name, d.CreatedAt, map[string]string{"version": d.Version})
+	}
+	return evs
 }

@@ -38,6 +38,7 @@ const (
 	LogFirmwareUploaded    = "firmware.uploaded"
 	LogFirmwareDeleted     = "firmware.deleted"
 	LogTokenCreated        = "token.created"
+	LogTokenRevoked        = "token.revoked"
 	MaxEventTypesPerFilter = 32 // entries of one type filter
 )
 
@@ -173,12 +174,6 @@ func PresenceEvent(p DevicePresenceParams) Event {
 		typ = LogDeviceOnline
 	}
 	return newEvent(typ, p.ProductID, "", p.DeviceName, p.At, nil)
-}
-
-// TokenEvent is the event of a console API token created; it never
-// carries the secret or its hash.
-func TokenEvent(t *APIToken) Event {
-	return newEvent(LogTokenCreated, "", "", "", t.CreatedAt, map[string]string{"id": t.ID, "name": t.Name})
 }
 
 // ReportEvents are the events a batch of reports adds beside its

@@ -20,7 +20,10 @@ type Store interface {
 	ProductGet(ctx context.Context, id string) (*Product, error)
 	ProductList(ctx context.Context, params ProductListParams) ([]*Product, error)
 
-	DeviceCreate(ctx context.Context, d *Device) error
+	// DeviceCreate stores devices, and a device.created event for each, in
+	// one transaction: all of them or none. A name already taken is
+	// ECONFLICT (DevicesTaken, naming them when known).
+	DeviceCreate(ctx context.Context, ds ...*Device) error
 	DeviceGet(ctx context.Context, productID, name string) (*Device, error)
 	DeviceList(ctx context.Context, params DeviceListParams) ([]*Device, error)
 	// DeviceDelete removes a device and its history in one transaction.
@@ -109,8 +112,9 @@ type Store interface {
 	// EventLastSeq returns the sequence number of the newest event, 0 for
 	// none.
 	EventLastSeq(ctx context.Context) (int64, error)
-	// EventsPrune deletes up to limit events and device history entries
-	// older than before, and reports how many it deleted.
+	// EventsPrune deletes up to limit events, device history entries and
+	// audit log entries older than before, and reports how many it
+	// deleted.
 	EventsPrune(ctx context.Context, before time.Time, limit int) (int, error)
 
 	// Stats counts what the OTA gauges show.
@@ -122,19 +126,61 @@ type Store interface {
 	// and returns the stored value: the first replica to ask decides.
 	SettingEnsure(ctx context.Context, key, value string) (string, error)
 
-	// TokenCreate stores the hash of a console API token.
+	// TokenCreate stores a console API token (its hash) and appends
+	// token.created; ECONFLICT when its ID or hash is taken.
 	TokenCreate(ctx context.Context, t *APIToken) error
-	// TokenGetByHash finds a token by the SHA-256 of its secret.
+	// TokenEnsure makes t the one usable token of its origin, in one
+	// transaction: it stores t unless a token with its hash exists (revoked
+	// or not), then, when that token is of t.Origin and not revoked,
+	// revokes every other token of t.Origin not yet revoked. It returns the token stored under
+	// t's hash. Events as TokenCreate and TokenRevoke.
+	TokenEnsure(ctx context.Context, t *APIToken) (*APIToken, error)
+	// TokenGet returns a token by ID, revoked or not.
+	TokenGet(ctx context.Context, id string) (*APIToken, error)
+	// TokenGetByHash finds a token, revoked or not, by the SHA-256 of its
+	// secret.
 	TokenGetByHash(ctx context.Context, hash string) (*APIToken, error)
+	// TokenList returns a page of the tokens not revoked.
+	TokenList(ctx context.Context, params TokenListParams) ([]*APIToken, error)
+	// TokenCount counts every token ever stored, revoked ones too.
 	TokenCount(ctx context.Context) (int, error)
+	// TokenRevoke revokes a token at at and appends token.revoked:
+	// ENOTFOUND when no token of that ID is unrevoked, ErrLastAdmin
+	// (ECONFLICT) when it is the last admin token usable at at.
+	TokenRevoke(ctx context.Context, id string, at time.Time) (*APIToken, error)
+	// TokenTouch records that a token was used at at, unless a later use
+	// is recorded already.
+	TokenTouch(ctx context.Context, id string, at time.Time) error
+
+	// AuditAppend adds an entry to the audit log and sets its ID.
+	AuditAppend(ctx context.Context, e *AuditEntry) error
+	// AuditList returns a page of the audit log after params.After,
+	// oldest first.
+	AuditList(ctx context.Context, params AuditListParams) ([]*AuditEntry, error)
+
+	// DeviceSecretList returns a page of every device's stored secret,
+	// ordered by product ID and name, for re-encryption.
+	DeviceSecretList(ctx context.Context, params DeviceSecretListParams) ([]DeviceSecret, error)
+	// DeviceSecretUpdate replaces a device's stored secret, compare-and-set
+	// on Old: ECONFLICT when it changed or the device is gone.
+	DeviceSecretUpdate(ctx context.Context, params DeviceSecretUpdateParams) error
 }
 
-// APIToken is a console API bearer token. Only its hash is stored.
-type APIToken struct {
-	ID        string
-	Name      string
-	Hash      string // hex SHA-256 of the token
-	CreatedAt time.Time
+// DeviceSecret is a device's secret as stored (see SecretBox).
+type DeviceSecret struct {
+	ProductID, Name, Stored string
+}
+
+// DeviceSecretListParams selects a page of DeviceSecretList: the devices
+// after (AfterProduct, AfterName).
+type DeviceSecretListParams struct {
+	AfterProduct, AfterName string
+	Limit                   int
+}
+
+// DeviceSecretUpdateParams replaces a device's stored secret Old by New.
+type DeviceSecretUpdateParams struct {
+	ProductID, Name, Old, New string
 }
 
 // MaxPageLimit caps every list call.

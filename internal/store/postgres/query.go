@@ -81,17 +81,52 @@ func scanDevice(row pgx.Row) (*ota.Device, error) {
 	return &d, nil
 }
 
-func (s *Store) DeviceCreate(ctx context.Context, d *ota.Device) error {
-	if d.CreatedAt.IsZero() {
-		d.CreatedAt = ota.Now()
+func (s *Store) DeviceCreate(ctx context.Context, ds ...*ota.Device) error {
+	now := ota.Now()
+	pids, names := make([]string, len(ds)), make([]string, len(ds))
+	for i, d := range ds {
+		if d.CreatedAt.IsZero() {
+			d.CreatedAt = now
+		}
+		pids[i], names[i] = d.ProductID, d.Name
 	}
 	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, d.CreatedAt)
-		if err != nil {
-			return interpretError(err, "device")
+		if len(ds) == 1 {
+			d := ds[0]
+			_, err := tx.Exec(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
+				VALUES ($1, $2, $3, $4, $5, $6)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, d.CreatedAt)
+			if err != nil {
+				return interpretError(err, "device")
+			}
+		} else {
+			// A batch: the names taken first (to name them), then COPY.
+			rows, err := tx.Query(ctx, `SELECT d.name FROM devices d
+				JOIN unnest($1::text[], $2::text[]) AS u(product_id, name) ON d.product_id = u.product_id AND d.name = u.name
+				ORDER BY d.name LIMIT 100`, pids, names)
+			taken, err := collect(rows, err, "devices taken", func(r pgx.Row) (string, error) {
+				var n string
+				return n, r.Scan(&n)
+			})
+			if err != nil {
+				return err
+			}
+			if len(taken) > 0 {
+				return ota.DevicesTaken(taken)
+			}
+			_, err = tx.CopyFrom(ctx, pgx.Identifier{"devices"}, []string{"product_id", "name", "secret", "version", "disabled", "created_at"},
+				pgx.CopyFromSlice(len(ds), func(i int) ([]any, error) {
+					d := ds[i]
+					return []any{d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, d.CreatedAt}, nil
+				}))
+			if err != nil {
+				e := interpretError(err, "device")
+				if ota.IsCode(e, ota.ECONFLICT) {
+					return ota.DevicesTaken(nil) // taken since the check
+				}
+				return e
+			}
 		}
-		return appendEvents(ctx, tx, ota.DeviceChangeEvent(ota.LogDeviceCreated, d.ProductID, d.Name, d.CreatedAt, map[string]string{"version": d.Version}))
+		return appendEvents(ctx, tx, ota.DeviceCreatedEvents(ds)...)
 	})
 }
 
@@ -416,37 +451,6 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 		}
 		return appendEvents(ctx, tx, ota.FirmwareEvent(ota.LogFirmwareDeleted, &ota.Firmware{ProductID: productID, Version: version}, ota.Now()))
 	})
-}
-
-func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
-	if t.CreatedAt.IsZero() {
-		t.CreatedAt = ota.Now()
-	}
-	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES ($1, $2, $3, $4)`, t.ID, t.Name, t.Hash, t.CreatedAt)
-		if err != nil {
-			return interpretError(err, "token")
-		}
-		return appendEvents(ctx, tx, ota.TokenEvent(t))
-	})
-}
-
-func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {
-	var t ota.APIToken
-	err := s.pool.QueryRow(ctx, `SELECT id, name, hash, created_at FROM api_tokens WHERE hash = $1`, hash).Scan(&t.ID, &t.Name, &t.Hash, &t.CreatedAt)
-	if err != nil {
-		return nil, interpretError(err, "token")
-	}
-	t.CreatedAt = utc(t.CreatedAt)
-	return &t, nil
-}
-
-func (s *Store) TokenCount(ctx context.Context) (int, error) {
-	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM api_tokens`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count tokens: %w", err)
-	}
-	return n, nil
 }
 
 type pgTime = time.Time

@@ -60,8 +60,8 @@ func (s *Store) EventList(ctx context.Context, p ota.EventListParams) ([]*ota.Ev
 
 func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (int, error) {
 	n := 0
-	for _, table := range []string{"events", "device_events"} {
-		key := map[string]string{"events": "seq", "device_events": "id"}[table]
+	for _, table := range []string{"events", "device_events", "audit_log"} {
+		key := map[string]string{"events": "seq", "device_events": "id", "audit_log": "id"}[table]
 		res, err := s.write.ExecContext(ctx, `DELETE FROM `+table+` WHERE `+key+` IN (SELECT `+key+` FROM `+table+` WHERE created_at < ? ORDER BY `+key+` LIMIT ?)`,
 			fmtTime(before), limit)
 		if err != nil {

@@ -110,17 +110,37 @@ func scanDevice(row scanner) (*ota.Device, error) {
 	return &d, nil
 }
 
-func (s *Store) DeviceCreate(ctx context.Context, d *ota.Device) error {
-	if d.CreatedAt.IsZero() {
-		d.CreatedAt = ota.Now()
+func (s *Store) DeviceCreate(ctx context.Context, ds ...*ota.Device) error {
+	now := ota.Now()
+	for _, d := range ds {
+		if d.CreatedAt.IsZero() {
+			d.CreatedAt = now
+		}
 	}
 	return s.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
-			VALUES (?, ?, ?, ?, ?, ?)`, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, fmtTime(d.CreatedAt))
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO devices (product_id, name, secret, version, disabled, created_at)
+			VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
 		if err != nil {
-			return interpretError(err, "device")
+			return fmt.Errorf("prepare device insert: %w", err)
 		}
-		return appendEvents(ctx, tx, ota.DeviceChangeEvent(ota.LogDeviceCreated, d.ProductID, d.Name, d.CreatedAt, map[string]string{"version": d.Version}))
+		defer ins.Close()
+		var taken []string
+		for _, d := range ds {
+			res, err := ins.ExecContext(ctx, d.ProductID, d.Name, d.Secret, d.Version, d.Disabled, fmtTime(d.CreatedAt))
+			if err != nil {
+				return interpretError(err, "device")
+			}
+			if n, _ := res.RowsAffected(); n == 0 && len(taken) < 100 {
+				taken = append(taken, d.Name)
+			}
+		}
+		if len(taken) > 0 {
+			if len(ds) == 1 {
+				taken = nil // one device: the plain message
+			}
+			return ota.DevicesTaken(taken)
+		}
+		return appendEvents(ctx, tx, ota.DeviceCreatedEvents(ds)...)
 	})
 }
 
@@ -390,36 +410,6 @@ func (s *Store) FirmwareDelete(ctx context.Context, productID, version string) e
 		}
 		return appendEvents(ctx, tx, ota.FirmwareEvent(ota.LogFirmwareDeleted, &ota.Firmware{ProductID: productID, Version: version}, ota.Now()))
 	})
-}
-
-func (s *Store) TokenCreate(ctx context.Context, t *ota.APIToken) error {
-	if t.CreatedAt.IsZero() {
-		t.CreatedAt = ota.Now()
-	}
-	return s.inTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, hash, created_at) VALUES (?, ?, ?, ?)`, t.ID, t.Name, t.Hash, fmtTime(t.CreatedAt))
-		if err != nil {
-			return interpretError(err, "token")
-		}
-		return appendEvents(ctx, tx, ota.TokenEvent(t))
-	})
-}
-
-func (s *Store) TokenGetByHash(ctx context.Context, hash string) (*ota.APIToken, error) {
-	var t ota.APIToken
-	err := s.read.QueryRowContext(ctx, `SELECT id, name, hash, created_at FROM api_tokens WHERE hash = ?`, hash).Scan(&t.ID, &t.Name, &t.Hash, sqlTime{&t.CreatedAt})
-	if err != nil {
-		return nil, interpretError(err, "token")
-	}
-	return &t, nil
-}
-
-func (s *Store) TokenCount(ctx context.Context) (int, error) {
-	var n int
-	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM api_tokens`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("count tokens: %w", err)
-	}
-	return n, nil
 }
 
 func (s *Store) SettingEnsure(ctx context.Context, key, value string) (string, error) {

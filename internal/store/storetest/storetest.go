@@ -22,6 +22,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"Product", testProduct},
 		{"ProductList", testProductList},
 		{"Device", testDevice},
+		{"DeviceBatch", testDeviceBatch},
 		{"DeviceList", testDeviceList},
 		{"DeviceDelete", testDeviceDelete},
 		{"DevicePresence", testDevicePresence},
@@ -35,6 +36,11 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"EventLogFollow", testEventLogFollow},
 		{"Firmware", testFirmware},
 		{"Token", testToken},
+		{"TokenRevokeLastAdmin", testTokenRevokeLastAdmin},
+		{"TokenRevokeConcurrent", testTokenRevokeConcurrent},
+		{"TokenEnsure", testTokenEnsure},
+		{"Audit", testAudit},
+		{"DeviceSecret", testDeviceSecret},
 		{"Verbatim", testVerbatim},
 		{"DevicePresenceNode", testDevicePresenceNode},
 		{"SettingEnsure", testSettingEnsure},
@@ -430,29 +436,6 @@ func testFirmware(t *testing.T, s ota.Store) {
 	wantCode(t, err, ota.ENOTFOUND)
 }
 
-func testToken(t *testing.T, s ota.Store) {
-	n, err := s.TokenCount(ctx(t))
-	must(t, err)
-	if n != 0 {
-		t.Fatalf("TokenCount = %d on a new store", n)
-	}
-	tok := &ota.APIToken{ID: "t1", Name: "bootstrap", Hash: "ab12"}
-	must(t, s.TokenCreate(ctx(t), tok))
-	got, err := s.TokenGetByHash(ctx(t), "ab12")
-	must(t, err)
-	if !reflect.DeepEqual(got, tok) {
-		t.Fatalf("TokenGetByHash = %+v, want %+v", got, tok)
-	}
-	_, err = s.TokenGetByHash(ctx(t), "ffff")
-	wantCode(t, err, ota.ENOTFOUND)
-	wantCode(t, s.TokenCreate(ctx(t), &ota.APIToken{ID: "t2", Name: "x", Hash: "ab12"}), ota.ECONFLICT)
-	n, err = s.TokenCount(ctx(t))
-	must(t, err)
-	if n != 1 {
-		t.Fatalf("TokenCount = %d, want 1", n)
-	}
-}
-
 // testVerbatim stores strings that would break naive SQL and reads them back.
 func testVerbatim(t *testing.T, s ota.Store) {
 	evil := []string{
@@ -526,4 +509,44 @@ func testNodeHeartbeat(t *testing.T, s ota.Store) {
 	if n := must2(s.NodeHeartbeat(ctx(t), "a", t0.Add(time.Second), t0.Add(-time.Minute))); n != 0 {
 		t.Fatalf("second heartbeat marked %d offline", n)
 	}
+}
+
+// testDeviceBatch: a batch is stored whole with an event per device, or
+// not at all, naming the devices already taken.
+func testDeviceBatch(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	MustDevice(t, s, p.ID, "b0042")
+	seq, err := s.EventLastSeq(ctx(t))
+	must(t, err)
+	batch := func(n int) []*ota.Device {
+		ds := make([]*ota.Device, n)
+		for i := range ds {
+			ds[i] = &ota.Device{ProductID: p.ID, Name: fmt.Sprintf("b%04d", i), Secret: ota.NewDeviceSecret(), Version: "1.0.0"}
+		}
+		return ds
+	}
+	err = s.DeviceCreate(ctx(t), batch(3000)...)
+	wantCode(t, err, ota.ECONFLICT)
+	if d := err.(*ota.Error).Detail; fmt.Sprint(d) != "map[devices:[b0042]]" {
+		t.Fatalf("conflict detail %v, want the taken device", d)
+	}
+	ds, err := s.DeviceList(ctx(t), ota.DeviceListParams{ProductID: p.ID, Limit: 10})
+	must(t, err)
+	if len(ds) != 1 {
+		t.Fatalf("%d devices after a refused batch, want 1", len(ds))
+	}
+	ds = batch(3000)
+	ds[42].Name = "other"
+	must(t, s.DeviceCreate(ctx(t), ds...))
+	got, err := s.DeviceGet(ctx(t), p.ID, "b2999")
+	must(t, err)
+	if got.Secret != ds[2999].Secret || got.Version != "1.0.0" || got.CreatedAt.IsZero() {
+		t.Fatalf("batch device %+v", got)
+	}
+	evs, err := s.EventList(ctx(t), ota.EventListParams{After: seq, Types: []string{ota.LogDeviceCreated}, Limit: ota.MaxPageLimit})
+	must(t, err)
+	if len(evs) != ota.MaxPageLimit || evs[0].DeviceName != "b0000" {
+		t.Fatalf("%d events after the batch, first %+v", len(evs), evs[0])
+	}
+	wantCode(t, s.DeviceCreate(ctx(t), &ota.Device{ProductID: "NOPE000000", Name: "x", Secret: "s"}, &ota.Device{ProductID: "NOPE000000", Name: "y", Secret: "s"}), ota.ENOTFOUND)
 }
