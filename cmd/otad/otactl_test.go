@@ -113,6 +113,7 @@ type checkedTransport struct {
 	streams []io.Closer
 	opened  int
 	lastIDs []string // Last-Event-ID of each stream request
+	sent    []string // method and path of each request
 }
 
 func (c *checkedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -125,6 +126,9 @@ func (c *checkedTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		req.Body.Close()
 		req.Body = io.NopCloser(bytes.NewReader(body))
 	}
+	c.mu.Lock()
+	c.sent = append(c.sent, req.Method+" "+req.URL.Path)
+	c.mu.Unlock()
 	resp, err := http.DefaultTransport.RoundTrip(req)
 	if err != nil {
 		return nil, err
@@ -159,6 +163,19 @@ func (c *checkedTransport) cut() {
 		s.Close()
 	}
 	c.streams = nil
+}
+
+// count is how many requests were sent of method and path.
+func (c *checkedTransport) count(request string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, r := range c.sent {
+		if r == request {
+			n++
+		}
+	}
+	return n
 }
 
 func (c *checkedTransport) streamsOpened() (int, []string) {
@@ -347,6 +364,11 @@ func TestOtactlCommands(t *testing.T) {
 	if r.code != cli.ExitError || !strings.Contains(r.stdout, "created 3 of 8 devices") {
 		t.Fatalf("devices import: %+v", r)
 	}
+	// One batch refused for the taken name, one for the invalid one, then
+	// the rest in one transaction.
+	if n := c.tr.count("POST /v1/products/CTLPROD001/device-batches"); n != 3 {
+		t.Fatalf("devices import sent %d batches, want 3", n)
+	}
 	for _, want := range []string{"line 4 (kitchen-1): 409 conflict", "line 5 (imp-3): 3 fields", "line 6 (bad name): 400 invalid",
 		"line 7 (imp-1): imp-1 is on line 2 too", "line 8 (): no device name", "otactl: 5 of 8 devices not created"} {
 		if !strings.Contains(r.stderr, want) {
@@ -410,6 +432,32 @@ func TestOtactlCommands(t *testing.T) {
 	}
 	c.ok("firmware", "delete", "1.0/beta")
 	c.fails(cli.ExitError, "otactl: 404 not_found: ", "firmware", "show", "1.0/beta")
+
+	// Tokens: a read-only one reads and is refused a change (403);
+	// revoked, it is refused everything (401).
+	var tok map[string]any
+	c.json(&tok, "tokens", "create", "reader", "--scope", "read", "--expires-at", "24h")
+	if tok["scope"] != "read" || tok["expires_at"] == nil || !strings.HasPrefix(tok["token"].(string), "otad_") {
+		t.Fatalf("tokens create: %v", tok)
+	}
+	c.fails(cli.ExitUsage, "--scope", "tokens", "create", "noscope")
+	c.fails(cli.ExitError, "otactl: 400 invalid: ", "tokens", "create", "x", "--scope", "root")
+	var toks []map[string]any
+	c.json(&toks, "tokens", "list")
+	if len(toks) < 2 {
+		t.Fatalf("tokens list: %v", toks)
+	}
+	if r := c.ok("tokens", "show", tok["id"].(string)); !strings.Contains(r.stdout, "reader") || strings.Contains(r.stdout, tok["token"].(string)) {
+		t.Fatalf("tokens show:\n%s", r.stdout)
+	}
+	reader := a.ctl(t)
+	reader.env["OTAD_TOKEN"] = tok["token"].(string)
+	reader.env["OTAD_PRODUCT"] = "CTLPROD001"
+	reader.ok("devices", "list")
+	reader.fails(cli.ExitError, "otactl: 403 forbidden: ", "devices", "create", "nope")
+	c.ok("tokens", "revoke", tok["id"].(string))
+	reader.fails(cli.ExitError, "otactl: 401 unauthorized: ", "devices", "list")
+	c.fails(cli.ExitError, "otactl: 404 not_found: ", "tokens", "show", tok["id"].(string))
 
 	// Events: the log, filtered, and its tail across a dropped connection.
 	var events []map[string]any

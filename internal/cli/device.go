@@ -1,12 +1,16 @@
 package cli
 
 import (
+	"context"
 	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -204,7 +208,12 @@ func (a *app) deviceImportCommand(product func() (string, error)) *cobra.Command
 "name,version" taken as a header. Each created device's secret is appended to
 --secrets-out (created with mode 0600) as product_id,device_name,secret, the
 format otasim reads. Rows that fail are reported and the rest go on; the exit
-code is 1 when any failed. "-" reads the CSV from standard input.`,
+code is 1 when any failed. "-" reads the CSV from standard input.
+
+Devices are registered in batches of up to 1,000 (POST …/device-batches, one
+transaction each); a batch refused for some of its rows is sent again
+without them. A server without batches gets the devices one by one,
+--concurrency at once.`,
 		Example: "  otactl devices import fleet.csv --secrets-out secrets.csv",
 		Args:    argNames("FILE.csv"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -222,7 +231,6 @@ code is 1 when any failed. "-" reads the CSV from standard input.`,
 			if err != nil {
 				return err
 			}
-			p := client.Path("/v1/products", pid, "devices")
 			rows, err := readImport(a.env.Stdin, args[0])
 			if err != nil {
 				return err
@@ -232,53 +240,16 @@ code is 1 when any failed. "-" reads the CSV from standard input.`,
 				return err
 			}
 			defer out.Close()
-			var mu sync.Mutex
-			var writeErr error
-			created := 0
-			work := make(chan *importRow)
-			var wg sync.WaitGroup
-			for range concurrency {
-				wg.Go(func() {
-					for r := range work {
-						if r.Error != "" {
-							continue
-						}
-						body := map[string]string{"name": r.Name}
-						if r.Version != "" {
-							body["version"] = r.Version
-						}
-						var d struct {
-							ProductID string `json:"product_id"`
-							Name      string `json:"name"`
-							Secret    string `json:"secret"`
-						}
-						err := c.Do(cmd.Context(), client.Request{Method: "POST", Path: p, JSON: body}, &d)
-						mu.Lock()
-						if err != nil {
-							r.Error = oneLine(err.Error())
-						} else {
-							created++
-							if writeErr == nil {
-								writeErr = out.Write([]string{d.ProductID, d.Name, d.Secret})
-							}
-						}
-						mu.Unlock()
-					}
-				})
+			im := &importer{c: c, pid: pid, out: out, concurrency: concurrency}
+			im.run(cmd.Context(), rows)
+			if err := out.Close(); err != nil && im.writeErr == nil {
+				im.writeErr = err
 			}
-			for i := range rows {
-				if cmd.Context().Err() != nil {
-					break
-				}
-				work <- &rows[i]
+			if im.writeErr != nil {
+				return fmt.Errorf("writing %s: %w (%d devices were created)", secretsOut, im.writeErr, im.created)
 			}
-			close(work)
-			wg.Wait()
-			if err := out.Close(); err != nil && writeErr == nil {
-				writeErr = err
-			}
-			if writeErr != nil {
-				return fmt.Errorf("writing %s: %w (%d devices were created)", secretsOut, writeErr, created)
+			if err := cmd.Context().Err(); err != nil {
+				return fmt.Errorf("interrupted after %d devices were created (their secrets are in %s)", im.created, secretsOut)
 			}
 			var failed []importRow
 			for _, r := range rows {
@@ -290,9 +261,9 @@ code is 1 when any failed. "-" reads the CSV from standard input.`,
 				if failed == nil {
 					failed = []importRow{}
 				}
-				err = writeJSONValue(a.env.Stdout, map[string]any{"product_id": pid, "created": created, "failed": failed, "secrets_file": secretsOut})
+				err = writeJSONValue(a.env.Stdout, map[string]any{"product_id": pid, "created": im.created, "failed": failed, "secrets_file": secretsOut})
 			} else {
-				fmt.Fprintf(a.env.Stdout, "created %d of %d devices; secrets in %s\n", created, len(rows), secretsOut)
+				fmt.Fprintf(a.env.Stdout, "created %d of %d devices; secrets in %s\n", im.created, len(rows), secretsOut)
 			}
 			for _, r := range failed {
 				fmt.Fprintf(a.env.Stderr, "otactl: line %d (%s): %s\n", r.Line, r.Name, r.Error)
@@ -307,8 +278,151 @@ code is 1 when any failed. "-" reads the CSV from standard input.`,
 		},
 	}
 	cmd.Flags().StringVar(&secretsOut, "secrets-out", "", "file the secrets are appended to (product_id,device_name,secret; mode 0600)")
-	cmd.Flags().IntVar(&concurrency, "concurrency", 8, "devices registered at once")
+	cmd.Flags().IntVar(&concurrency, "concurrency", 8, "devices registered at once by a server without batches")
 	return cmd
+}
+
+// importBatch is how many devices go in one batch.
+const importBatch = 1000
+
+// importer registers the rows of an import file.
+type importer struct {
+	c           *client.Client
+	pid         string
+	out         *secretsFile
+	concurrency int
+
+	mu       sync.Mutex
+	created  int
+	writeErr error
+	oneByOne bool // the server has no batches
+}
+
+// createdDevice is a device as its creation answers it.
+type createdDevice struct {
+	ProductID string `json:"product_id"`
+	Name      string `json:"name"`
+	Secret    string `json:"secret"`
+}
+
+func (im *importer) keep(d createdDevice) {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	im.created++
+	if im.writeErr == nil {
+		im.writeErr = im.out.Write([]string{d.ProductID, d.Name, d.Secret})
+	}
+}
+
+func (im *importer) run(ctx context.Context, rows []importRow) {
+	var todo []*importRow
+	for i := range rows {
+		if rows[i].Error == "" {
+			todo = append(todo, &rows[i])
+		}
+	}
+	for len(todo) > 0 && ctx.Err() == nil && im.writeErr == nil {
+		n := min(importBatch, len(todo))
+		im.batch(ctx, todo[:n])
+		todo = todo[n:]
+	}
+}
+
+// batch registers rows in one transaction; the rows the server refuses by
+// name are marked and the rest sent again.
+func (im *importer) batch(ctx context.Context, rows []*importRow) {
+	path := client.Path("/v1/products", im.pid, "device-batches")
+	for len(rows) > 0 && !im.oneByOne {
+		devices := make([]map[string]string, len(rows))
+		for i, r := range rows {
+			devices[i] = deviceBody(r)
+		}
+		var answer struct {
+			Items []createdDevice `json:"items"`
+		}
+		err := im.c.Do(ctx, client.Request{Method: "POST", Path: path, JSON: map[string]any{"devices": devices}}, &answer)
+		if err == nil {
+			for _, d := range answer.Items {
+				im.keep(d)
+			}
+			return
+		}
+		var p *client.Problem
+		if !errors.As(err, &p) {
+			break // the server is away: each row says so below
+		}
+		if refused := refusedRows(p, rows); len(refused) > 0 {
+			rows = slices.DeleteFunc(rows, func(r *importRow) bool { return r.Error != "" })
+			continue
+		}
+		if p.Status == http.StatusNotFound || p.Status == http.StatusMethodNotAllowed {
+			im.oneByOne = true // a server without batches; or no such product, as each row will say
+		}
+		break
+	}
+	im.each(ctx, rows)
+}
+
+// refusedRows marks the rows a refused batch names: the names taken
+// (409, extra.devices) or the one that is invalid (400, "devices[i]: …").
+func refusedRows(p *client.Problem, rows []*importRow) []*importRow {
+	var refused []*importRow
+	switch p.Code {
+	case "conflict":
+		var extra struct {
+			Devices []string `json:"devices"`
+		}
+		json.Unmarshal(p.Extra, &extra)
+		for _, r := range rows {
+			if slices.Contains(extra.Devices, r.Name) {
+				r.Error = "409 conflict: the device exists already"
+				refused = append(refused, r)
+			}
+		}
+	case "invalid":
+		var i int
+		if _, err := fmt.Sscanf(p.Detail, "devices[%d]:", &i); err == nil && i >= 0 && i < len(rows) {
+			_, msg, _ := strings.Cut(p.Detail, ": ")
+			rows[i].Error = "400 invalid: " + msg
+			refused = append(refused, rows[i])
+		}
+	}
+	return refused
+}
+
+// each registers rows one by one, a few at once.
+func (im *importer) each(ctx context.Context, rows []*importRow) {
+	path := client.Path("/v1/products", im.pid, "devices")
+	work := make(chan *importRow)
+	var wg sync.WaitGroup
+	for range im.concurrency {
+		wg.Go(func() {
+			for r := range work {
+				var d createdDevice
+				if err := im.c.Do(ctx, client.Request{Method: "POST", Path: path, JSON: deviceBody(r)}, &d); err != nil {
+					r.Error = oneLine(err.Error())
+					continue
+				}
+				im.keep(d)
+			}
+		})
+	}
+	for _, r := range rows {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- r
+	}
+	close(work)
+	wg.Wait()
+}
+
+func deviceBody(r *importRow) map[string]string {
+	body := map[string]string{"name": r.Name}
+	if r.Version != "" {
+		body["version"] = r.Version
+	}
+	return body
 }
 
 // readImport reads the rows of an import file; a malformed row is kept
