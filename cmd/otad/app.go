@@ -28,6 +28,7 @@ import (
 	"github.com/otad/otad/internal/ota"
 	"github.com/otad/otad/internal/store/postgres"
 	"github.com/otad/otad/internal/store/sqlite"
+	"github.com/otad/otad/internal/webhook"
 )
 
 // migratingStore is an ota.Store that can apply its migrations.
@@ -57,6 +58,22 @@ func openStore(ctx context.Context, cfg *Config, log *slog.Logger) (migratingSto
 	return s, s.Bus(log), nil
 }
 
+// webhookPoll is how often each replica looks for webhooks behind the
+// event log.
+const webhookPoll = 500 * time.Millisecond
+
+// newWebhooks builds webhook delivery on River's driver for the store's
+// database.
+func newWebhooks(s migratingStore, cfg webhook.Config) (*webhook.Service, error) {
+	switch st := s.(type) {
+	case *postgres.Store:
+		return webhook.New(st.QueueDriver(), cfg)
+	case *sqlite.Store:
+		return webhook.New(st.QueueDriver(), cfg)
+	}
+	return nil, fmt.Errorf("webhooks: no queue for %T", s)
+}
+
 // app is one running otad: every component, wired. Tests start it on :0
 // ports with a temp data dir and talk to it over the network.
 type app struct {
@@ -72,6 +89,7 @@ type app struct {
 	httpSrv, downloadSrv, metricsSrv *http.Server
 	broker                           *broker.Broker
 	engine                           *engine.Engine
+	webhooks                         *webhook.Service
 	publicURL                        string
 
 	cancel   context.CancelFunc // ends the engine
@@ -176,6 +194,11 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 	}
 	a.broker.SetReports(eng)
 	a.engine = eng
+	if a.webhooks, err = newWebhooks(a.store, webhook.Config{Logger: log, Store: a.store, Timeout: cfg.WebhookTimeout,
+		Poll: webhookPoll, Node: a.node, Policy: ota.WebhookPolicy{Backoff: cfg.WebhookBackoff, MaxBackoff: cfg.WebhookBackoffMax,
+			DisableAfter: cfg.WebhookDisableAfter}}); err != nil {
+		return nil, err
+	}
 
 	apiSrv, err := api.New(api.Config{Logger: log, Store: a.store, Jobs: eng, Blobs: a.blobs, Secrets: secrets,
 		MaxFirmwareSize: cfg.MaxFirmwareSize, Download: download, Registry: a.reg, Gatherer: a.reg, BodyReadTimeout: cfg.BodyReadTimeout})
@@ -272,7 +295,8 @@ func randomID() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// Start serves: HTTP, downloads, the MQTT broker and the job engine.
+// Start serves: HTTP, downloads, the MQTT broker, the job engine and
+// webhook delivery.
 func (a *app) Start(ctx context.Context) error {
 	// Register this replica before devices connect to it, so that no other
 	// replica takes them for a dead node's; the engine keeps it fresh.
@@ -296,10 +320,16 @@ func (a *app) Start(ctx context.Context) error {
 		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
 	}
 	a.log.Info("devices download firmware from", "component", "download", "public_url", a.publicURL)
-	a.engineWG.Add(1)
+	a.engineWG.Add(2)
 	go func() {
 		defer a.engineWG.Done()
 		a.engine.Run(runCtx)
+	}()
+	go func() {
+		defer a.engineWG.Done()
+		if err := a.webhooks.Run(runCtx, a.cfg.ShutdownTimeout); err != nil {
+			a.log.Error("webhook delivery stopped", "component", "webhook", "err", err)
+		}
 	}()
 	return nil
 }
@@ -341,7 +371,8 @@ func dialable(addr string) string {
 	return host + ":" + port
 }
 
-// Close stops the engine first, so that nothing new is dispatched, then
+// Close stops the engine and webhook delivery first, so that nothing new
+// is dispatched, then
 // the broker, which writes the reports in flight, then HTTP, letting
 // in-flight requests finish within ctx, and closes the database last.
 func (a *app) Close(ctx context.Context) error {

@@ -42,6 +42,13 @@ type Config struct {
 	ShutdownTimeout    time.Duration
 	BodyReadTimeout    time.Duration
 	EventRetention     time.Duration
+	// Webhook delivery: one request's timeout, the first retry's wait
+	// (doubling up to WebhookBackoffMax) and how long an endpoint may fail
+	// before it is disabled.
+	WebhookTimeout      time.Duration
+	WebhookBackoff      time.Duration
+	WebhookBackoffMax   time.Duration
+	WebhookDisableAfter time.Duration
 }
 
 // configVar is one OTAD_* setting bound to a flag.
@@ -85,7 +92,11 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_LOG_FORMAT", "log-format", "text", "text or json", false}, &c.LogFormat},
 		{configVar{"OTAD_BODY_READ_TIMEOUT", "body-read-timeout", "30s", "how long a request body may take to arrive (firmware uploads: as long as they keep sending); a stalled client is cut off", false}, &c.BodyReadTimeout},
 		{configVar{"OTAD_SHUTDOWN_TIMEOUT", "shutdown-timeout", "15s", "how long in-flight work may take to finish on shutdown", false}, &c.ShutdownTimeout},
-		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log, device history and audit log are kept", false}, &c.EventRetention},
+		{configVar{"OTAD_EVENT_RETENTION", "event-retention", "720h", "how long the event log, device history, audit log and webhook delivery records are kept", false}, &c.EventRetention},
+		{configVar{"OTAD_WEBHOOK_TIMEOUT", "webhook-timeout", "10s", "how long one webhook request may take, connecting included; longer counts as a failure", false}, &c.WebhookTimeout},
+		{configVar{"OTAD_WEBHOOK_BACKOFF", "webhook-backoff", "5s", "wait before retrying a failed webhook delivery; doubled per failure in a row, with jitter", false}, &c.WebhookBackoff},
+		{configVar{"OTAD_WEBHOOK_BACKOFF_MAX", "webhook-backoff-max", "1h", "longest wait between webhook retries", false}, &c.WebhookBackoffMax},
+		{configVar{"OTAD_WEBHOOK_DISABLE_AFTER", "webhook-disable-after", "24h", "a webhook whose deliveries all fail for this long is disabled (webhook.disabled, with the reason on the webhook)", false}, &c.WebhookDisableAfter},
 	}
 }
 
@@ -178,6 +189,15 @@ func (c *Config) Validate() error {
 	}
 	if c.EventRetention < time.Hour {
 		return fmt.Errorf("OTAD_EVENT_RETENTION must be at least 1h")
+	}
+	if c.WebhookTimeout < time.Second {
+		return fmt.Errorf("OTAD_WEBHOOK_TIMEOUT must be at least 1s")
+	}
+	if c.WebhookBackoff < 10*time.Millisecond || c.WebhookBackoffMax < c.WebhookBackoff {
+		return fmt.Errorf("OTAD_WEBHOOK_BACKOFF must be at least 10ms, and OTAD_WEBHOOK_BACKOFF_MAX at least that")
+	}
+	if c.WebhookDisableAfter < time.Second {
+		return fmt.Errorf("OTAD_WEBHOOK_DISABLE_AFTER must be at least 1s")
 	}
 	if c.MaxFirmwareSize < 1 {
 		return fmt.Errorf("OTAD_MAX_FIRMWARE_SIZE must be a positive number of bytes")

@@ -179,6 +179,27 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// waitProgress waits for cond like waitFor, but for work that moves at the
+// machine's pace (a long delivery backlog): it fails only when the count
+// cond reports stops growing for 60 seconds.
+func waitProgress(t testing.TB, what string, cond func() (bool, int)) {
+	t.Helper()
+	last, deadline := -1, time.Now()
+	for {
+		ok, n := cond()
+		if ok {
+			return
+		}
+		if n != last {
+			last, deadline = n, time.Now().Add(60*time.Second)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s (stuck at %d)", what, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 var buildOnce = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "otad-bin")
 	if err != nil {

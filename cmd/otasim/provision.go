@@ -131,6 +131,7 @@ func (c *apiClient) call(ctx context.Context, method, path string, body any) (in
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	// A batch's answer carries every device's secret: about 150 bytes each.
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxDevices)*256+1<<20))
 	return resp.StatusCode, b, err
 }

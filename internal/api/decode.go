@@ -225,6 +225,19 @@ func newPage[T any](items []T, limit int, key func(T) string) page[T] {
 	return p
 }
 
+// numberCursor reads a cursor that is a positive number (an ID or a
+// sequence number, for pages from newest to oldest); 0 when there is none.
+func numberCursor(after string) (int64, error) {
+	if after == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(after, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, ota.Errorf(ota.EINVALID, "cursor is not one this server handed out")
+	}
+	return n, nil
+}
+
 func boolParam(r *http.Request, name string) (*bool, error) {
 	v := r.URL.Query().Get(name)
 	if v == "" {

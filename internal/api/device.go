@@ -230,11 +230,9 @@ func (s *Server) deviceEvents(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// Event cursors are event IDs: history pages go from newest to oldest.
-	var before int64
-	if after != "" {
-		if before, err = strconv.ParseInt(after, 10, 64); err != nil || before <= 0 {
-			return ota.Errorf(ota.EINVALID, "cursor is not one this server handed out")
-		}
+	before, err := numberCursor(after)
+	if err != nil {
+		return err
 	}
 	evs, err := s.store.DeviceEventList(r.Context(), ota.DeviceEventListParams{ProductID: d.ProductID, DeviceName: d.Name, Before: before, Limit: limit})
 	if err != nil {

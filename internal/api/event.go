@@ -36,13 +36,8 @@ func eventParams(r *http.Request) (ota.EventListParams, error) {
 	}
 	if v := q.Get("type"); v != "" {
 		p.Types = strings.Split(v, ",")
-		if len(p.Types) > ota.MaxEventTypesPerFilter {
-			return p, ota.Errorf(ota.EINVALID, "type names at most %d types", ota.MaxEventTypesPerFilter)
-		}
-		for _, t := range p.Types {
-			if err := ota.ValidateEventType(t); err != nil {
-				return p, err
-			}
+		if err := ota.ValidateEventTypes(p.Types); err != nil {
+			return p, err
 		}
 	}
 	if p.ProductID = q.Get("product_id"); p.ProductID != "" {

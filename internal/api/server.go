@@ -1,5 +1,5 @@
-// Package api is otad's console REST API: products, devices, firmware and
-// jobs under /v1, bearer-token auth, problem+json errors, the OpenAPI
+// Package api is otad's console REST API: products, devices, firmware,
+// jobs, events and webhooks under /v1, bearer-token auth, problem+json errors, the OpenAPI
 // document, health, readiness and Prometheus metrics.
 package api
 
@@ -179,6 +179,15 @@ func (s *Server) routes() chi.Router {
 			r.Get("/", s.handle(s.tokenList))
 			r.Get("/{id}", s.handle(s.tokenGet))
 			r.Delete("/{id}", s.handle(s.tokenDelete))
+		})
+		r.Route("/webhooks", func(r chi.Router) {
+			r.Post("/", s.handle(s.webhookCreate))
+			r.Get("/", s.handle(s.webhookList))
+			r.Get("/{id}", s.handle(s.webhookGet))
+			r.Patch("/{id}", s.handle(s.webhookPatch))
+			r.Delete("/{id}", s.handle(s.webhookDelete))
+			r.Post("/{id}/rotate-secret", s.handle(s.webhookRotate))
+			r.Get("/{id}/deliveries", s.handle(s.webhookDeliveries))
 		})
 		r.Route("/products", func(r chi.Router) {
 			r.Post("/", s.handle(s.productCreate))

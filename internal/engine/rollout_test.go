@@ -181,7 +181,7 @@ func TestRolloutUnhealthyInSoakPauses(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, name string) {
 		f := newFixture(t, name, 10)
 		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}, JobRollout: ota.JobRollout{
-			Phases: []ota.JobPhase{{Count: 3, SoakSeconds: 600}, {}}}})
+			Phases: []ota.JobPhase{{Count: 3, SoakSeconds: 600, SuccessThreshold: 60}, {}}}})
 		f.pass()
 		xs := f.inState(j.ID, ota.ExecNotified)
 		f.upgrade(j.ID)
@@ -194,15 +194,17 @@ func TestRolloutUnhealthyInSoakPauses(t *testing.T) {
 		f.wantStatus(j.ID, ota.JobPaused, "phase 1: 1 devices rolled back")
 		f.notifiedBeyond(j.ID, 0)
 
-		// Resumed, the gate is looked at anew: a rollback since the resume
-		// pauses it; without one, the soak must still be healthy.
+		// Resumed, the gate is looked at anew: 2 of 3 done meets the 60%
+		// threshold, but the devices must also be healthy.
 		_, err := f.eng.ControlJob(t.Context(), j.ID, ota.JobActionResume)
 		must(t, err)
 		// Another canary stays offline: unhealthy at the end of the soak.
 		f.online(xs[1].DeviceName, false)
 		f.later(5 * time.Second)
 		f.later(601 * time.Second)
-		f.wantStatus(j.ID, ota.JobPaused, "1 of 3 devices done and healthy")
+		f.wantStatus(j.ID, ota.JobRunning, "") // waiting for it to come back
+		f.later(ota.HealthGrace)
+		f.wantStatus(j.ID, ota.JobPaused, "1 of 3 devices done and healthy (online on the target version)")
 		f.notifiedBeyond(j.ID, 0)
 
 		// advance skips the gate.

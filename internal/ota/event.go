@@ -72,6 +72,20 @@ func (p *EventListParams) Matches(e *Event) bool {
 	return false
 }
 
+// ValidateEventTypes checks a type filter: at most
+// MaxEventTypesPerFilter entries, each one ValidateEventType accepts.
+func ValidateEventTypes(types []string) error {
+	if len(types) > MaxEventTypesPerFilter {
+		return Errorf(EINVALID, "type names at most %d types", MaxEventTypesPerFilter)
+	}
+	for _, t := range types {
+		if err := ValidateEventType(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ValidateEventType checks one entry of an event type filter: a type or a
 // prefix ending in ".*".
 func ValidateEventType(t string) error {

@@ -78,6 +78,12 @@ type JobPhase struct {
 	Result string `json:"result,omitempty"`
 }
 
+// HealthGrace is how long after a phase's soak its done devices may take
+// to come back online on the target version (a reboot into the new image)
+// before the gate counts them unhealthy; the next phase starts as soon as
+// enough are back.
+const HealthGrace = 5 * time.Minute
+
 // Phase results and states.
 const (
 	PhasePassed   = "passed"
@@ -499,10 +505,21 @@ func RolloutCheck(j *Job, phases []PhaseCounts, now time.Time) (to *Job, act Rol
 			size += cur.Counts[s]
 		}
 	}
-	healthy := cur.Counts[ExecDone] - cur.Unhealthy
-	if size > 0 && float64(healthy)*100 < ph.SuccessThreshold*float64(size) {
+	below := func(n int) bool { return size > 0 && float64(n)*100 < ph.SuccessThreshold*float64(size) }
+	if done := cur.Counts[ExecDone]; below(done) {
 		c.Status = JobPaused
-		c.StatusReason = fmt.Sprintf("phase %d: %d of %d devices done and healthy after the soak, below the %g%% threshold",
+		c.StatusReason = fmt.Sprintf("phase %d: %d of %d devices done after the soak, below the %g%% threshold",
+			j.Phase+1, done, size, ph.SuccessThreshold)
+		return c, RolloutStore
+	}
+	if healthy := cur.Counts[ExecDone] - cur.Unhealthy; below(healthy) {
+		// Done devices reboot into the new image: those not yet back online
+		// on it are waited for, up to HealthGrace after the soak.
+		if now.Before(ph.SoakFrom.Add(time.Duration(ph.SoakSeconds)*time.Second + HealthGrace)) {
+			return c, RolloutNone
+		}
+		c.Status = JobPaused
+		c.StatusReason = fmt.Sprintf("phase %d: %d of %d devices done and healthy (online on the target version) after the soak, below the %g%% threshold",
 			j.Phase+1, healthy, size, ph.SuccessThreshold)
 		return c, RolloutStore
 	}

@@ -113,9 +113,38 @@ type Store interface {
 	// none.
 	EventLastSeq(ctx context.Context) (int64, error)
 	// EventsPrune deletes up to limit events, device history entries and
-	// audit log entries older than before, and reports how many it
+	// audit log entries and webhook delivery records older than before, and
+	// reports how many it
 	// deleted.
 	EventsPrune(ctx context.Context, before time.Time, limit int) (int, error)
+
+	// WebhookCreate stores a webhook with its cursor at the end of the
+	// event log, so that it receives what happens from then on (its own
+	// webhook.created first, if it passes the filters), and appends that
+	// event. w.CreatedAt, UpdatedAt and Cursor are set.
+	WebhookCreate(ctx context.Context, w *Webhook) error
+	WebhookGet(ctx context.Context, id string) (*Webhook, error)
+	WebhookList(ctx context.Context, params WebhookListParams) ([]*Webhook, error)
+	// WebhookUpdate stores a webhook's settings (see WebhookUpdateParams),
+	// its cursor and failures untouched: ECONFLICT when its Rev changed
+	// since it was read. It increments Rev and sets UpdatedAt.
+	WebhookUpdate(ctx context.Context, params WebhookUpdateParams) error
+	// WebhookDelete removes a webhook and its deliveries and appends
+	// webhook.deleted.
+	WebhookDelete(ctx context.Context, id string) error
+	// WebhookListDue returns the IDs of the enabled webhooks whose cursor
+	// is behind the newest event.
+	WebhookListDue(ctx context.Context, limit int) ([]string, error)
+	// WebhookAttempt records an attempt at a delivery (see
+	// WebhookAttemptParams) in one transaction and returns the webhook as
+	// it is then. ENOTFOUND when the webhook is gone, ECONFLICT when its
+	// cursor is no longer From (another worker moved it): nothing is
+	// written then.
+	WebhookAttempt(ctx context.Context, params WebhookAttemptParams) (*Webhook, error)
+	// WebhookAdvance moves a webhook's cursor from from to to, past events
+	// that do not pass its filters; ECONFLICT when it is no longer from.
+	WebhookAdvance(ctx context.Context, id string, from, to int64) error
+	WebhookDeliveryList(ctx context.Context, params WebhookDeliveryListParams) ([]*WebhookDelivery, error)
 
 	// Stats counts what the OTA gauges show.
 	Stats(ctx context.Context) (Stats, error)

@@ -79,6 +79,8 @@ func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (i
 		`DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at < $1 ORDER BY seq LIMIT $2)`,
 		`DELETE FROM device_events WHERE id IN (SELECT id FROM device_events WHERE created_at < $1 ORDER BY id LIMIT $2)`,
 		`DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE created_at < $1 ORDER BY id LIMIT $2)`,
+		`DELETE FROM webhook_deliveries WHERE (webhook_id, seq) IN
+			(SELECT webhook_id, seq FROM webhook_deliveries WHERE updated_at < $1 ORDER BY updated_at LIMIT $2)`,
 	} {
 		tag, err := s.pool.Exec(ctx, q, before.UTC(), limit)
 		if err != nil {

@@ -15,8 +15,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/queue"
 	"github.com/otad/otad/migrations"
 )
 
@@ -98,8 +101,15 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 		}
 		applied = append(applied, m.name)
 	}
-	return applied, nil
+	// River's schema (the webhook delivery queue), under the same lock:
+	// rivermigrate takes none of its own.
+	river, err := queue.Migrate(ctx, s.QueueDriver())
+	return append(applied, river...), err
 }
+
+// QueueDriver is River's driver on this store's pool: webhook delivery
+// queues its jobs in the same database.
+func (s *Store) QueueDriver() riverdriver.Driver[pgx.Tx] { return riverpgxv5.New(s.pool) }
 
 type migration struct {
 	version int
@@ -147,6 +157,8 @@ func interpretError(err error, what string) error {
 			return ota.Errorf(ota.ENOTFOUND, "%s refers to something that does not exist", what)
 		case "40001", "40P01": // serialization_failure, deadlock_detected
 			return ota.Errorf(ota.ECONFLICT, "%s changed concurrently; try again", what)
+		case "57P01", "57P02", "57P03": // admin_shutdown, crash_shutdown, cannot_connect_now: the server cut this connection
+			return &ota.Error{Code: ota.EUNAVAILABLE, Message: "the database is unavailable; try again shortly"}
 		case "22021", "22P05": // invalid byte sequence / untranslatable character (NUL)
 			return ota.Errorf(ota.EINVALID, "%s contains characters that cannot be stored", what)
 		}

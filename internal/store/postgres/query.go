@@ -47,11 +47,11 @@ func scanProduct(row pgx.Row) (*ota.Product, error) {
 // collect scans every row with scan; err is the query's.
 func collect[T any](rows pgx.Rows, err error, what string, scan func(pgx.Row) (T, error)) ([]T, error) {
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", what, err)
+		return nil, fmt.Errorf("list %s: %w", what, interpretError(err, what))
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (T, error) { return scan(row) })
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", what, err)
+		return nil, fmt.Errorf("list %s: %w", what, interpretError(err, what))
 	}
 	return out, nil
 }

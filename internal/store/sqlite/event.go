@@ -60,9 +60,13 @@ func (s *Store) EventList(ctx context.Context, p ota.EventListParams) ([]*ota.Ev
 
 func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (int, error) {
 	n := 0
-	for _, table := range []string{"events", "device_events", "audit_log"} {
-		key := map[string]string{"events": "seq", "device_events": "id", "audit_log": "id"}[table]
-		res, err := s.write.ExecContext(ctx, `DELETE FROM `+table+` WHERE `+key+` IN (SELECT `+key+` FROM `+table+` WHERE created_at < ? ORDER BY `+key+` LIMIT ?)`,
+	for _, table := range []string{"events", "device_events", "audit_log", "webhook_deliveries"} {
+		// Each table's key, and the time it is pruned by.
+		key, at := map[string]string{"events": "seq", "device_events": "id", "audit_log": "id", "webhook_deliveries": "rowid"}[table], "created_at"
+		if table == "webhook_deliveries" {
+			at = "updated_at"
+		}
+		res, err := s.write.ExecContext(ctx, `DELETE FROM `+table+` WHERE `+key+` IN (SELECT `+key+` FROM `+table+` WHERE `+at+` < ? ORDER BY `+key+` LIMIT ?)`,
 			fmtTime(before), limit)
 		if err != nil {
 			return n, fmt.Errorf("prune %s: %w", table, interpretError(err, table))

@@ -18,10 +18,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/otad/otad/internal/ota"
+	"github.com/otad/otad/internal/store/queue"
 	"github.com/otad/otad/migrations"
 )
 
@@ -104,8 +107,16 @@ func (s *Store) Migrate(ctx context.Context) (applied []string, err error) {
 			applied = append(applied, e.Name())
 		}
 	}
-	return applied, nil
+	// River's schema (the webhook delivery queue), on the writer.
+	river, err := queue.Migrate(ctx, s.QueueDriver())
+	return append(applied, river...), err
 }
+
+// QueueDriver is River's driver on this store's one writer connection,
+// as River's SQLite driver asks (one connection: no SQLITE_BUSY between
+// River's work and otad's): webhook delivery queues its jobs in the same
+// file.
+func (s *Store) QueueDriver() riverdriver.Driver[*sql.Tx] { return riversqlite.New(s.write) }
 
 func (s *Store) migrateOne(ctx context.Context, version int, name, script string) (bool, error) {
 	tx, err := s.write.BeginTx(ctx, nil)

@@ -16,3 +16,15 @@ func Qualify(prefix, columns string) string {
 	}
 	return strings.Join(cols, ", ")
 }
+
+// List is the stored form of a list of names without commas (a webhook's
+// event types): comma-separated, empty for none.
+func List(vs []string) string { return strings.Join(vs, ",") }
+
+// SplitList reads what List stored.
+func SplitList(s string) []string {
+	if s == "" {
+		return []string{}
+	}
+	return strings.Split(s, ",")
+}

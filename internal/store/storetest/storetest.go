@@ -34,6 +34,8 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"JobCreateRacesFirmwareDelete", testJobCreateRacesFirmwareDelete},
 		{"EventLog", testEventLog},
 		{"EventLogFollow", testEventLogFollow},
+		{"Webhook", testWebhook},
+		{"WebhookAttemptConcurrent", testWebhookAttemptConcurrent},
 		{"Firmware", testFirmware},
 		{"Token", testToken},
 		{"TokenRevokeLastAdmin", testTokenRevokeLastAdmin},
