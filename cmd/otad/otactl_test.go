@@ -741,3 +741,56 @@ func TestOtactlWatch(t *testing.T) {
 		c.fails(cli.ExitError, "otactl: 404 not_found: ", "jobs", "watch", "00000000000000000000", "-p", good)
 	})
 }
+
+// webhooks: created, delivered to a real receiver, changed, rotated,
+// its deliveries listed, deleted.
+func TestOtactlWebhooks(t *testing.T) {
+	a := startApp(t, "sqlite", fastWebhooks)
+	c := a.ctl(t)
+	c.env["OTAD_PRODUCT"] = "CTLHOOK001"
+	c.ok("products", "create", "hooks", "--id", "CTLHOOK001")
+	recv := newHookReceiver(t, 0)
+
+	var wh map[string]any
+	c.json(&wh, "webhooks", "create", recv.srv.URL, "--event-type", "device.created", "--product", "CTLHOOK001", "--description", "ci")
+	id, _ := wh["id"].(string)
+	secret, _ := wh["secret"].(string)
+	if !strings.HasPrefix(id, "wh_") || !strings.HasPrefix(secret, "whsec_") || wh["enabled"] != true || wh["product_id"] != "CTLHOOK001" {
+		t.Fatalf("webhooks create: %v", wh)
+	}
+	recv.setSecret(secret)
+	c.fails(cli.ExitError, "otactl: 400 invalid: ", "webhooks", "create", "ftp://example.com/x")
+	c.ok("devices", "create", "hooked-1")
+	waitFor(t, "the delivery of device.created", func() bool { seqs, _ := recv.received(); return len(seqs) == 1 })
+	var deliveries []map[string]any
+	waitFor(t, "the delivery in the log", func() bool {
+		c.json(&deliveries, "webhooks", "deliveries", id)
+		return len(deliveries) == 1 && deliveries[0]["delivered_at"] != nil
+	})
+	if deliveries[0]["event_type"] != "device.created" || deliveries[0]["status_code"] != 200.0 {
+		t.Fatalf("webhooks deliveries: %v", deliveries)
+	}
+	if r := c.ok("webhooks", "deliveries", id); !strings.HasPrefix(r.stdout, "SEQ") || !strings.Contains(r.stdout, "device.created") {
+		t.Fatalf("webhooks deliveries table:\n%s", r.stdout)
+	}
+
+	c.json(&wh, "webhooks", "update", id, "--enabled=false", "--event-type", "device.*", "--description", "off")
+	if wh["enabled"] != false || wh["description"] != "off" || fmt.Sprint(wh["event_types"]) != "[device.*]" {
+		t.Fatalf("webhooks update: %v", wh)
+	}
+	c.fails(cli.ExitUsage, "give a flag to change", "webhooks", "update", id)
+	var whs []map[string]any
+	c.json(&whs, "webhooks", "list")
+	if len(whs) != 1 || whs[0]["id"] != id || whs[0]["secret"] != nil {
+		t.Fatalf("webhooks list: %v", whs)
+	}
+	if r := c.ok("webhooks", "show", id); !strings.Contains(r.stdout, "enabled:") || strings.Contains(r.stdout, secret) {
+		t.Fatalf("webhooks show:\n%s", r.stdout)
+	}
+	c.json(&wh, "webhooks", "rotate-secret", id)
+	if s, _ := wh["secret"].(string); !strings.HasPrefix(s, "whsec_") || s == secret {
+		t.Fatalf("webhooks rotate-secret: %v", wh)
+	}
+	c.ok("webhooks", "delete", id)
+	c.fails(cli.ExitError, "otactl: 404 not_found: ", "webhooks", "show", id)
+}
