@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/url"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -65,4 +66,16 @@ func (a *app) note(msg string) {
 // limitFlag adds --limit to a list command.
 func limitFlag(cmd *cobra.Command, p *int, def int) {
 	cmd.Flags().IntVar(p, "limit", def, "show at most this many (0: all)")
+}
+
+// openInput opens file, or stdin for "-".
+func openInput(stdin io.Reader, file string) (io.Reader, func(), error) {
+	if file == "-" {
+		return stdin, func() {}, nil
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
 }

@@ -428,15 +428,11 @@ func deviceBody(r *importRow) map[string]string {
 // readImport reads the rows of an import file; a malformed row is kept
 // with its error, so that it is reported with the others.
 func readImport(stdin io.Reader, file string) ([]importRow, error) {
-	in := stdin
-	if file != "-" {
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		in = f
+	in, closeIn, err := openInput(stdin, file)
+	if err != nil {
+		return nil, err
 	}
+	defer closeIn()
 	r := csv.NewReader(in)
 	r.FieldsPerRecord = -1
 	r.TrimLeadingSpace = true

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -348,15 +347,11 @@ Times are RFC 3339 or a duration from now (2h).`,
 // readNames reads device names, one a line (commas too), from file or,
 // for "-", from stdin.
 func readNames(stdin io.Reader, file string) ([]string, error) {
-	in := stdin
-	if file != "-" {
-		f, err := os.Open(file)
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		in = f
+	in, closeIn, err := openInput(stdin, file)
+	if err != nil {
+		return nil, err
 	}
+	defer closeIn()
 	var names []string
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {

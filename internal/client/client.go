@@ -245,10 +245,7 @@ func (c *Client) List(ctx context.Context, path string, q url.Values, max int, f
 	q = cloneValues(q)
 	seen := 0
 	for {
-		size := MaxPage
-		if max > 0 {
-			size = min(size, max-seen)
-		}
+		size := pageSize(max, seen)
 		q.Set("limit", strconv.Itoa(size))
 		var page Page
 		if err := c.Get(ctx, path, q, &page); err != nil {
@@ -283,4 +280,13 @@ func cloneValues(q url.Values) url.Values {
 		out[k] = append([]string(nil), vs...)
 	}
 	return out
+}
+
+// pageSize is the page to ask for when max items are wanted (0: all) and
+// seen came already.
+func pageSize(max, seen int) int {
+	if max > 0 {
+		return min(MaxPage, max-seen)
+	}
+	return MaxPage
 }

@@ -43,10 +43,7 @@ func (c *Client) Events(ctx context.Context, q url.Values, max int, fn func(Even
 	after, _ := strconv.ParseInt(q.Get("after"), 10, 64)
 	seen := 0
 	for {
-		size := MaxPage
-		if max > 0 {
-			size = min(size, max-seen)
-		}
+		size := pageSize(max, seen)
 		q.Set("limit", strconv.Itoa(size))
 		q.Set("after", strconv.FormatInt(after, 10))
 		var page struct {
