@@ -332,15 +332,16 @@ func ClaimLimit(j *Job, p JobPace, batch int, now time.Time) int {
 }
 
 // spread is how many notifications a rate of perMinute allows at now, the
-// last one sent at last: as many as the time since then earns, counted
-// over at most one tick of PaceTick (or one interval of the rate, when
-// slower), so that a minute's notifications go out a few at a time.
+// last one sent at last: as many as the time since then earns, so that a
+// minute's notifications go out a few at each of the engine's claims. A
+// claim that comes late (a long pass, a jittered tick) catches up on up to
+// five ticks of PaceTick; the first claim takes one tick's worth, or one
+// notification when the rate is slower than that.
 func spread(perMinute int, last *time.Time, now time.Time) int {
 	every := time.Minute / time.Duration(perMinute)
-	window := max(PaceTick, every)
-	since := window
+	since := max(PaceTick, every)
 	if last != nil {
-		since = min(max(now.Sub(*last), 0), window)
+		since = min(max(now.Sub(*last), 0), max(5*PaceTick, every))
 	}
 	return int(since / every)
 }
