@@ -199,6 +199,9 @@ func (a *testApp) doWith(client *http.Client, method, path string, body any, hea
 	return response{resp, got}
 }
 
+// get reads path into out (any status; the answer is validated).
+func (a *testApp) get(path string, out any) { a.do("GET", path, nil).decode(a.t, out) }
+
 func (a *testApp) validate(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) {
 	a.t.Helper()
 	if err := checkOpenAPI(req, reqBody, resp, respBody); err != nil {

@@ -453,6 +453,7 @@ func TestJobPacingAndRestart(t *testing.T) {
 		if len(doneBefore) == len(names) {
 			t.Fatalf("the job finished before otad was stopped")
 		}
+		connects := connectCounts(t, a.get, pid)
 		if err := a.stop(); err != nil {
 			t.Fatal(err)
 		}
@@ -468,11 +469,7 @@ func TestJobPacingAndRestart(t *testing.T) {
 		}
 		// A device done before the restart may reconnect after the job
 		// completed: wait for all of them before asking otasim.
-		waitFor(t, "every device to reconnect", func() bool {
-			var page struct{ Items []struct{ Name string } }
-			a.do("GET", "/v1/products/"+pid+"/devices?online=true", nil).decode(t, &page)
-			return len(page.Items) == len(names)
-		})
+		waitReconnected(t, a.get, pid, connects)
 		devs, sum := sim.stop(t)
 		if sum.MaxUpgrading > 2 {
 			t.Errorf("the devices saw %d upgrading at once", sum.MaxUpgrading)
@@ -547,6 +544,7 @@ func TestJobSurvivesKill(t *testing.T) {
 			c.call("GET", "/v1/products/"+pid+"/jobs/"+j.ID, nil, 200, &j)
 			return j.Counts["done"] >= 2
 		})
+		connects := connectCounts(t, c.get, pid)
 		p.cmd.Process.Kill()
 		<-p.exited
 		var doneBefore []string
@@ -573,11 +571,7 @@ func TestJobSurvivesKill(t *testing.T) {
 		}
 		// A device done before the kill may reconnect after the job
 		// completed: wait for all of them before asking otasim.
-		waitFor(t, "every device to reconnect", func() bool {
-			var page struct{ Items []struct{ Name string } }
-			c.call("GET", "/v1/products/"+pid+"/devices?online=true", nil, 200, &page)
-			return len(page.Items) == len(names)
-		})
+		waitReconnected(t, c.get, pid, connects)
 		devs, _ := sim.stop(t)
 		xs := executions()
 		for _, name := range names {
@@ -599,5 +593,35 @@ func TestJobSurvivesKill(t *testing.T) {
 			seen = append(seen, fmt.Sprintf("%s: %d attempts, %d update_firmware", name, xs[name].Attempts, devs[name].Updates))
 		}
 		t.Logf("done before the kill: %v; %s", doneBefore, strings.Join(seen, ", "))
+	})
+}
+
+// connectCounts counts each device's device.online events: its connects
+// that otad recorded.
+func connectCounts(t *testing.T, get func(path string, out any), pid string) map[string]int {
+	t.Helper()
+	_, bodies := logEvents(t, get, "type=device.online&product_id="+pid, 0)
+	n := map[string]int{}
+	for _, raw := range bodies {
+		var e eventJSON
+		json.Unmarshal(raw, &e)
+		n[e.DeviceName]++
+	}
+	return n
+}
+
+// waitReconnected waits until every device of before (connectCounts
+// taken before otad went down) has connected again. A device's online flag
+// says nothing here: a killed otad leaves its devices marked online.
+func waitReconnected(t *testing.T, get func(path string, out any), pid string, before map[string]int) {
+	t.Helper()
+	waitFor(t, "every device to reconnect", func() bool {
+		now := connectCounts(t, get, pid)
+		for name, n := range before {
+			if now[name] <= n {
+				return false
+			}
+		}
+		return true
 	})
 }

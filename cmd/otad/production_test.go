@@ -202,6 +202,9 @@ type consoleClient struct {
 
 // call sends the request, fails the test unless the answer has status, and
 // decodes a JSON answer into out when out is not nil.
+// get reads path (200) into out.
+func (c *consoleClient) get(path string, out any) { c.call("GET", path, nil, 200, out) }
+
 func (c *consoleClient) call(method, path string, body io.Reader, status int, out any) {
 	c.t.Helper()
 	req, err := http.NewRequestWithContext(c.t.Context(), method, c.base+path, body)

@@ -329,7 +329,7 @@ func TestWebhookJobDelivery(t *testing.T) {
 		})
 
 		// Every device is offline: the log of the product is complete.
-		get := func(path string, out any) { a.do("GET", path, nil).decode(t, out) }
+		get := a.get
 		wantSeqs, wantBodies := logEvents(t, get, "product_id="+pid, w.Cursor)
 		waitProgress(t, "every event delivered", func() (bool, int) {
 			seqs, _ := rcv.received()
@@ -414,7 +414,7 @@ func TestWebhookSurvivesKill(t *testing.T) {
 		restarted := time.Now()
 		p = startProcess(t, env)
 		c.base = p.httpURL
-		get := func(path string, out any) { c.call("GET", path, nil, 200, out) }
+		get := c.get
 		wantSeqs, _ := logEvents(t, get, "product_id="+pid, w.Cursor)
 		if len(wantSeqs) != devices {
 			t.Fatalf("%d events in the log, want %d", len(wantSeqs), devices)
@@ -474,7 +474,7 @@ func TestWebhookReplicas(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	get := func(path string, out any) { cs[0].call("GET", path, nil, 200, out) }
+	get := cs[0].get
 	wantSeqs, _ := logEvents(t, get, "product_id="+pid, w.Cursor)
 	waitProgress(t, "every event delivered", func() (bool, int) {
 		seqs, _ := rcv.received()
