@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,33 +26,17 @@ func TestDatabaseOutage503(t *testing.T) {
 	a := startApp(t, "postgres", map[string]string{"OTAD_DATABASE_URL": dbURL})
 	a.do("POST", "/v1/products", map[string]string{"id": "OUTAGE0001", "name": "o"}).wantStatus(t, 201)
 
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := strings.TrimPrefix(u.Path, "/")
-	admin, err := pgx.Connect(context.Background(), os.Getenv("OTAD_TEST_POSTGRES_URL"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	exec := func(q string) {
-		t.Helper()
-		if _, err := admin.Exec(context.Background(), q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	outage := newOutage(t, dbURL)
 	// The outage: no new connections, and every open one cut.
-	exec(`ALTER DATABASE ` + db + ` ALLOW_CONNECTIONS false`)
-	t.Cleanup(func() { admin.Exec(context.Background(), `ALTER DATABASE `+db+` ALLOW_CONNECTIONS true`) })
-	exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + db + `' AND pid <> pg_backend_pid()`)
+	outage.start()
+	outage.cut()
 
 	r := a.do("GET", "/v1/products", nil)
 	r.wantProblem(t, 503, "unavailable")
 	if r.Header.Get("Retry-After") == "" {
 		t.Fatal("503 without Retry-After")
 	}
-	exec(`ALTER DATABASE ` + db + ` ALLOW_CONNECTIONS true`)
+	outage.end()
 	waitFor(t, "the API to answer again", func() bool { return a.do("GET", "/v1/products", nil).StatusCode == 200 })
 }
 
@@ -83,27 +68,11 @@ func TestOutageLogsQuiet(t *testing.T) {
 		clients[name] = connectDevice(t, mqttAddr, pid, name, secret).client
 	}
 
-	u, err := url.Parse(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := strings.TrimPrefix(u.Path, "/")
-	admin, err := pgx.Connect(context.Background(), os.Getenv("OTAD_TEST_POSTGRES_URL"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	exec := func(q string) {
-		t.Helper()
-		if _, err := admin.Exec(context.Background(), q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	outage := newOutage(t, dbURL)
 	before := len(p.stderr.String())
 	start := time.Now()
-	exec(`ALTER DATABASE ` + db + ` ALLOW_CONNECTIONS false`)
-	t.Cleanup(func() { admin.Exec(context.Background(), `ALTER DATABASE `+db+` ALLOW_CONNECTIONS true`) })
-	exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + db + `' AND pid <> pg_backend_pid()`)
+	outage.start()
+	outage.cut()
 
 	// 10 rounds: every device reports (reconnecting first when it was
 	// dropped, which needs the database too), the console lists devices.
@@ -134,7 +103,7 @@ func TestOutageLogsQuiet(t *testing.T) {
 		wg.Wait()
 	}
 	took := time.Since(start)
-	exec(`ALTER DATABASE ` + db + ` ALLOW_CONNECTIONS true`)
+	outage.end()
 	waitFor(t, "the API to answer again", func() bool {
 		resp, err := http.DefaultClient.Do(authorized(t, "GET", p.httpURL+"/v1/products"))
 		if err != nil {
@@ -147,17 +116,21 @@ func TestOutageLogsQuiet(t *testing.T) {
 	if refused == 0 {
 		t.Fatal("no request was refused: the outage did not happen")
 	}
-	// At most logBurst lines of one message per second, plus the line that
-	// says how many were held back.
+	// At most logBurst lines of one message per second (the next line let
+	// through says how many were held back).
 	perSecond, perMessage := map[string]int{}, map[string]int{}
 	lines := strings.Split(strings.TrimSpace(logged), "\n")
 	for _, line := range lines {
 		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
 		_, msg, _ := strings.Cut(line, " msg=")
-		msg, _, _ = strings.Cut(msg, " ")
+		if q, err := strconv.QuotedPrefix(msg); err == nil {
+			msg = q // the whole message, not its first word
+		} else {
+			msg, _, _ = strings.Cut(msg, " ")
+		}
 		perMessage[msg]++
 		if len(ts) >= 19 {
-			perSecond[ts[:19]+" "+msg[:min(len(msg), 40)]]++
+			perSecond[ts[:19]+" "+msg]++
 		}
 	}
 	for k, n := range perSecond {
@@ -181,3 +154,47 @@ func authorized(t *testing.T, method, url string) *http.Request {
 	req.Header.Set("Authorization", "Bearer "+testToken)
 	return req
 }
+
+// outage takes a test database away from its clients and gives it back,
+// through an admin connection of its own.
+type outage struct {
+	t     *testing.T
+	db    string
+	admin *pgx.Conn
+}
+
+func newOutage(t *testing.T, dbURL string) *outage {
+	t.Helper()
+	u, err := url.Parse(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(context.Background(), os.Getenv("OTAD_TEST_POSTGRES_URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { admin.Close(context.Background()) })
+	return &outage{t: t, db: strings.TrimPrefix(u.Path, "/"), admin: admin}
+}
+
+func (o *outage) exec(q string) {
+	o.t.Helper()
+	if _, err := o.admin.Exec(context.Background(), q); err != nil {
+		o.t.Fatal(err)
+	}
+}
+
+// start refuses new connections to the database, until end or the test's
+// end.
+func (o *outage) start() {
+	o.exec(`ALTER DATABASE ` + o.db + ` ALLOW_CONNECTIONS false`)
+	o.t.Cleanup(func() { o.admin.Exec(context.Background(), `ALTER DATABASE `+o.db+` ALLOW_CONNECTIONS true`) })
+}
+
+// cut ends every open connection to it.
+func (o *outage) cut() {
+	o.exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + o.db + `' AND pid <> pg_backend_pid()`)
+}
+
+// end lets connections in again.
+func (o *outage) end() { o.exec(`ALTER DATABASE ` + o.db + ` ALLOW_CONNECTIONS true`) }
