@@ -211,9 +211,13 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 		// A disconnect counts only from the node that holds the device: it
 		// may have reconnected to another replica meanwhile. A connect
 		// makes the device not ready until it reports its version in this
-		// connection; the report may have been written first.
-		tag, err := tx.Exec(ctx, `UPDATE devices SET online = $3, node = CASE WHEN $3 THEN $4 ELSE node END,
-			ready = $3 AND ready AND COALESCE(last_seen_at > $5, false), last_seen_at = GREATEST(last_seen_at, $5)
+		// connection. Reports are stored at once and presence later, so a
+		// report newer than this change may be stored already: it comes
+		// from a later connection, which a disconnect does not end and a
+		// connect has readied.
+		tag, err := tx.Exec(ctx, `UPDATE devices SET node = CASE WHEN $3 THEN $4 ELSE node END,
+			online = $3 OR online AND COALESCE(last_seen_at > $5, false),
+			ready = ready AND COALESCE(last_seen_at > $5, false), last_seen_at = GREATEST(last_seen_at, $5)
 			WHERE product_id = $1 AND name = $2 AND ($3 OR node = $4)`,
 			p.ProductID, p.DeviceName, p.Online, p.Node, p.At.UTC())
 		if err != nil {

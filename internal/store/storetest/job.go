@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -593,6 +594,44 @@ func testDevicePresenceNode(t *testing.T, s ota.Store) {
 	must(t, err)
 	if d.Online {
 		t.Fatal("disconnect from the holding node ignored")
+	}
+}
+
+// testDevicePresenceTrailsReports: presence is written in the background,
+// reports are not, so a reconnected device's version report can be stored
+// before the disconnect of its previous connection and its new connect.
+// Neither may leave it offline or not ready: it would never be notified.
+func testDevicePresenceTrailsReports(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	MustDevice(t, s, p.ID, "d")
+	t0 := ota.Now().Add(-time.Minute)
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d", Online: true, Node: "n1", At: t0}))
+	Record(t, s, ota.Report{ProductID: p.ID, DeviceName: "d", Type: ota.EventReportVersion, Version: "1.0.0", At: t0.Add(time.Second)})
+	// The connection drops at t0+10s, the device reconnects at t0+11s and
+	// reports at t0+12s; the report is stored first.
+	Record(t, s, ota.Report{ProductID: p.ID, DeviceName: "d", Type: ota.EventReportVersion, Version: "1.0.0", At: t0.Add(12 * time.Second)})
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d", Online: false, Node: "n1", At: t0.Add(10 * time.Second)}))
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d", Online: true, Node: "n1", At: t0.Add(11 * time.Second)}))
+	d, err := s.DeviceGet(ctx(t), p.ID, "d")
+	must(t, err)
+	if !d.Online || !d.Ready || !d.LastSeenAt.Equal(t0.Add(12*time.Second)) {
+		t.Fatalf("after a late disconnect and connect: online=%v ready=%v last_seen=%v, want true true %v", d.Online, d.Ready, d.LastSeenAt, t0.Add(12*time.Second))
+	}
+	evs, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "d"})
+	must(t, err)
+	var types []string
+	for _, e := range evs {
+		types = append(types, e.Type)
+	}
+	if want := []string{ota.EventConnected, ota.EventDisconnected, ota.EventReportVersion, ota.EventReportVersion, ota.EventConnected}; !slices.Equal(types, want) {
+		t.Fatalf("history (newest first) = %v, want %v", types, want)
+	}
+	// A disconnect after the last report counts.
+	must(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "d", Online: false, Node: "n1", At: t0.Add(20 * time.Second)}))
+	d, err = s.DeviceGet(ctx(t), p.ID, "d")
+	must(t, err)
+	if d.Online || d.Ready {
+		t.Fatalf("after the last disconnect: online=%v ready=%v, want false false", d.Online, d.Ready)
 	}
 }
 

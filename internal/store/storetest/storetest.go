@@ -47,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"DeviceSecret", testDeviceSecret},
 		{"Verbatim", testVerbatim},
 		{"DevicePresenceNode", testDevicePresenceNode},
+		{"DevicePresenceTrailsReports", testDevicePresenceTrailsReports},
 		{"SettingEnsure", testSettingEnsure},
 		{"NodeHeartbeat", testNodeHeartbeat},
 		{"JobCreate", testJobCreate},
