@@ -16,6 +16,8 @@
 #   For each phase, otad's CPU time (user+system, from /proc) and its RSS.
 #
 # Usage: bench/jobs.sh   (N=10000 FW_SIZE=16384; N at most 20000)
+#        PROFILE_DIR=/tmp/prof OTAD_PPROF_ADDR=127.0.0.1:6060 bench/jobs.sh
+#        also saves otad's CPU, heap and goroutine profiles of each phase
 # Needs PostgreSQL server binaries (apt-get install postgresql); it starts
 # and stops its own instance in a temp dir. About three minutes for 10,000
 # devices on two cores.
@@ -93,17 +95,45 @@ print("%.2f %.2f %.2f %.2f %.2f %.2f" % (claimed or -1, published or -1, t, last
 PY
 }
 
+# profile NAME SECONDS: with PROFILE_DIR set (and OTAD_PPROF_ADDR, which
+# otad serves its runtime profiles on), saves in the background a CPU
+# profile of the next SECONDS and, at its end, the heap and goroutines.
+profile() {
+	[ -n "${PROFILE_DIR:-}" ] || return 0
+	mkdir -p "$PROFILE_DIR"
+	(
+		curl -fsS -o "$PROFILE_DIR/$1.cpu" "http://$OTAD_PPROF_ADDR/debug/pprof/profile?seconds=$2"
+		curl -fsS -o "$PROFILE_DIR/$1.heap" "http://$OTAD_PPROF_ADDR/debug/pprof/heap"
+		curl -fsS -o "$PROFILE_DIR/$1.goroutine" "http://$OTAD_PPROF_ADDR/debug/pprof/goroutine?debug=1"
+	) &
+}
+
+# settled: waits (at most 2 minutes) until otad has written every connect
+# and report it received: a device counts for a job only once its presence
+# and version report are stored.
+settled() {
+	for _ in $(seq 1 1200); do
+		if [ "$(metric otad_mqtt_presence_pending)" = 0 ] && [ "$(metric otad_mqtt_reports_pending)" = 0 ]; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	log "otad still writing presence or reports after 2 minutes"; exit 1
+}
+
 log "notify: $N devices connect and stay idle (they ignore orders)"
 "$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold 10m -timeout 10m >"$WORK/sim1.json" &
 SIM=$!
 PIDS+=("$SIM")
 wait_line "$WORK/sim1.json" '"phase":"holding"'
 grep '"phase":"connected"' "$WORK/sim1.json" >&2
+settled
 BASE=$(metric otad_job_notifications_total)
 CPU0=$(cpu_s "$OTAD")
 T0=$(now)
 # The devices never answer: each attempt times out after 15s, no retry.
 JOB1=$(job 2.0.0 '"timeout_seconds": 15, "max_retries": 0')
+profile notify 3
 read -r N_CLAIMED N_PUBLISHED N_END N_LASTN N_LASTF N_POLL < <(watch "$JOB1" "$BASE")
 [ -n "$N_END" ] || exit 1
 N_CPU=$(echo "$(cpu_s "$OTAD") - $CPU0" | bc)
@@ -117,10 +147,12 @@ SIM=$!
 PIDS+=("$SIM")
 wait_line "$WORK/sim2.json" '"phase":"holding"'
 grep '"phase":"connected"' "$WORK/sim2.json" >&2
+settled
 BASE=$(metric otad_job_notifications_total)
 CPU0=$(cpu_s "$OTAD")
 T0=$(now)
 JOB2=$(job 3.0.0 '"timeout_seconds": 600, "max_retries": 0')
+profile upgrade 10
 read -r U_CLAIMED U_PUBLISHED U_END U_LASTN U_LASTF U_POLL < <(watch "$JOB2" "$BASE")
 [ -n "$U_END" ] || exit 1
 U_CPU=$(echo "$(cpu_s "$OTAD") - $CPU0" | bc)

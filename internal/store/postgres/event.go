@@ -11,11 +11,10 @@ import (
 	"github.com/otad/otad/internal/ota"
 )
 
-// appendEvents adds evs to the event log in tx. It must be the
-// transaction's last statement: it takes the sequence numbers from
-// event_seq's one row, whose lock then orders the commits, so that the
-// sequence grows in commit order across replicas and a reader following
-// "after seq" never misses an event committed later.
+// appendEvents adds evs to the event log in tx: to event_outbox, which
+// takes no lock, so that transactions appending events do not wait for
+// each other's commits. The sequencer (sequencer.go) numbers them once tx
+// has committed; inTx wakes it.
 func appendEvents(ctx context.Context, tx pgx.Tx, evs ...ota.Event) error {
 	if len(evs) == 0 {
 		return nil
@@ -26,12 +25,13 @@ func appendEvents(ctx context.Context, tx pgx.Tx, evs ...ota.Event) error {
 	for i, e := range evs {
 		types[i], pids[i], jobs[i], devices[i], data[i], ats[i] = e.Type, e.ProductID, e.JobID, e.DeviceName, string(e.Data), e.CreatedAt.UTC()
 	}
-	_, err := tx.Exec(ctx, `WITH s AS (UPDATE event_seq SET n = n + $1 RETURNING n - $1 AS base)
-		INSERT INTO events (seq, type, product_id, job_id, device_name, data, created_at)
-		SELECT s.base + e.ord, e.type, e.product_id, e.job_id, e.device_name, e.data, e.created_at
-		FROM s, unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-			WITH ORDINALITY AS e(type, product_id, job_id, device_name, data, created_at, ord)`,
-		n, types, pids, jobs, devices, data, ats)
+	// WITH ORDINALITY and ORDER BY keep the events' order in the ids.
+	_, err := tx.Exec(ctx, `INSERT INTO event_outbox (type, product_id, job_id, device_name, data, created_at)
+		SELECT e.type, e.product_id, e.job_id, e.device_name, e.data, e.created_at
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+			WITH ORDINALITY AS e(type, product_id, job_id, device_name, data, created_at, ord)
+		ORDER BY e.ord`,
+		types, pids, jobs, devices, data, ats)
 	if err != nil {
 		return fmt.Errorf("append events: %w", interpretError(err, "event"))
 	}
@@ -39,6 +39,9 @@ func appendEvents(ctx context.Context, tx pgx.Tx, evs ...ota.Event) error {
 }
 
 func (s *Store) EventList(ctx context.Context, p ota.EventListParams) ([]*ota.Event, error) {
+	if err := s.seq.flush(ctx); err != nil {
+		return nil, err
+	}
 	where := []string{"seq > $1"}
 	args := []any{p.After}
 	arg := func(v any) string { args = append(args, v); return fmt.Sprintf("$%d", len(args)) }
@@ -103,10 +106,13 @@ func executionEvents(froms, xs []*ota.JobExecution) []ota.Event {
 }
 
 func (s *Store) EventLastSeq(ctx context.Context) (int64, error) {
+	if err := s.seq.flush(ctx); err != nil {
+		return 0, err
+	}
 	var n int64
-	// Not event_seq: it counts numbers taken by transactions that may not
-	// have committed yet. max(seq) is what a reader can see, and cheap on
-	// the primary key.
+	// max(seq), not event_seq: an older replica may still be numbering
+	// in its own transactions; max(seq) is what a reader can see, and
+	// cheap on the primary key.
 	if err := s.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM events`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("last event: %w", err)
 	}

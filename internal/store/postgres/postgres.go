@@ -29,6 +29,7 @@ const migrationLockID = 0x6f746164
 // Store is an ota.Store on PostgreSQL.
 type Store struct {
 	pool *pgxpool.Pool
+	seq  *sequencer
 }
 
 var _ ota.Store = (*Store)(nil)
@@ -43,11 +44,12 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	return &Store{pool: pool}, nil
+	return &Store{pool: pool, seq: newSequencer(pool)}, nil
 }
 
 // Close releases every connection.
 func (s *Store) Close() error {
+	s.seq.stop()
 	s.pool.Close()
 	return nil
 }
@@ -175,6 +177,9 @@ type execer interface {
 // A serialization failure or deadlock is ECONFLICT.
 func (s *Store) inTx(ctx context.Context, opts pgx.TxOptions, fn func(pgx.Tx) error) error {
 	err := pgx.BeginTxFunc(ctx, s.pool, opts, fn)
+	if err == nil {
+		s.seq.kick() // the transaction may have appended events
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && (pgErr.Code == "40001" || pgErr.Code == "40P01") {
 		return interpretError(err, "transaction")

@@ -28,6 +28,10 @@ func scanWebhook(row pgx.Row) (*ota.Webhook, error) {
 func (s *Store) WebhookCreate(ctx context.Context, w *ota.Webhook) error {
 	w.CreatedAt = ota.Now()
 	w.UpdatedAt = w.CreatedAt
+	// Number what has committed, so that the cursor below passes it.
+	if err := s.seq.flush(ctx); err != nil {
+		return err
+	}
 	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		// The newest event this transaction sees: one committed later
 		// comes after it.
@@ -105,6 +109,9 @@ func (s *Store) WebhookDelete(ctx context.Context, id string) error {
 }
 
 func (s *Store) WebhookListDue(ctx context.Context, limit int) ([]string, error) {
+	if err := s.seq.flush(ctx); err != nil {
+		return nil, err
+	}
 	rows, err := s.pool.Query(ctx, `SELECT id FROM webhooks WHERE enabled AND cursor_seq < (SELECT coalesce(max(seq), 0) FROM events)
 		ORDER BY id LIMIT $1`, limit)
 	return collect(rows, err, "due webhooks", func(row pgx.Row) (string, error) {
