@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/otad/otad/internal/ota"
 )
@@ -140,7 +141,7 @@ func (s *S3) Ping(ctx context.Context) error {
 
 // Put streams r to key with a multipart upload (a single PutObject when r
 // holds less than one part), so r need not be seekable nor its length known,
-// and memory stays at (Concurrency+1) parts. On any error the multipart
+// and memory stays at Concurrency+2 parts. On any error the multipart
 // upload is aborted and the key deleted, so no object and no parts remain.
 // An invalid key is EINVALID.
 func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
@@ -188,11 +189,8 @@ func (s *S3) cleanup(ctx context.Context, key string, uploadErr error) {
 
 // unsignedUploads is the client the transfer manager uploads with: its
 // PutObject and UploadPart requests go as UNSIGNED-PAYLOAD, with the CRC32
-// checksum header that the transfer manager asks for and S3 verifies. Over
-// plain http, SigV4 would otherwise hash every byte with SHA-256 on both
-// ends: as much CPU as the upload's own MD5 and SHA-256, for an integrity
-// check that the CRC32 and the recorded digests (which devices verify)
-// already give. Over https the SDK does the same by itself.
+// checksum header that the transfer manager asks for and S3 verifies (see
+// UnsignedPayload).
 type unsignedUploads struct{ *s3.Client }
 
 func (c unsignedUploads) PutObject(ctx context.Context, in *s3.PutObjectInput, opts ...func(*s3.Options)) (*s3.PutObjectOutput, error) {
@@ -204,11 +202,28 @@ func (c unsignedUploads) UploadPart(ctx context.Context, in *s3.UploadPartInput,
 }
 
 // withUnsignedPayload returns a copy of opts (the transfer manager shares
-// one slice between its part goroutines) with the unsigned payload added.
+// one slice between its part goroutines) with UnsignedPayload added.
 func withUnsignedPayload(opts []func(*s3.Options)) []func(*s3.Options) {
 	return append(slices.Clip(opts), func(o *s3.Options) {
-		o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+		o.APIOptions = append(o.APIOptions, UnsignedPayload)
 	})
+}
+
+// UnsignedPayload is an S3 API option that sends a request's payload
+// unsigned (UNSIGNED-PAYLOAD), as otad's uploads do. Over plain http,
+// SigV4 hashes every byte with SHA-256 on both ends (the SDK computes it
+// beside the CRC32 checksum, before the signer runs, so swapping the
+// signer's payload hash middleware alone does not stop it): as much CPU as
+// the upload's own SHA-256, for an integrity check that the CRC32 checksum
+// S3 verifies and the recorded digests (which devices verify) already
+// give. Setting the payload hash first, at the front of the finalize step,
+// leaves the checksum middleware only the CRC32 to compute. Over https the
+// SDK sends the payload unsigned with a trailing checksum by itself.
+func UnsignedPayload(stack *middleware.Stack) error {
+	return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("OtadUnsignedPayload",
+		func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+			return next.HandleFinalize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
+		}), middleware.Before)
 }
 
 // List calls fn with every object of the bucket, a page at a time.
