@@ -11,13 +11,14 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/otad/otad/internal/firmware"
@@ -65,12 +66,16 @@ func (g *genReader) Read(p []byte) (int, error) {
 // BenchmarkFirmwareS3 moves one image (256 MiB) through a running otad
 // (the whole daemon in this process, on loopback listeners, SQLite, the S3
 // backend) and, back to back in the same run, directly with the AWS SDK to
-// the same versitygw: upload with manager.Uploader at otad's part size and
-// concurrency, download with one GetObject. It reports MB/s for each, the
-// CPU seconds this process spent per transfer (client included), and for
-// otad's upload the growth of the process's peak RSS over its RSS before
-// (the client's share included: a 64 KiB buffer). Client, otad and
-// versitygw share the machine's cores.
+// the same versitygw. Direct uploads use the transfer manager at otad's
+// part size and concurrency, twice: "direct" with the SDK's defaults
+// otherwise (over http every part's payload is signed, so hashed with
+// SHA-256 by the client and by versitygw; CRC32 checksum header), and
+// "unsigned" as otad's backend sends parts (UNSIGNED-PAYLOAD, CRC32).
+// Downloads are one GetObject. It reports MB/s for each, the CPU seconds
+// this process spent per transfer (client included), and for otad's upload
+// the growth of the process's peak RSS over its RSS before (the client's
+// share included: a 64 KiB buffer). Client, otad and versitygw share the
+// machine's cores.
 //
 //	./scripts/test.sh -run '^$' -bench FirmwareS3 -benchtime 5x ./cmd/otad/
 func BenchmarkFirmwareS3(b *testing.B) {
@@ -108,10 +113,12 @@ func BenchmarkFirmwareS3(b *testing.B) {
 
 	s3c := firmwaretest.Client(firmware.S3Config{Endpoint: env["OTAD_S3_ENDPOINT"], Region: os.Getenv("AWS_REGION"),
 		AccessKeyID: os.Getenv("AWS_ACCESS_KEY_ID"), SecretAccessKey: os.Getenv("AWS_SECRET_ACCESS_KEY")})
-	directUp := manager.NewUploader(s3c, func(u *manager.Uploader) {
-		u.PartSize = 5 << 20 // the backend's defaults
-		u.Concurrency = 4
-	})
+	directOpts := func(o *transfermanager.Options) {
+		o.PartSizeBytes = 5 << 20 // the backend's defaults
+		o.Concurrency = 4
+	}
+	directUp := transfermanager.New(s3c, directOpts)
+	unsignedUp := transfermanager.New(unsignedClient{s3c}, directOpts)
 	// Buffers the size curl uses, so the client is not what limits.
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true, WriteBufferSize: 64 << 10, ReadBufferSize: 64 << 10}}
 
@@ -141,8 +148,8 @@ func BenchmarkFirmwareS3(b *testing.B) {
 	// Each iteration makes both transfers back to back, so that the two
 	// see the same load on a shared machine; the figures are per transfer.
 	b.Run("upload", func(b *testing.B) {
-		var otad, direct time.Duration
-		var otadCPU, directCPU float64
+		var otad, direct, unsigned time.Duration
+		var otadCPU, directCPU, unsignedCPU float64
 		var growth int64
 		for i := range b.N {
 			version := fmt.Sprintf("bench-%d-%d", b.N, i)
@@ -161,19 +168,29 @@ func BenchmarkFirmwareS3(b *testing.B) {
 				resp.Body.Close()
 			}
 
-			key := "direct-" + version
-			c0 = cpuSeconds()
-			start = time.Now()
-			if _, err := directUp.Upload(ctx, &s3.PutObjectInput{Bucket: &bucket, Key: &key, Body: newGen(size)}); err != nil {
-				b.Fatal(err)
+			for _, d := range []struct {
+				up   *transfermanager.Client
+				took *time.Duration
+				cpu  *float64
+			}{{directUp, &direct, &directCPU}, {unsignedUp, &unsigned, &unsignedCPU}} {
+				key := "direct-" + version
+				resetPeakRSS(b) // each transfer starts from the same heap
+				c0 := cpuSeconds()
+				start := time.Now()
+				if _, err := d.up.UploadObject(ctx, &transfermanager.UploadObjectInput{Bucket: &bucket, Key: &key, Body: newGen(size)}); err != nil {
+					b.Fatal(err)
+				}
+				*d.took += time.Since(start)
+				*d.cpu += cpuSeconds() - c0
+				s3c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: &key})
 			}
-			direct += time.Since(start)
-			directCPU += cpuSeconds() - c0
-			s3c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: &key})
 		}
 		report(b, size, otad, direct)
+		b.ReportMetric(float64(size)*float64(b.N)/unsigned.Seconds()/1e6, "unsigned-MB/s")
+		b.ReportMetric(100*unsigned.Seconds()/otad.Seconds(), "otad/unsigned-%")
 		b.ReportMetric(otadCPU/float64(b.N), "otad-cpu-s")
 		b.ReportMetric(directCPU/float64(b.N), "direct-cpu-s")
+		b.ReportMetric(unsignedCPU/float64(b.N), "unsigned-cpu-s")
 		b.ReportMetric(float64(growth)/(1<<20), "MiB-rss-growth")
 	})
 
@@ -210,6 +227,20 @@ func BenchmarkFirmwareS3(b *testing.B) {
 		}
 		report(b, size, otad, direct)
 	})
+}
+
+// unsignedClient sends PutObject and UploadPart as UNSIGNED-PAYLOAD, as
+// otad's S3 backend does.
+type unsignedClient struct{ *s3.Client }
+
+func unsignedPayload(o *s3.Options) { o.APIOptions = append(o.APIOptions, firmware.UnsignedPayload) }
+
+func (c unsignedClient) PutObject(ctx context.Context, in *s3.PutObjectInput, opts ...func(*s3.Options)) (*s3.PutObjectOutput, error) {
+	return c.Client.PutObject(ctx, in, append(slices.Clip(opts), unsignedPayload)...)
+}
+
+func (c unsignedClient) UploadPart(ctx context.Context, in *s3.UploadPartInput, opts ...func(*s3.Options)) (*s3.UploadPartOutput, error) {
+	return c.Client.UploadPart(ctx, in, append(slices.Clip(opts), unsignedPayload)...)
 }
 
 func report(b *testing.B, size int64, otad, direct time.Duration) {

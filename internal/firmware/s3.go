@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,9 +16,10 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/transfermanager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
 
 	"github.com/otad/otad/internal/ota"
 )
@@ -39,7 +41,8 @@ type S3Config struct {
 	AccessKeyID     string
 	SecretAccessKey string
 	// PartSize is the multipart part size: default and minimum 5 MiB, which
-	// allows images up to 48 GiB. An upload buffers (Concurrency+1) parts.
+	// allows images up to 48 GiB. An upload buffers up to Concurrency+2
+	// parts (the transfer manager's pool and the first part).
 	PartSize int64
 	// Concurrency is the number of parts sent at once: default 4.
 	Concurrency int
@@ -48,7 +51,9 @@ type S3Config struct {
 }
 
 const (
-	defaultPartSize    = 5 << 20
+	// minPartSize is the smallest part S3 takes, but for the last.
+	minPartSize        = 5 << 20
+	defaultPartSize    = minPartSize
 	defaultConcurrency = 4
 	cleanupTimeout     = time.Minute
 )
@@ -56,7 +61,7 @@ const (
 // S3 keeps firmware images in an S3-compatible bucket.
 type S3 struct {
 	client   *s3.Client
-	uploader *manager.Uploader
+	uploader *transfermanager.Client
 	bucket   string
 	log      *slog.Logger
 }
@@ -79,8 +84,8 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	if cfg.PartSize == 0 {
 		cfg.PartSize = defaultPartSize
 	}
-	if cfg.PartSize < manager.MinUploadPartSize {
-		return nil, ota.Errorf(ota.EINVALID, "S3 part size must be at least %d bytes", manager.MinUploadPartSize)
+	if cfg.PartSize < minPartSize {
+		return nil, ota.Errorf(ota.EINVALID, "S3 part size must be at least %d bytes", minPartSize)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = defaultConcurrency
@@ -113,21 +118,15 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		// its checksum could not be validated, once per download.
 		o.DisableLogOutputChecksumValidationSkipped = true
 	})
-	uploader := manager.NewUploader(client, func(u *manager.Uploader) {
-		u.PartSize = cfg.PartSize
-		u.Concurrency = cfg.Concurrency
-		// Put aborts the upload itself, with a context that survives the
-		// request's cancellation; the uploader would use the canceled one.
-		u.LeavePartsOnError = true
-		// Parts go as UNSIGNED-PAYLOAD, with the CRC32 checksum header the
-		// SDK adds and S3 verifies. Over plain http, SigV4 would otherwise
-		// hash every byte with SHA-256 on both ends: as much CPU as the
-		// upload's own MD5 and SHA-256, for an integrity check that the
-		// CRC32 and the recorded digests (which devices verify) already
-		// give. Over https the SDK does the same by itself.
-		u.ClientOptions = append(u.ClientOptions, func(o *s3.Options) {
-			o.APIOptions = append(o.APIOptions, v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
-		})
+	uploader := transfermanager.New(unsignedUploads{client}, func(o *transfermanager.Options) {
+		o.PartSizeBytes = cfg.PartSize
+		// Less than one part goes as one PutObject; the default threshold
+		// (16 MiB) would buffer more than a part before the first request.
+		o.MultipartUploadThreshold = cfg.PartSize
+		o.Concurrency = cfg.Concurrency
+		// The abort after a failure gets a context of its own, so that a
+		// canceled request still leaves no parts behind.
+		o.FailTimeout = cleanupTimeout
 	})
 	return &S3{client: client, uploader: uploader, bucket: cfg.Bucket, log: cfg.Logger}, nil
 }
@@ -142,7 +141,7 @@ func (s *S3) Ping(ctx context.Context) error {
 
 // Put streams r to key with a multipart upload (a single PutObject when r
 // holds less than one part), so r need not be seekable nor its length known,
-// and memory stays at (Concurrency+1) parts. On any error the multipart
+// and memory stays at Concurrency+2 parts. On any error the multipart
 // upload is aborted and the key deleted, so no object and no parts remain.
 // An invalid key is EINVALID.
 func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
@@ -152,7 +151,7 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
 	// The counting wrapper also hides any Seek or ReadAt of r, so every
 	// upload takes the same streaming path.
 	cr := &countReader{r: &ctxReader{ctx: ctx, r: r}}
-	_, err := s.uploader.Upload(ctx, &s3.PutObjectInput{
+	_, err := s.uploader.UploadObject(ctx, &transfermanager.UploadObjectInput{
 		Bucket:      &s.bucket,
 		Key:         &key,
 		Body:        cr,
@@ -165,10 +164,14 @@ func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
 	return cr.n, nil
 }
 
+// cleanup makes sure that a failed upload leaves nothing. The transfer
+// manager has aborted the multipart upload already unless S3 was
+// unreachable at that moment; a second abort costs one request and may
+// find S3 back (the sweeper takes what still remains).
 func (s *S3) cleanup(ctx context.Context, key string, uploadErr error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	var mf manager.MultiUploadFailure
+	var mf transfermanager.MultipartUploadError
 	if errors.As(uploadErr, &mf) && mf.UploadID() != "" {
 		_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{
 			Bucket: &s.bucket, Key: &key, UploadId: aws.String(mf.UploadID()),
@@ -177,11 +180,50 @@ func (s *S3) cleanup(ctx context.Context, key string, uploadErr error) {
 			s.log.Error("abort multipart upload", "key", key, "upload_id", mf.UploadID(), "err", err)
 		}
 	}
-	// The failure may have come after the object was complete (a part
-	// count mismatch is checked after CompleteMultipartUpload).
+	// The failure may have come after the object was complete (a failed
+	// CompleteMultipartUpload response may hide a completed one).
 	if _, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: &key}); err != nil {
 		s.log.Error("delete object after failed upload", "key", key, "err", err)
 	}
+}
+
+// unsignedUploads is the client the transfer manager uploads with: its
+// PutObject and UploadPart requests go as UNSIGNED-PAYLOAD, with the CRC32
+// checksum header that the transfer manager asks for and S3 verifies (see
+// UnsignedPayload).
+type unsignedUploads struct{ *s3.Client }
+
+func (c unsignedUploads) PutObject(ctx context.Context, in *s3.PutObjectInput, opts ...func(*s3.Options)) (*s3.PutObjectOutput, error) {
+	return c.Client.PutObject(ctx, in, withUnsignedPayload(opts)...)
+}
+
+func (c unsignedUploads) UploadPart(ctx context.Context, in *s3.UploadPartInput, opts ...func(*s3.Options)) (*s3.UploadPartOutput, error) {
+	return c.Client.UploadPart(ctx, in, withUnsignedPayload(opts)...)
+}
+
+// withUnsignedPayload returns a copy of opts (the transfer manager shares
+// one slice between its part goroutines) with UnsignedPayload added.
+func withUnsignedPayload(opts []func(*s3.Options)) []func(*s3.Options) {
+	return append(slices.Clip(opts), func(o *s3.Options) {
+		o.APIOptions = append(o.APIOptions, UnsignedPayload)
+	})
+}
+
+// UnsignedPayload is an S3 API option that sends a request's payload
+// unsigned (UNSIGNED-PAYLOAD), as otad's uploads do. Over plain http,
+// SigV4 hashes every byte with SHA-256 on both ends (the SDK computes it
+// beside the CRC32 checksum, before the signer runs, so swapping the
+// signer's payload hash middleware alone does not stop it): as much CPU as
+// the upload's own SHA-256, for an integrity check that the CRC32 checksum
+// S3 verifies and the recorded digests (which devices verify) already
+// give. Setting the payload hash first, at the front of the finalize step,
+// leaves the checksum middleware only the CRC32 to compute. Over https the
+// SDK sends the payload unsigned with a trailing checksum by itself.
+func UnsignedPayload(stack *middleware.Stack) error {
+	return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("OtadUnsignedPayload",
+		func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
+			return next.HandleFinalize(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
+		}), middleware.Before)
 }
 
 // List calls fn with every object of the bucket, a page at a time.
