@@ -153,7 +153,9 @@ O_RATE=$(median "${O_RATES[@]}")
 M_RATE=$(median "${M_RATES[@]}")
 python3 - <<EOF
 n = $N
-def per(b, a): return (a - b) / n
+# Per device connected (a device that failed to connect holds nothing).
+def per(b, a, held=$O_HELD): return (a - b) / max(held, 1)
+def mper(b, a): return per(b, a, $M_HELD)
 print()
 print("MQTT benchmark, %d devices, %s cores, $(date -u +%FT%TZ)" % (n, "$(nproc)"))
 print("%-34s %14s %14s" % ("", "otad", "mosquitto"))
@@ -162,8 +164,8 @@ print("%-34s %14d %14d" % ("connections held (ss, established)", $O_HELD, $M_HEL
 print("%-34s %14d %14d" % ("RSS before, KiB", $O_RSS0, $M_RSS0))
 print("%-34s %14d %14d" % ("RSS with devices idle, live, KiB", $O_RSSL, $M_RSSL))
 print("%-34s %14d %14d" % ("RSS idle, after forced GC, KiB", $O_RSS1, $M_RSS1))
-print("%-34s %14.1f %14.1f" % ("RSS per idle device, live, KiB", per($O_RSS0, $O_RSSL), per($M_RSS0, $M_RSSL)))
-print("%-34s %14.1f %14.1f" % ("RSS per idle device, after GC", per($O_RSS0, $O_RSS1), per($M_RSS0, $M_RSS1)))
+print("%-34s %14.1f %14.1f" % ("RSS per idle device, live, KiB", per($O_RSS0, $O_RSSL), mper($M_RSS0, $M_RSSL)))
+print("%-34s %14.1f %14.1f" % ("RSS per idle device, after GC", per($O_RSS0, $O_RSS1), mper($M_RSS0, $M_RSS1)))
 print("%-34s %14s %14s" % ("otad stacks / heap per device, KiB", "%.1f / %.1f" % (per($(memfield MEM 1 stack_inuse), $(memfield MEMLIVE 1 stack_inuse)) / 1024, per($(memfield MEM 1 heap_inuse), $(memfield MEMLIVE 1 heap_inuse)) / 1024), "live"))
 print("%-34s %14s %14s" % ("", "%.1f / %.1f" % (per($(memfield MEM 1 stack_inuse), $(memfield MEM 2 stack_inuse)) / 1024, per($(memfield MEM 1 heap_inuse), $(memfield MEM 2 heap_inuse)) / 1024), "after GC"))
 print("%-34s %14s" % ("otad goroutines with devices idle", "$(memfield MEMLIVE 1 goroutines)"))

@@ -30,8 +30,12 @@ import (
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const conns = 500
 	b.Run("mochi", func(b *testing.B) {
-		s := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler), SysTopicResendInterval: 3600,
-			ClientNetWriteBufferSize: 2048, ClientNetReadBufferSize: 1024})
+		// The same buffers and outbound queue as otad's (mochi's default
+		// queue is 8192 slots, 64 KiB a connection).
+		caps := mqtt.NewDefaultServerCapabilities()
+		caps.MaximumClientWritesPending = 64
+		s := mqtt.New(&mqtt.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler), SysTopicResendInterval: 3600,
+			ClientNetWriteBufferSize: 2048, ClientNetReadBufferSize: 512})
 		if err := s.AddHook(new(allowAll), nil); err != nil {
 			b.Fatal(err)
 		}
