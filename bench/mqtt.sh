@@ -10,7 +10,11 @@
 #                mosquitto stores nothing (the raw ceiling).
 #
 # Usage: bench/mqtt.sh   (N=10000 TP_DEVICES=500 TP_REPORTS=40 HOLD=15 ROUNDS=3;
-#                        BROKERD_FLAGS="-writers 2 -batch 500" tunes otad)
+#                        BROKERD_FLAGS="-writers 2 -batch 500" tunes otad;
+#                        PROFILE_DIR=dir saves otad's goroutine and heap
+#                        profiles with the devices idle and a CPU profile of
+#                        PROFILE_SECONDS (default 5) from the first
+#                        throughput round)
 # Needs PostgreSQL server binaries and mosquitto (apt-get install postgresql
 # mosquitto); it starts and stops its own instances in a temp dir.
 set -euo pipefail
@@ -74,20 +78,30 @@ MOSQ=$!
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$MOSQ_PORT") 2>/dev/null && break; sleep 0.1; done
 
 # idle TARGET_NAME ADDR PORT PID EXTRA_FLAGS...: holds N devices, prints
-# "connected held rss_before_kib rss_after_kib".
+# "connected held rss_before_kib rss_live_kib rss_after_kib". For otad,
+# before and after are read after a forced GC (bench/brokerd on SIGUSR1),
+# live without one; mosquitto has no GC, so its live and after figures are
+# two readings of the same thing.
 idle() {
 	local name=$1 addr=$2 port=$3 pid=$4; shift 4
 	local out="$WORK/idle-$name.json"
-	if [ "$pid" = "$BROKERD" ]; then kill -USR1 "$BROKERD"; wait_line "$WORK/brokerd.out" '^MEM'; fi
+	if [ "$pid" = "$BROKERD" ]; then kill -USR1 "$BROKERD"; wait_line "$WORK/brokerd.out" '^MEM '; fi
 	local before; before=$(rss_kib "$pid")
 	"$WORK/otasim" -broker "$addr" -devices "$WORK/devices.csv" -n "$N" -hold "${HOLD}s" "$@" >"$out" &
 	local sim=$!
 	PIDS+=($sim)
 	wait_line "$out" '"phase":"holding"'
 	sleep 3 # let the broker settle before reading its memory
+	local live; live=$(rss_kib "$pid")
 	if [ "$pid" = "$BROKERD" ]; then
+		kill -USR2 "$BROKERD"
+		wait_line "$WORK/brokerd.out" '^MEMLIVE'
+		if [ -n "${PROFILE_DIR:-}" ]; then
+			curl -fsS "http://127.0.0.1:$METRICS_PORT/debug/pprof/goroutine" >"$PROFILE_DIR/idle-goroutine.pb.gz"
+			curl -fsS "http://127.0.0.1:$METRICS_PORT/debug/pprof/heap" >"$PROFILE_DIR/idle-heap.pb.gz"
+		fi
 		kill -USR1 "$BROKERD"
-		for _ in $(seq 1 100); do [ "$(grep -c '^MEM' "$WORK/brokerd.out")" -ge 2 ] && break; sleep 0.1; done
+		for _ in $(seq 1 100); do [ "$(grep -c '^MEM ' "$WORK/brokerd.out")" -ge 2 ] && break; sleep 0.1; done
 		sleep 1
 	fi
 	local held after connected
@@ -95,8 +109,11 @@ idle() {
 	after=$(rss_kib "$pid")
 	wait "$sim"
 	connected=$(json "$(grep '"phase":"connected"' "$out")" connected)
-	echo "$connected $held $before $after"
+	echo "$connected $held $before $live $after"
 }
+
+# memfield LABEL N KEY: KEY of brokerd's Nth LABEL line (MEM or MEMLIVE).
+memfield() { grep "^$1 " "$WORK/brokerd.out" | sed -n "$2p" | tr ' ' '\n' | sed -n "s/^$3=//p"; }
 
 throughput() {
 	local name=$1 addr=$2; shift 2
@@ -106,9 +123,9 @@ throughput() {
 }
 
 log "otad: $N idle devices"
-read -r O_CONN O_HELD O_RSS0 O_RSS1 < <(idle otad "$OTAD_ADDR" "$OTAD_PORT" "$BROKERD")
+read -r O_CONN O_HELD O_RSS0 O_RSSL O_RSS1 < <(idle otad "$OTAD_ADDR" "$OTAD_PORT" "$BROKERD")
 log "mosquitto: $N idle devices"
-read -r M_CONN M_HELD M_RSS0 M_RSS1 < <(idle mosquitto "127.0.0.1:$MOSQ_PORT" "$MOSQ_PORT" "$MOSQ" -expect-rsp=false)
+read -r M_CONN M_HELD M_RSS0 M_RSSL M_RSS1 < <(idle mosquitto "127.0.0.1:$MOSQ_PORT" "$MOSQ_PORT" "$MOSQ" -expect-rsp=false)
 log "otad: waiting for presence writes to drain"
 for _ in $(seq 1 1200); do
 	[ "$(metric "$METRICS_PORT" otad_mqtt_presence_pending)" = "0.0" ] && break
@@ -120,6 +137,9 @@ done
 O_RATES=() M_RATES=()
 for round in $(seq 1 "$ROUNDS"); do
 	log "round $round/$ROUNDS: otad, $TP_DEVICES devices x $TP_REPORTS QoS 1 reports, each stored in PostgreSQL before its PUBACK"
+	if [ -n "${PROFILE_DIR:-}" ] && [ "$round" = 1 ]; then
+		curl -fsS "http://127.0.0.1:$METRICS_PORT/debug/pprof/profile?seconds=${PROFILE_SECONDS:-5}" >"$PROFILE_DIR/throughput-cpu.pb.gz" &
+	fi
 	O_TP=$(throughput otad "$OTAD_ADDR")
 	O_RATES+=("$(json "$O_TP" reports_per_second)")
 	log "round $round/$ROUNDS: mosquitto, same load, nothing stored"
@@ -133,15 +153,22 @@ O_RATE=$(median "${O_RATES[@]}")
 M_RATE=$(median "${M_RATES[@]}")
 python3 - <<EOF
 n = $N
-def per(b, a): return (a - b) / n
+# Per device connected (a device that failed to connect holds nothing).
+def per(b, a, held=$O_HELD): return (a - b) / max(held, 1)
+def mper(b, a): return per(b, a, $M_HELD)
 print()
 print("MQTT benchmark, %d devices, %s cores, $(date -u +%FT%TZ)" % (n, "$(nproc)"))
 print("%-34s %14s %14s" % ("", "otad", "mosquitto"))
 print("%-34s %14d %14d" % ("devices connected (authenticated)", $O_CONN, $M_CONN))
 print("%-34s %14d %14d" % ("connections held (ss, established)", $O_HELD, $M_HELD))
 print("%-34s %14d %14d" % ("RSS before, KiB", $O_RSS0, $M_RSS0))
-print("%-34s %14d %14d" % ("RSS with devices idle, KiB", $O_RSS1, $M_RSS1))
-print("%-34s %14.1f %14.1f" % ("RSS per idle device, KiB", per($O_RSS0, $O_RSS1), per($M_RSS0, $M_RSS1)))
+print("%-34s %14d %14d" % ("RSS with devices idle, live, KiB", $O_RSSL, $M_RSSL))
+print("%-34s %14d %14d" % ("RSS idle, after forced GC, KiB", $O_RSS1, $M_RSS1))
+print("%-34s %14.1f %14.1f" % ("RSS per idle device, live, KiB", per($O_RSS0, $O_RSSL), mper($M_RSS0, $M_RSSL)))
+print("%-34s %14.1f %14.1f" % ("RSS per idle device, after GC", per($O_RSS0, $O_RSS1), mper($M_RSS0, $M_RSS1)))
+print("%-34s %14s %14s" % ("otad stacks / heap per device, KiB", "%.1f / %.1f" % (per($(memfield MEM 1 stack_inuse), $(memfield MEMLIVE 1 stack_inuse)) / 1024, per($(memfield MEM 1 heap_inuse), $(memfield MEMLIVE 1 heap_inuse)) / 1024), "live"))
+print("%-34s %14s %14s" % ("", "%.1f / %.1f" % (per($(memfield MEM 1 stack_inuse), $(memfield MEM 2 stack_inuse)) / 1024, per($(memfield MEM 1 heap_inuse), $(memfield MEM 2 heap_inuse)) / 1024), "after GC"))
+print("%-34s %14s" % ("otad goroutines with devices idle", "$(memfield MEMLIVE 1 goroutines)"))
 print("%-34s %14.0f %14.0f" % ("QoS 1 reports/s, median", $O_RATE, $M_RATE))
 print("%-34s %14s %14s" % ("  rounds", "${O_RATES[*]}", "${M_RATES[*]}"))
 print("%-34s %14s %14s" % ("p50 / p99 PUBACK ms, last round", "$(json "$O_TP" p50_ms) / $(json "$O_TP" p99_ms)", "$(json "$M_TP" p50_ms) / $(json "$M_TP" p99_ms)"))

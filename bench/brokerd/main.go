@@ -1,7 +1,8 @@
 // Command brokerd runs otad's MQTT broker alone over a real store, for
 // bench/mqtt.sh: it provisions N devices (writing their credentials for
-// otasim), serves MQTT and Prometheus metrics on loopback, and on SIGUSR1
-// collects garbage and prints memory figures, so RSS can be read at rest.
+// otasim), serves MQTT, Prometheus metrics and pprof on loopback, and
+// prints memory figures on SIGUSR2 (live) and SIGUSR1 (after collecting
+// garbage, so RSS can be read at rest).
 //
 //	brokerd -postgres postgres://... -provision 10000 -devices-out devices.csv
 package main
@@ -121,19 +122,25 @@ func run() error {
 
 	fmt.Printf("ADDR=%s\nMETRICS=%s\nPID=%d\n", b.Addr(), ml.Addr(), os.Getpid())
 
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
+	// SIGUSR2 prints the memory figures as they are (live); SIGUSR1
+	// collects garbage and returns freed memory to the OS first.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-usr1:
-			runtime.GC()
-			debug.FreeOSMemory()
+		case s := <-sig:
+			label := "MEMLIVE"
+			if s == syscall.SIGUSR1 {
+				label = "MEM"
+				runtime.GC()
+				debug.FreeOSMemory()
+			}
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			fmt.Printf("MEM heap_inuse=%d stack_inuse=%d sys=%d goroutines=%d\n",
-				ms.HeapInuse, ms.StackInuse, ms.Sys, runtime.NumGoroutine())
+			fmt.Printf("%s heap_inuse=%d heap_alloc=%d stack_inuse=%d sys=%d goroutines=%d\n",
+				label, ms.HeapInuse, ms.HeapAlloc, ms.StackInuse, ms.Sys, runtime.NumGoroutine())
 		}
 	}
 }

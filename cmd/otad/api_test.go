@@ -275,3 +275,31 @@ func TestCurlDefaultContentType(t *testing.T) {
 	}
 	a.do("GET", "/v1/products/CURL000001", nil).wantStatus(t, 200)
 }
+
+// OTAD_PPROF_ADDR serves Go's profiles on a listener of their own, without
+// a token; the console API's address serves none.
+func TestPprofListener(t *testing.T) {
+	pprofAddr := freeAddr(t)
+	a := startApp(t, "sqlite", map[string]string{"OTAD_PPROF_ADDR": pprofAddr})
+	resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if _, err := ioCopy(&b, resp); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(b.String(), "goroutine profile: total") {
+		t.Fatalf("goroutine profile: %d %.200q", resp.StatusCode, b.String())
+	}
+	other, err := http.Get("http://" + pprofAddr + "/v1/products")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Body.Close()
+	if other.StatusCode != 404 {
+		t.Fatalf("the pprof listener serves the API: %d", other.StatusCode)
+	}
+	a.do("GET", "/debug/pprof/goroutine", nil).wantStatus(t, 404)
+}

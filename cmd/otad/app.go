@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,12 +88,12 @@ type app struct {
 	reg    *prometheus.Registry
 	node   string
 
-	httpLn, downloadLn, metricsLn    net.Listener
-	httpSrv, downloadSrv, metricsSrv *http.Server
-	broker                           *broker.Broker
-	engine                           *engine.Engine
-	webhooks                         *webhook.Service
-	publicURL                        string
+	httpLn, downloadLn, metricsLn, pprofLn     net.Listener
+	httpSrv, downloadSrv, metricsSrv, pprofSrv *http.Server
+	broker                                     *broker.Broker
+	engine                                     *engine.Engine
+	webhooks                                   *webhook.Service
+	publicURL                                  string
 
 	sweeper  *firmware.Sweeper
 	cancel   context.CancelFunc // ends the engine and the sweeper
@@ -104,7 +105,7 @@ type app struct {
 // newApp opens the store, migrates it, binds the HTTP listeners and builds
 // every component. Nothing is served until Start.
 func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer) (_ *app, err error) {
-	a := &app{cfg: cfg, log: log, stdout: stdout, reg: prometheus.NewRegistry(), failed: make(chan error, 4), node: nodeName()}
+	a := &app{cfg: cfg, log: log, stdout: stdout, reg: prometheus.NewRegistry(), failed: make(chan error, 5), node: nodeName()}
 	defer func() {
 		if err != nil {
 			a.closeResources()
@@ -157,6 +158,12 @@ func newApp(ctx context.Context, cfg *Config, log *slog.Logger, stdout io.Writer
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 		a.metricsSrv = a.newHTTPServer(mux, "metrics", false)
+	}
+	if cfg.PprofAddr != "" {
+		if a.pprofLn, err = net.Listen("tcp", cfg.PprofAddr); err != nil {
+			return nil, fmt.Errorf("pprof listen: %w", err)
+		}
+		a.pprofSrv = a.newHTTPServer(pprofMux(), "pprof", false)
 	}
 	a.publicURL = cfg.PublicURL
 	if a.publicURL == "" {
@@ -263,6 +270,19 @@ func (a *app) newHTTPServer(h http.Handler, component string, apiDeadlines bool)
 	return srv
 }
 
+// pprofMux serves Go's runtime profiles (OTAD_PPROF_ADDR): goroutines,
+// heap, CPU and the rest under /debug/pprof/, as `go tool pprof` reads
+// them.
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
 // openBlobs opens the S3 bucket when one is configured, else the firmware
 // directory under the data dir.
 func openBlobs(ctx context.Context, cfg *Config, log *slog.Logger) (firmware.Sweepable, error) {
@@ -348,6 +368,10 @@ func (a *app) Start(ctx context.Context) error {
 		a.serve(a.metricsSrv, a.metricsLn, "metrics")
 		a.log.Info("metrics listening", "component", "metrics", "addr", a.metricsLn.Addr().String())
 	}
+	if a.pprofSrv != nil {
+		a.serve(a.pprofSrv, a.pprofLn, "pprof")
+		a.log.Info("profiles listening", "component", "pprof", "addr", a.pprofLn.Addr().String())
+	}
 	if a.downloadSrv != nil {
 		a.serve(a.downloadSrv, a.downloadLn, "download")
 		a.log.Info("firmware downloads listening", "component", "download", "addr", a.downloadLn.Addr().String())
@@ -423,7 +447,7 @@ func (a *app) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("mqtt shutdown: %w", err))
 		}
 	}
-	for _, srv := range []*http.Server{a.httpSrv, a.downloadSrv, a.metricsSrv} {
+	for _, srv := range []*http.Server{a.httpSrv, a.downloadSrv, a.metricsSrv, a.pprofSrv} {
 		if srv != nil {
 			if err := srv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
@@ -438,7 +462,7 @@ func (a *app) Close(ctx context.Context) error {
 // closeResources closes what newApp opened.
 func (a *app) closeResources() error {
 	var errs []error
-	for _, ln := range []net.Listener{a.httpLn, a.downloadLn, a.metricsLn} {
+	for _, ln := range []net.Listener{a.httpLn, a.downloadLn, a.metricsLn, a.pprofLn} {
 		if ln != nil {
 			ln.Close()
 		}

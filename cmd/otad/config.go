@@ -33,6 +33,7 @@ type Config struct {
 	S3PathStyle     bool
 	PublicURL       string
 	MetricsAddr     string
+	PprofAddr       string
 	// PublicURLAllowPort lets OTAD_PUBLIC_URL name a port, which breaks
 	// devices on the C SDK (PROTOCOL.md).
 	PublicURLAllowPort bool
@@ -86,6 +87,7 @@ func (c *Config) vars() []struct {
 		{configVar{"OTAD_MQTT_TLS_KEY", "mqtt-tls-key", "", "PEM private key file of the TLS listener", false}, &c.MQTTTLSKey},
 		{configVar{"OTAD_MQTT_TLS_CLIENT_CA", "mqtt-tls-client-ca", "", "PEM file of the CAs whose client certificates devices may log in with on the TLS listener (CommonName = client ID); others still log in with the signed password", false}, &c.MQTTTLSClientCA},
 		{configVar{"OTAD_METRICS_ADDR", "metrics-addr", "", "listen address serving /metrics alone and without a token, for a scraper on a private network; empty: /metrics on the HTTP address, with a token", false}, &c.MetricsAddr},
+		{configVar{"OTAD_PPROF_ADDR", "pprof-addr", "", "listen address serving Go's runtime profiles (/debug/pprof/) alone and without a token, for loopback or a private network; empty: off", false}, &c.PprofAddr},
 		{configVar{"OTAD_DOWNLOAD_ADDR", "download-addr", "", "separate firmware download listen address, such as :80 (device SDKs ignore URL ports); empty serves downloads on the HTTP address", false}, &c.DownloadAddr},
 		{configVar{"OTAD_MAX_FIRMWARE_SIZE", "max-firmware-size", "2147483648", "largest firmware image accepted, in bytes", false}, &c.MaxFirmwareSize},
 		{configVar{"OTAD_DATA_DIR", "data-dir", "./data", "directory of the SQLite file and local firmware files", false}, &c.DataDir},

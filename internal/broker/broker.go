@@ -47,8 +47,9 @@ type Options struct {
 	// connection. Default 4096 bytes.
 	MaxPacketSize uint32
 	// MaxWritesPending is the per-client outbound queue length. The queue is
-	// allocated per connection, so it sets the cost of an idle device.
-	// Default 128.
+	// allocated per connection, so it sets the cost of an idle device (8
+	// bytes a slot). Default 64, as many as a device may leave
+	// unacknowledged (Publish refuses more).
 	MaxWritesPending int32
 	// MaxClients caps concurrent device connections. Default: no limit.
 	MaxClients int64
@@ -91,7 +92,7 @@ func (o *Options) setDefaults() {
 		o.MaxPacketSize = 4096
 	}
 	if o.MaxWritesPending <= 0 {
-		o.MaxWritesPending = 128
+		o.MaxWritesPending = 64
 	}
 	if o.MaxClients <= 0 {
 		o.MaxClients = 1<<63 - 1
@@ -196,10 +197,13 @@ func New(log *slog.Logger, store ota.Store, opts Options) (*Broker, error) {
 	b.server = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: 2048,
-		ClientNetReadBufferSize:  1024,
-		InlineClient:             true,
-		SysTopicResendInterval:   3600,
-		Logger:                   slog.New(newMochiLog(slog.LevelWarn, log.With("lib", "mochi").Handler())),
+		// Every connection keeps its read buffer while idle; devices send
+		// reports of a few hundred bytes, and a bigger packet (up to
+		// MaxPacketSize) is read through it.
+		ClientNetReadBufferSize: 512,
+		InlineClient:            true,
+		SysTopicResendInterval:  3600,
+		Logger:                  slog.New(newMochiLog(slog.LevelWarn, log.With("lib", "mochi").Handler())),
 	})
 	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: add hook: %w", err)
