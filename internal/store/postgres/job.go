@@ -66,12 +66,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 	if err != nil {
 		return fmt.Errorf("job targets: %w", err)
 	}
-	// One snapshot for the whole creation: the targets and their versions
-	// are read once, without locking a device row (a report, which locks
-	// its device's row, never waits for a job's creation). A device whose
-	// version changes meanwhile starts from the version it had; its next
-	// report_version moves its execution on as for any other report.
-	return s.inTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead}, func(tx pgx.Tx) error {
+	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		// Hold the firmware row: a concurrent FirmwareDelete waits for
 		// this job, then sees it, or deleted it first and this fails.
 		var one int
@@ -109,12 +104,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt), j.RollbackWindowSeconds, ota.MarshalRollout(j)); err != nil {
 			return interpretError(err, "job")
 		}
-		var n int
-		if p.Phases != nil {
-			n, err = insertPhased(ctx, tx, j, p.Initial, p.Phases)
-		} else {
-			n, _, err = insertExecutions(ctx, tx, j, j.CreatedAt, p.Initial, false)
-		}
+		n, err := insertTargets(ctx, tx, j, p.Initial, p.Phases)
 		if err != nil {
 			if ota.IsCode(err, ota.ECONFLICT) {
 				return ota.JobTargetsBusy(nil)
@@ -128,10 +118,14 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 	})
 }
 
-// insertPhased inserts the executions of new job j's targets, each in
-// the phase phases gives it, in one COPY: the targets are read first,
-// sorted by name, with the first state initial gives their version.
-func insertPhased(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(string) ota.JobExecution, phases func([]ota.PhaseCandidate) []int) (int, error) {
+// insertTargets inserts the executions of new job j's targets, in one
+// COPY, each in the first state initial gives its version and in the
+// phase phases (when set) gives it. The targets are read in one statement,
+// one snapshot, sorted by name, without locking a device row: a report,
+// which locks its device's row, never waits for a job's creation. A device
+// whose version changes meanwhile starts from the version it had; its next
+// report_version moves its execution on as any report does.
+func insertTargets(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(string) ota.JobExecution, phases func([]ota.PhaseCandidate) []int) (int, error) {
 	filter, arg := targetFilter(j.Targets, "$2")
 	rows, err := tx.Query(ctx, `SELECT d.name, d.version FROM devices d WHERE d.product_id = $1 AND `+filter+` ORDER BY d.name`, j.ProductID, arg)
 	firsts := map[string]ota.JobExecution{}
@@ -151,7 +145,14 @@ func insertPhased(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(strin
 	if err != nil || len(cs) == 0 {
 		return 0, err
 	}
-	ph := phases(cs)
+	ph := make([]int, len(cs))
+	if phases != nil {
+		ph = phases(cs)
+	} else {
+		for i := range ph {
+			ph[i] = j.Phase
+		}
+	}
 	at := j.CreatedAt.UTC()
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"job_executions"},
 		[]string{"job_id", "product_id", "device_name", "state", "from_version", "percent", "finished_at", "created_at", "updated_at", "phase"},
