@@ -123,8 +123,9 @@ func (s *Store) Stats(ctx context.Context) (ota.Stats, error) {
 	st := ota.Stats{JobsByStatus: map[string]int{}, ExecutionsByState: map[string]int{}}
 	batch := &pgx.Batch{}
 	batch.Queue(`SELECT status, count(*) FROM jobs GROUP BY status`)
-	batch.Queue(`SELECT x.state, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
-		WHERE j.status IN ('scheduled', 'running') OR j.status = 'canceled' AND j.completed_at IS NULL GROUP BY x.state`)
+	batch.Queue(`SELECT c.state, sum(c.n) FROM (SELECT job_id, state, n FROM job_counts UNION ALL SELECT job_id, state, n FROM job_count_deltas) c
+		JOIN jobs j ON j.id = c.job_id
+		WHERE j.status IN ('scheduled', 'running') OR j.status = 'canceled' AND j.completed_at IS NULL GROUP BY c.state HAVING sum(c.n) <> 0`)
 	batch.Queue(`SELECT count(*), count(*) FILTER (WHERE online) FROM devices`)
 	br := s.pool.SendBatch(ctx, batch)
 	defer br.Close()

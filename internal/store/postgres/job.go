@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -103,7 +104,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 			j.MaxConcurrent, j.MaxPerMinute, utcPtr(j.StartAt), j.CreatedAt, utcPtr(j.CompletedAt), j.RollbackWindowSeconds, ota.MarshalRollout(j)); err != nil {
 			return interpretError(err, "job")
 		}
-		n, _, err := insertExecutions(ctx, tx, j, j.CreatedAt, p.Initial, false)
+		n, err := insertTargets(ctx, tx, j, p.Initial, p.Phases)
 		if err != nil {
 			if ota.IsCode(err, ota.ECONFLICT) {
 				return ota.JobTargetsBusy(nil)
@@ -113,39 +114,56 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 		if n == 0 {
 			return ota.ErrJobTargetsNone
 		}
-		if p.Phases != nil {
-			if err := assignPhases(ctx, tx, j.ID, p.Phases); err != nil {
-				return err
-			}
-		}
 		return appendEvents(ctx, tx, ota.JobEvent(j, "", j.Status, j.CreatedAt))
 	})
 }
 
-// assignPhases sets the phase of each execution of a new job as phases
-// says.
-func assignPhases(ctx context.Context, tx pgx.Tx, jobID string, phases func([]ota.PhaseCandidate) []int) error {
-	rows, err := tx.Query(ctx, `SELECT device_name, from_version, state FROM job_executions WHERE job_id = $1 ORDER BY device_name`, jobID)
-	cs, err := collect(rows, err, "job executions", func(row pgx.Row) (ota.PhaseCandidate, error) {
+// insertTargets inserts the executions of new job j's targets, in one
+// COPY, each in the first state initial gives its version and in the
+// phase phases (when set) gives it. The targets are read in one statement,
+// one snapshot, sorted by name, without locking a device row: a report,
+// which locks its device's row, never waits for a job's creation. A device
+// whose version changes meanwhile starts from the version it had; its next
+// report_version moves its execution on as any report does.
+func insertTargets(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(string) ota.JobExecution, phases func([]ota.PhaseCandidate) []int) (int, error) {
+	filter, arg := targetFilter(j.Targets, "$2")
+	rows, err := tx.Query(ctx, `SELECT d.name, d.version FROM devices d WHERE d.product_id = $1 AND `+filter+` ORDER BY d.name`, j.ProductID, arg)
+	firsts := map[string]ota.JobExecution{}
+	cs, err := collect(rows, err, "job targets", func(row pgx.Row) (ota.PhaseCandidate, error) {
 		var c ota.PhaseCandidate
-		return c, row.Scan(&c.Name, &c.Version, &c.State)
+		if err := row.Scan(&c.Name, &c.Version); err != nil {
+			return c, err
+		}
+		x, ok := firsts[c.Version]
+		if !ok {
+			x = initial(c.Version)
+			firsts[c.Version] = x
+		}
+		c.State = x.State
+		return c, nil
 	})
-	if err != nil {
-		return err
+	if err != nil || len(cs) == 0 {
+		return 0, err
 	}
-	var names []string
-	var nums []int32
-	for i, ph := range phases(cs) {
-		if ph != 0 {
-			names, nums = append(names, cs[i].Name), append(nums, int32(ph))
+	ph := make([]int, len(cs))
+	if phases != nil {
+		ph = phases(cs)
+	} else {
+		for i := range ph {
+			ph[i] = j.Phase
 		}
 	}
-	_, err = tx.Exec(ctx, `UPDATE job_executions x SET phase = u.phase FROM unnest($2::text[], $3::integer[]) AS u(name, phase)
-		WHERE x.job_id = $1 AND x.device_name = u.name`, jobID, names, nums)
+	at := j.CreatedAt.UTC()
+	n, err := tx.CopyFrom(ctx, pgx.Identifier{"job_executions"},
+		[]string{"job_id", "product_id", "device_name", "state", "from_version", "percent", "finished_at", "created_at", "updated_at", "phase"},
+		pgx.CopyFromSlice(len(cs), func(i int) ([]any, error) {
+			c, x := cs[i], firsts[cs[i].Version]
+			return []any{j.ID, j.ProductID, c.Name, x.State, c.Version, int32(x.Percent), utcPtr(x.FinishedAt), at, at, int32(ph[i])}, nil
+		}))
 	if err != nil {
-		return fmt.Errorf("assign phases: %w", err)
+		return 0, fmt.Errorf("create job executions: %w", interpretError(err, "job execution"))
 	}
-	return nil
+	return int(n), nil
 }
 
 func scanString(row pgx.Row) (string, error) {
@@ -173,8 +191,26 @@ func (s *Store) JobListActive(ctx context.Context) ([]*ota.Job, error) {
 	return collect(rows, err, "active jobs", scanJob)
 }
 
+// jobCountRows are job $1's rows of job_counts and job_count_deltas:
+// their sums by phase, state and attempted are its executions' counts.
+const jobCountRows = `(SELECT phase, state, attempted, n FROM job_counts WHERE job_id = $1
+	UNION ALL SELECT phase, state, attempted, n FROM job_count_deltas WHERE job_id = $1) c`
+
+// foldCounts adds job id's count deltas into its counts, in a transaction
+// that holds the job's row (so that two folds never race on a count row).
+func foldCounts(ctx context.Context, tx pgx.Tx, id string) error {
+	_, err := tx.Exec(ctx, `WITH d AS (DELETE FROM job_count_deltas WHERE job_id = $1 RETURNING phase, state, attempted, n)
+		INSERT INTO job_counts (job_id, phase, state, attempted, n)
+		SELECT $1, phase, state, attempted, sum(n) FROM d GROUP BY phase, state, attempted
+		ON CONFLICT (job_id, phase, state, attempted) DO UPDATE SET n = job_counts.n + excluded.n`, id)
+	if err != nil {
+		return fmt.Errorf("fold job counts: %w", err)
+	}
+	return nil
+}
+
 func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error) {
-	rows, err := s.pool.Query(ctx, `SELECT state, count(*) FROM job_executions WHERE job_id = $1 GROUP BY state`, id)
+	rows, err := s.pool.Query(ctx, `SELECT state, sum(n) FROM `+jobCountRows+` GROUP BY state HAVING sum(n) <> 0`, id)
 	if err != nil {
 		return nil, fmt.Errorf("count job executions: %w", err)
 	}
@@ -218,6 +254,9 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 		if err != nil {
 			return err
 		}
+		if err := foldCounts(ctx, tx, p.ID); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `UPDATE jobs SET status = $2, completed_at = $3, rollout = $4, rev = rev + 1 WHERE id = $1`,
 			p.ID, to.Status, utcPtr(to.CompletedAt), ota.MarshalRollout(to)); err != nil {
 			return fmt.Errorf("change job: %w", interpretError(err, "job"))
@@ -250,25 +289,63 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 }
 
 func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]ota.PhaseCounts, error) {
-	rows, err := s.pool.Query(ctx, `SELECT x.phase, x.state, count(*),
-			count(*) FILTER (WHERE x.attempts > 0 AND ($2::timestamptz IS NULL OR x.finished_at >= $2)),
-			count(*) FILTER (WHERE x.state = 'done' AND d.name IS NOT NULL AND (NOT d.online OR d.version <> j.firmware_version))
-		FROM job_executions x JOIN jobs j ON j.id = x.job_id
-			LEFT JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-		WHERE x.job_id = $1 GROUP BY x.phase, x.state ORDER BY x.phase`, id, utcPtr(since))
-	if err != nil {
-		return nil, fmt.Errorf("count job phases: %w", err)
+	// The counts, and the attempted ones among them, from the counters;
+	// those ended since a time, and the unhealthy done ones, from the
+	// executions they are about (by index).
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT phase, state, sum(n), coalesce(sum(n) FILTER (WHERE attempted), 0) FROM `+jobCountRows+`
+		GROUP BY phase, state HAVING sum(n) <> 0`, id)
+	if since != nil {
+		batch.Queue(`SELECT phase, state, count(*) FROM job_executions WHERE job_id = $1 AND attempts > 0 AND finished_at >= $2
+			GROUP BY phase, state`, id, utcPtr(since))
 	}
-	var out []ota.PhaseCounts
-	var phase, n, ended, unhealthy int
+	batch.Queue(`SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+		WHERE x.job_id = $1 AND x.state = 'done' AND (NOT d.online OR d.version <> j.firmware_version) GROUP BY x.phase`, id)
+	br := s.pool.SendBatch(ctx, batch)
+	defer br.Close()
+	byPhase := map[int]*ota.PhaseCounts{}
+	get := func(phase int) *ota.PhaseCounts {
+		p := byPhase[phase]
+		if p == nil {
+			p = &ota.PhaseCounts{Phase: phase, Counts: map[string]int{}, EndedSince: map[string]int{}}
+			byPhase[phase] = p
+		}
+		return p
+	}
+	var phase, n, attempted int
 	var state string
-	_, err = pgx.ForEachRow(rows, []any{&phase, &state, &n, &ended, &unhealthy}, func() error {
-		out = ota.AddPhaseCount(out, phase, state, n, ended, unhealthy)
-		return nil
-	})
+	rows, err := br.Query()
+	if err == nil {
+		_, err = pgx.ForEachRow(rows, []any{&phase, &state, &n, &attempted}, func() error {
+			p := get(phase)
+			p.Counts[state] += n
+			if since == nil {
+				p.EndedSince[state] += attempted
+			}
+			return nil
+		})
+	}
+	if err == nil && since != nil {
+		rows, err = br.Query()
+		if err == nil {
+			_, err = pgx.ForEachRow(rows, []any{&phase, &state, &n}, func() error { get(phase).EndedSince[state] += n; return nil })
+		}
+	}
+	if err == nil {
+		rows, err = br.Query()
+		if err == nil {
+			_, err = pgx.ForEachRow(rows, []any{&phase, &n}, func() error { get(phase).Unhealthy += n; return nil })
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("count job phases: %w", err)
 	}
+	out := make([]ota.PhaseCounts, 0, len(byPhase))
+	for _, p := range byPhase {
+		out = append(out, *p)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Phase < out[b].Phase })
 	return out, nil
 }
 
@@ -305,8 +382,14 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 	if onlyNew {
 		args = append(args, j.ID)
 	}
-	rows, err := tx.Query(ctx, `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND `+filter+fresh("$3")+`
-		ORDER BY d.name FOR SHARE OF d) t`, args...)
+	// A continuous job's additions share-lock their targets; a new job
+	// reads them in its one snapshot instead (JobCreate).
+	q := `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter
+	if onlyNew {
+		q = `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter + fresh("$3") + `
+			ORDER BY d.name FOR SHARE OF d) t`
+	}
+	rows, err := tx.Query(ctx, q, args...)
 	versions, err := collect(rows, err, "target versions", scanString)
 	if err != nil || len(versions) == 0 {
 		return 0, nil, err
@@ -317,7 +400,7 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 		states[i], percents[i], finished[i] = x.State, int32(x.Percent), utcPtr(x.FinishedAt)
 	}
 	filter, arg = targetFilter(j.Targets, "$3")
-	q := `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
+	q = `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
 		SELECT $4, d.product_id, d.name, m.state, d.version, m.percent, m.finished_at, $5, $5, $9
 		FROM devices d JOIN unnest($2::text[], $6::text[], $7::integer[], $8::timestamptz[]) AS m(version, state, percent, finished_at)
 			ON m.version = d.version
@@ -360,8 +443,15 @@ func (s *Store) JobExecutionGet(ctx context.Context, jobID, deviceName string) (
 }
 
 func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListParams) ([]*ota.JobExecution, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND device_name > $2
-		AND ($3 = '' OR state = $3) ORDER BY device_name LIMIT $4`, p.JobID, p.After, p.State, ota.PageLimit(p.Limit))
+	// Two statements, so that each is planned for its own index: the
+	// primary key, or (job_id, state, device_name).
+	if p.State == "" {
+		rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND device_name > $2
+			ORDER BY device_name LIMIT $3`, p.JobID, p.After, ota.PageLimit(p.Limit))
+		return collect(rows, err, "job executions", scanExec)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = $1 AND state = $3 AND device_name > $2
+		ORDER BY state, device_name LIMIT $4`, p.JobID, p.After, p.State, ota.PageLimit(p.Limit))
 	return collect(rows, err, "job executions", scanExec)
 }
 
@@ -437,18 +527,23 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		claimed = nil
 		// The job's row lock orders the claims of every replica, so the
 		// pace counted here holds until this transaction commits.
-		var one int
-		if err := tx.QueryRow(ctx, `SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE`, p.JobID).Scan(&one); err != nil {
+		var productID string
+		if err := tx.QueryRow(ctx, `SELECT product_id FROM jobs WHERE id = $1 FOR UPDATE`, p.JobID).Scan(&productID); err != nil {
 			return interpretError(err, "job")
 		}
+		if err := foldCounts(ctx, tx, p.JobID); err != nil {
+			return err
+		}
+		// The pace from the counters and, for the notifications of the
+		// last minute and the latest one, the notified_at index.
 		var pace ota.JobPace
 		if err := tx.QueryRow(ctx, `SELECT
-			count(*) FILTER (WHERE state IN `+inFlightStates+`),
-			count(*) FILTER (WHERE notified_at > $2),
-			count(*) FILTER (WHERE attempts > 0),
-			count(*) FILTER (WHERE attempts > 0 AND state = 'done'),
-			max(notified_at)
-			FROM job_executions WHERE job_id = $1`, p.JobID, p.Since.UTC()).Scan(&pace.InFlight, &pace.NotifiedSince,
+			(SELECT coalesce(sum(n) FILTER (WHERE state IN `+inFlightStates+`), 0) FROM `+jobCountRows+`),
+			(SELECT count(*) FROM job_executions WHERE job_id = $1 AND notified_at > $2),
+			(SELECT coalesce(sum(n) FILTER (WHERE attempted), 0) FROM `+jobCountRows+`),
+			(SELECT coalesce(sum(n) FILTER (WHERE attempted AND state = 'done'), 0) FROM `+jobCountRows+`),
+			(SELECT max(notified_at) FROM job_executions WHERE job_id = $1 AND notified_at IS NOT NULL)`,
+			p.JobID, p.Since.UTC()).Scan(&pace.InFlight, &pace.NotifiedSince,
 			&pace.Notified, &pace.Succeeded, &pace.LastNotifiedAt); err != nil {
 			return fmt.Errorf("job pace: %w", err)
 		}
@@ -456,12 +551,16 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		if limit <= 0 {
 			return nil
 		}
-		rows, err := tx.Query(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x
-			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-			WHERE x.job_id = $1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $3)
-				AND x.phase <= $5 AND d.online AND d.ready AND NOT d.disabled AND d.node = $2
+		// From the devices online on this replica (devices_online), which
+		// one replica's connections bound, to their executions in this job
+		// (by primary key): a claim costs the same whether the job has a
+		// thousand devices or a million.
+		rows, err := tx.Query(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM devices d
+			JOIN job_executions x ON x.job_id = $1 AND x.device_name = d.name AND x.product_id = d.product_id
+			WHERE d.product_id = $6 AND d.online AND d.node = $2 AND d.ready AND NOT d.disabled
+				AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $3) AND x.phase <= $5
 			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
-			LIMIT $4 FOR UPDATE OF x SKIP LOCKED`, p.JobID, p.Node, p.At.UTC(), limit, p.MaxPhase)
+			LIMIT $4 FOR UPDATE OF x SKIP LOCKED`, p.JobID, p.Node, p.At.UTC(), limit, p.MaxPhase, productID)
 		due, err := collect(rows, err, "due job executions", scanExec)
 		if err != nil {
 			return err

@@ -89,8 +89,8 @@ func (s *Store) Stats(ctx context.Context) (ota.Stats, error) {
 	st := ota.Stats{JobsByStatus: map[string]int{}, ExecutionsByState: map[string]int{}}
 	for q, m := range map[string]map[string]int{
 		`SELECT status, count(*) FROM jobs GROUP BY status`: st.JobsByStatus,
-		`SELECT x.state, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
-			WHERE j.status IN ('scheduled', 'running') OR j.status = 'canceled' AND j.completed_at IS NULL GROUP BY x.state`: st.ExecutionsByState,
+		`SELECT c.state, sum(c.n) FROM job_counts c JOIN jobs j ON j.id = c.job_id
+			WHERE j.status IN ('scheduled', 'running') OR j.status = 'canceled' AND j.completed_at IS NULL GROUP BY c.state HAVING sum(c.n) <> 0`: st.ExecutionsByState,
 	} {
 		type pair struct {
 			k string

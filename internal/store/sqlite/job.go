@@ -231,7 +231,7 @@ func (s *Store) JobListActive(ctx context.Context) ([]*ota.Job, error) {
 }
 
 func (s *Store) JobCounts(ctx context.Context, id string) (map[string]int, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT state, count(*) FROM job_executions WHERE job_id = ? GROUP BY state`, id)
+	rows, err := s.read.QueryContext(ctx, `SELECT state, sum(n) FROM job_counts WHERE job_id = ? GROUP BY state HAVING sum(n) <> 0`, id)
 	type pair struct {
 		state string
 		n     int
@@ -319,26 +319,48 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 }
 
 func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]ota.PhaseCounts, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT x.phase, x.state, count(*),
-			count(*) FILTER (WHERE x.attempts > 0 AND (?2 IS NULL OR x.finished_at >= ?2)),
-			count(*) FILTER (WHERE x.state = 'done' AND d.name IS NOT NULL AND (NOT d.online OR d.version <> j.firmware_version))
-		FROM job_executions x JOIN jobs j ON j.id = x.job_id
-			LEFT JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-		WHERE x.job_id = ?1 GROUP BY x.phase, x.state ORDER BY x.phase`, id, fmtTimePtr(since))
+	// The counts, and the attempted ones, from the counters; those ended
+	// since a time, and the unhealthy done ones, from the executions they
+	// are about (by index).
 	type row struct {
-		phase, n, ended, unhealthy int
-		state                      string
+		phase, n, ended int
+		state           string
 	}
+	ended := `coalesce(sum(n) FILTER (WHERE attempted), 0)`
+	if since != nil {
+		ended = `(SELECT count(*) FROM job_executions x WHERE x.job_id = c.job_id AND x.phase = c.phase AND x.state = c.state
+			AND x.attempts > 0 AND x.finished_at >= ?2)`
+	}
+	rows, err := s.read.QueryContext(ctx, `SELECT phase, state, sum(n), `+ended+` FROM job_counts c WHERE job_id = ?1
+		GROUP BY phase, state HAVING sum(n) <> 0 ORDER BY phase`, id, fmtTimePtr(since))
 	rs, err := collect(rows, err, "job phase counts", func(sc scanner) (row, error) {
 		var r row
-		return r, sc.Scan(&r.phase, &r.state, &r.n, &r.ended, &r.unhealthy)
+		return r, sc.Scan(&r.phase, &r.state, &r.n, &r.ended)
+	})
+	if err != nil {
+		return nil, err
+	}
+	type sick struct{ phase, n int }
+	rows, err = s.read.QueryContext(ctx, `SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+		WHERE x.job_id = ?1 AND x.state = 'done' AND (NOT d.online OR d.version <> j.firmware_version) GROUP BY x.phase`, id)
+	sicks, err := collect(rows, err, "job phase counts", func(sc scanner) (sick, error) {
+		var r sick
+		return r, sc.Scan(&r.phase, &r.n)
 	})
 	if err != nil {
 		return nil, err
 	}
 	var out []ota.PhaseCounts
 	for _, r := range rs {
-		out = ota.AddPhaseCount(out, r.phase, r.state, r.n, r.ended, r.unhealthy)
+		out = ota.AddPhaseCount(out, r.phase, r.state, r.n, r.ended, 0)
+	}
+	for _, k := range sicks {
+		for i := range out {
+			if out[i].Phase == k.phase {
+				out[i].Unhealthy += k.n
+			}
+		}
 	}
 	return out, nil
 }
@@ -384,8 +406,13 @@ func (s *Store) JobExecutionGet(ctx context.Context, jobID, deviceName string) (
 }
 
 func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListParams) ([]*ota.JobExecution, error) {
-	rows, err := s.read.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = ?1 AND device_name > ?2
-		AND (?3 = '' OR state = ?3) ORDER BY device_name LIMIT ?4`, p.JobID, p.After, p.State, ota.PageLimit(p.Limit))
+	if p.State == "" {
+		rows, err := s.read.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = ?1 AND device_name > ?2
+			ORDER BY device_name LIMIT ?3`, p.JobID, p.After, ota.PageLimit(p.Limit))
+		return collect(rows, err, "job executions", scanExec)
+	}
+	rows, err := s.read.QueryContext(ctx, `SELECT `+execColumns+` FROM job_executions WHERE job_id = ?1 AND state = ?3 AND device_name > ?2
+		ORDER BY state, device_name LIMIT ?4`, p.JobID, p.After, p.State, ota.PageLimit(p.Limit))
 	return collect(rows, err, "job executions", scanExec)
 }
 
@@ -438,13 +465,14 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		claimed = nil
 		var pace ota.JobPace
+		// The pace from the counters and, for the notifications of the
+		// last minute and the latest one, the notified_at index.
 		if err := tx.QueryRowContext(ctx, `SELECT
-			count(*) FILTER (WHERE state IN `+inFlightStates+`),
-			count(*) FILTER (WHERE notified_at > ?2),
-			count(*) FILTER (WHERE attempts > 0),
-			count(*) FILTER (WHERE attempts > 0 AND state = 'done'),
-			max(notified_at)
-			FROM job_executions WHERE job_id = ?1`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
+			(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND state IN `+inFlightStates+`),
+			(SELECT count(*) FROM job_executions WHERE job_id = ?1 AND notified_at > ?2),
+			(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted),
+			(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted AND state = 'done'),
+			(SELECT max(notified_at) FROM job_executions WHERE job_id = ?1 AND notified_at IS NOT NULL)`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
 			&pace.Notified, &pace.Succeeded, sqlTimePtr{&pace.LastNotifiedAt}); err != nil {
 			return fmt.Errorf("job pace: %w", err)
 		}

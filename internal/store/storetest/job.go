@@ -759,3 +759,119 @@ func testJobPhases(t *testing.T, s ota.Store) {
 		t.Fatalf("second add: %d, %v", n, err)
 	}
 }
+
+// testJobCountsFollowExecutions: a job's counts (JobCounts, JobPhaseCounts,
+// the pace a claim sees, Stats) always equal its executions counted one
+// by one, through creation with phases, claims, reports, a conflicting
+// write that is rolled back, a cancel and a device's deletion; and a page
+// filtered by state, from a cursor, holds exactly that state's devices.
+func testJobCountsFollowExecutions(t *testing.T, s ota.Store) {
+	p := jobFixture(t, s, 7)
+	Record(t, s, ota.Report{ProductID: p.ID, DeviceName: "d6", Type: ota.EventReportVersion, Version: "2.0.0", At: ota.Now()})
+	j := newJob(p, ota.JobTargets{All: true})
+	j.Phases = []ota.JobPhase{{Count: 3}, {}}
+	j.CreatedAt = ota.Now()
+	must(t, s.JobCreate(ctx(t), ota.JobCreateParams{Job: j,
+		Initial: func(v string) ota.JobExecution { return ota.NewExecution(j, v, j.CreatedAt) },
+		Phases:  func(cs []ota.PhaseCandidate) []int { return ota.AssignPhases(j, cs) }}))
+	check := func(when string) {
+		t.Helper()
+		xs, err := s.JobExecutionList(ctx(t), ota.JobExecutionListParams{JobID: j.ID, Limit: 100})
+		must(t, err)
+		want, wantPhase, wantAttempted := map[string]int{}, map[int]map[string]int{}, map[int]map[string]int{}
+		inFlight, notified, succeeded := 0, 0, 0
+		for _, x := range xs {
+			want[x.State]++
+			if wantPhase[x.Phase] == nil {
+				wantPhase[x.Phase], wantAttempted[x.Phase] = map[string]int{}, map[string]int{}
+			}
+			wantPhase[x.Phase][x.State]++
+			if x.Attempts > 0 {
+				wantAttempted[x.Phase][x.State]++
+				notified++
+				if x.State == ota.ExecDone {
+					succeeded++
+				}
+			}
+			if ota.ExecInFlight(x.State) {
+				inFlight++
+			}
+		}
+		got, err := s.JobCounts(ctx(t), j.ID)
+		must(t, err)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s: JobCounts = %v, executions say %v", when, got, want)
+		}
+		phases, err := s.JobPhaseCounts(ctx(t), j.ID, nil)
+		must(t, err)
+		gotPhase, gotAttempted := map[int]map[string]int{}, map[int]map[string]int{}
+		for _, pc := range phases {
+			gotPhase[pc.Phase], gotAttempted[pc.Phase] = pc.Counts, map[string]int{}
+			for st, n := range pc.EndedSince {
+				if n != 0 {
+					gotAttempted[pc.Phase][st] = n
+				}
+			}
+		}
+		if !reflect.DeepEqual(gotPhase, wantPhase) || !reflect.DeepEqual(gotAttempted, wantAttempted) {
+			t.Fatalf("%s: JobPhaseCounts = %v attempted %v, executions say %v attempted %v", when, gotPhase, gotAttempted, wantPhase, wantAttempted)
+		}
+		now := ota.Now()
+		var pace ota.JobPace
+		_, err = s.JobExecutionClaim(ctx(t), ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now.Add(-time.Minute),
+			Limit: func(p ota.JobPace) int { pace = p; return 0 }})
+		must(t, err)
+		if pace.InFlight != inFlight || pace.Notified != notified || pace.Succeeded != succeeded {
+			t.Fatalf("%s: pace %+v, executions say in flight %d, notified %d, succeeded %d", when, pace, inFlight, notified, succeeded)
+		}
+		st, err := s.Stats(ctx(t))
+		must(t, err)
+		if !reflect.DeepEqual(st.ExecutionsByState, want) {
+			t.Fatalf("%s: Stats = %v, executions say %v", when, st.ExecutionsByState, want)
+		}
+		for state, n := range want {
+			var page []string
+			after := ""
+			for {
+				xs, err := s.JobExecutionList(ctx(t), ota.JobExecutionListParams{JobID: j.ID, State: state, After: after, Limit: 1})
+				must(t, err)
+				if len(xs) == 0 {
+					break
+				}
+				if xs[0].State != state {
+					t.Fatalf("%s: page of %s holds %+v", when, state, xs[0])
+				}
+				page, after = append(page, xs[0].DeviceName), xs[0].DeviceName
+			}
+			if len(page) != n || !sort.StringsAreSorted(page) {
+				t.Fatalf("%s: pages of %s = %v, want %d in order", when, state, page, n)
+			}
+		}
+	}
+	check("created")
+	run := *j
+	run.Phase = 1
+	now := ota.Now()
+	claimed := claim(t, s, &run, "n1", 5, now) // phase 0's three
+	if len(claimed) != 3 {
+		t.Fatalf("claimed %d, want 3", len(claimed))
+	}
+	check("claimed")
+	step(t, s, &run, claimed[0].DeviceName, progress(p, claimed[0].DeviceName, ota.ProgressDownloading), now)
+	step(t, s, &run, claimed[1].DeviceName, progress(p, claimed[1].DeviceName, ota.ProgressDone), now)
+	step(t, s, &run, claimed[2].DeviceName, progress(p, claimed[2].DeviceName, ota.ProgressFail), now)
+	check("reported")
+	// A write that loses its compare-and-set changes no count.
+	stale := *claimed[0]
+	stale.State = ota.ExecDone
+	wantCode(t, s.JobExecutionUpdate(ctx(t), &stale), ota.ECONFLICT)
+	check("conflict")
+	_, err := cancelJob(t, s, j.ID, []string{ota.ExecQueued}, cancelQueued)
+	must(t, err)
+	check("canceled")
+	must(t, s.DeviceDelete(ctx(t), p.ID, claimed[0].DeviceName, func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+		st := ota.Step(&ota.Job{}, x, ota.ExecEvent{Kind: ota.EventDeviceDeleted}, ota.Now())
+		return &st.Exec, st.Changed
+	}))
+	check("device deleted")
+}

@@ -56,6 +56,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"JobExecutionClaimConcurrent", testJobExecutionClaimConcurrent},
 		{"JobExecutionClaimPacedConcurrent", testJobExecutionClaimPacedConcurrent},
 		{"JobPhases", testJobPhases},
+		{"JobCountsFollowExecutions", testJobCountsFollowExecutions},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
