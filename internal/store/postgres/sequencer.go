@@ -63,10 +63,12 @@ func (q *sequencer) run() {
 		case <-q.wake:
 		case <-tick.C:
 		}
+		// Most wakes follow commits that appended nothing, or events a
+		// reader has numbered already: flush looks before it locks.
 		// Errors (the database away, say) wait for the next wake or tick;
 		// readers see them when they flush.
 		ctx, cancel := context.WithTimeout(context.Background(), sequenceTimeout)
-		_ = q.drain(ctx)
+		_ = q.flush(ctx)
 		cancel()
 	}
 }
