@@ -355,12 +355,13 @@ func (e *Engine) dispatch(ctx context.Context, j *ota.Job) error {
 	if err != nil {
 		return fmt.Errorf("job %s firmware: %w", j.ID, err)
 	}
+	after := "" // the pass goes through the devices once, in name order
 	for {
 		now := e.cfg.Now()
 		deadline := now.Add(time.Duration(j.TimeoutSeconds) * time.Second)
 		limit := 0
 		claimed, err := e.cfg.Store.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{
-			JobID: j.ID, Node: e.cfg.Node, MaxPhase: j.Phase, At: now, Since: now.Add(-time.Minute),
+			JobID: j.ID, Node: e.cfg.Node, MaxPhase: j.Phase, After: after, At: now, Since: now.Add(-time.Minute),
 			Limit: func(p ota.JobPace) int { limit = ota.ClaimLimit(j, p, e.cfg.Batch, now); return limit },
 			Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
 				s := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: deadline}, now)
@@ -379,6 +380,7 @@ func (e *Engine) dispatch(ctx context.Context, j *ota.Job) error {
 		if len(claimed) < limit || limit == 0 {
 			return nil
 		}
+		after = claimed[len(claimed)-1].DeviceName
 	}
 }
 

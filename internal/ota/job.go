@@ -273,6 +273,10 @@ type JobExecutionClaimParams struct {
 	Node string
 	// MaxPhase: only executions of phases up to this one are claimed.
 	MaxPhase int
+	// After: only executions of devices named after this one are claimed,
+	// in name order; a pass of claims goes on from where its previous
+	// claim ended ("" starts at the first device).
+	After string
 	At       time.Time
 	// Since starts the window (exclusive) whose notifications
 	// JobPace.NotifiedSince counts: a minute ago, so that a rate of N a

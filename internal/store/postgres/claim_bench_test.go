@@ -58,18 +58,27 @@ func BenchmarkJobExecutionClaim(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Logf("job over %d devices created in %v", n, time.Since(t0))
+	claim := func() {
+		now := ota.Now()
+		_, err := s.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now.Add(-time.Minute),
+			Limit: func(ota.JobPace) int { return 500 },
+			Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) { return x, false }})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	// A job's first claims come before autovacuum has counted its new
+	// executions (and, on a new fleet, its devices): a plan from those
+	// statistics must not be much slower.
+	t0 = time.Now()
+	claim()
+	b.Logf("a claim before ANALYZE took %v", time.Since(t0))
 	if _, err := conn.Exec(ctx, `ANALYZE`); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("claim", func(b *testing.B) {
 		for b.Loop() {
-			now := ota.Now()
-			_, err := s.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", At: now, Since: now.Add(-time.Minute),
-				Limit: func(ota.JobPace) int { return 500 },
-				Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) { return x, false }})
-			if err != nil {
-				b.Fatal(err)
-			}
+			claim()
 		}
 	})
 	b.Run("counts", func(b *testing.B) {

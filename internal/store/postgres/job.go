@@ -77,6 +77,13 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 		if err != nil {
 			return interpretError(err, "job firmware")
 		}
+		// The targets are read without locking their rows (insertTargets);
+		// instead, a device delete of this product waits for this job and
+		// then ends the device's new execution, or deleted it first and
+		// this job does not see it.
+		if err := lockTargets(ctx, tx, j.ProductID, true); err != nil {
+			return err
+		}
 		if len(j.Targets.Devices) > 0 {
 			rows, err := tx.Query(ctx, `SELECT name FROM unnest($2::text[]) AS t(name)
 				WHERE NOT EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND devices.name = t.name) ORDER BY name LIMIT 100`,
@@ -164,6 +171,22 @@ func insertTargets(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(stri
 		return 0, fmt.Errorf("create job executions: %w", interpretError(err, "job execution"))
 	}
 	return int(n), nil
+}
+
+// lockTargets takes product productID's job targets lock for the rest of
+// the transaction: exclusive for a job's creation, which reads its targets
+// in one snapshot without locking them, shared for a device's deletion.
+// The two are ordered, deletions not among themselves; a report, which
+// takes neither, never waits for a job's creation.
+func lockTargets(ctx context.Context, tx pgx.Tx, productID string, exclusive bool) error {
+	fn := "pg_advisory_xact_lock_shared"
+	if exclusive {
+		fn = "pg_advisory_xact_lock"
+	}
+	if _, err := tx.Exec(ctx, `SELECT `+fn+`(hashtext('otad job targets ' || $1))`, productID); err != nil {
+		return fmt.Errorf("job targets lock: %w", err)
+	}
+	return nil
 }
 
 func scanString(row pgx.Row) (string, error) {
@@ -552,15 +575,22 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 			return nil
 		}
 		// From the devices online on this replica (devices_online), which
-		// one replica's connections bound, to their executions in this job
-		// (by primary key): a claim costs the same whether the job has a
-		// thousand devices or a million.
+		// one replica's connections bound, in name order from where the
+		// pass's previous claim ended, to each one's execution in this
+		// job: a claim costs the same whether the job has a thousand
+		// devices or a million, and stops at its limit. The lateral
+		// subquery (its LIMIT keeps it one) makes every plan look the
+		// execution up by the device, whatever the statistics say: a
+		// job's first claims run on executions just inserted, which the
+		// planner has not counted yet, and a join it planned from those
+		// counts compared every online device with every execution.
 		rows, err := tx.Query(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM devices d
-			JOIN job_executions x ON x.job_id = $1 AND x.device_name = d.name AND x.product_id = d.product_id
-			WHERE d.product_id = $6 AND d.online AND d.node = $2 AND d.ready AND NOT d.disabled
-				AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $3) AND x.phase <= $5
-			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
-			LIMIT $4 FOR UPDATE OF x SKIP LOCKED`, p.JobID, p.Node, p.At.UTC(), limit, p.MaxPhase, productID)
+			CROSS JOIN LATERAL (SELECT * FROM job_executions x
+				WHERE x.job_id = $1 AND x.product_id = d.product_id AND x.device_name = d.name AND x.state = 'queued'
+					AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= $3) AND x.phase <= $5 LIMIT 1) x
+			WHERE d.product_id = $6 AND d.online AND d.node = $2 AND d.name > $7 AND d.ready AND NOT d.disabled
+			ORDER BY d.name
+			LIMIT $4 FOR UPDATE OF x SKIP LOCKED`, p.JobID, p.Node, p.At.UTC(), limit, p.MaxPhase, productID, p.After)
 		due, err := collect(rows, err, "due job executions", scanExec)
 		if err != nil {
 			return err

@@ -158,6 +158,11 @@ func (s *Store) DeviceList(ctx context.Context, params ota.DeviceListParams) ([]
 
 func (s *Store) DeviceDelete(ctx context.Context, productID, name string, end func(*ota.JobExecution) (*ota.JobExecution, bool)) error {
 	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		// After a job being created over this device commits, so that its
+		// execution is ended below, not left queued for a device gone.
+		if err := lockTargets(ctx, tx, productID, false); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, `DELETE FROM devices WHERE product_id = $1 AND name = $2`, productID, name)
 		if err != nil {
 			return fmt.Errorf("delete device: %w", err)

@@ -483,9 +483,9 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		rows, err := tx.QueryContext(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x
 			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
 			WHERE x.job_id = ?1 AND x.state = 'queued' AND (x.next_attempt_at IS NULL OR x.next_attempt_at <= ?3)
-				AND x.phase <= ?5 AND d.online AND d.ready AND NOT d.disabled AND d.node = ?2
-			ORDER BY x.next_attempt_at NULLS FIRST, x.device_name
-			LIMIT ?4`, p.JobID, p.Node, fmtTime(p.At), limit, p.MaxPhase)
+				AND x.phase <= ?5 AND d.online AND d.ready AND NOT d.disabled AND d.node = ?2 AND x.device_name > ?6
+			ORDER BY x.device_name
+			LIMIT ?4`, p.JobID, p.Node, fmtTime(p.At), limit, p.MaxPhase, p.After)
 		due, err := collect(rows, err, "due job executions", scanExec)
 		if err != nil {
 			return err
