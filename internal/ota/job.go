@@ -277,7 +277,7 @@ type JobExecutionClaimParams struct {
 	// in name order; a pass of claims goes on from where its previous
 	// claim ended ("" starts at the first device).
 	After string
-	At       time.Time
+	At    time.Time
 	// Since starts the window (exclusive) whose notifications
 	// JobPace.NotifiedSince counts: a minute ago, so that a rate of N a
 	// minute allows N in any minute.
