@@ -355,13 +355,32 @@ func (e *Engine) dispatch(ctx context.Context, j *ota.Job) error {
 	if err != nil {
 		return fmt.Errorf("job %s firmware: %w", j.ID, err)
 	}
+	// Each claimed batch is published while the next one is claimed: the
+	// claims wait on the database, the publishing on the broker.
+	batches := make(chan []*ota.JobExecution, 1)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		for claimed := range batches {
+			for _, x := range claimed {
+				e.transitions.WithLabelValues(ota.ExecNotified).Inc()
+				if err := e.notify(ctx, j, fw, x); err != nil {
+					e.publishFailed(ctx, j, x, err)
+				}
+			}
+		}
+	}()
+	defer func() {
+		close(batches)
+		<-published
+	}()
 	after := "" // the pass goes through the devices once, in name order
 	for {
 		now := e.cfg.Now()
 		deadline := now.Add(time.Duration(j.TimeoutSeconds) * time.Second)
 		limit := 0
 		claimed, err := e.cfg.Store.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{
-			JobID: j.ID, Node: e.cfg.Node, MaxPhase: j.Phase, After: after, At: now, Since: now.Add(-time.Minute),
+			JobID: j.ID, Node: e.cfg.Node, MaxPhase: j.Phase, After: after, Unpaced: !j.Paced(), At: now, Since: now.Add(-time.Minute),
 			Limit: func(p ota.JobPace) int { limit = ota.ClaimLimit(j, p, e.cfg.Batch, now); return limit },
 			Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
 				s := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: deadline}, now)
@@ -371,11 +390,8 @@ func (e *Engine) dispatch(ctx context.Context, j *ota.Job) error {
 		if err != nil {
 			return fmt.Errorf("job %s claim: %w", j.ID, err)
 		}
-		for _, x := range claimed {
-			e.transitions.WithLabelValues(ota.ExecNotified).Inc()
-			if err := e.notify(ctx, j, fw, x); err != nil {
-				e.publishFailed(ctx, j, x, err)
-			}
+		if len(claimed) > 0 {
+			batches <- claimed
 		}
 		if len(claimed) < limit || limit == 0 {
 			return nil

@@ -285,6 +285,9 @@ type JobExecutionClaimParams struct {
 	// Limit says how many due, queued executions to claim at most, given
 	// the job's pace as counted in the transaction.
 	Limit func(JobPace) int
+	// Unpaced: the job has no pacing (Job.Paced), so its pace is not
+	// counted and Limit is given a zero JobPace.
+	Unpaced bool
 	// Claim returns a candidate as it is to be stored, and false to skip
 	// it (Step with EventClaim).
 	Claim func(x *JobExecution) (*JobExecution, bool)

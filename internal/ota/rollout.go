@@ -330,6 +330,10 @@ func (j *Job) InWindow(now time.Time) bool {
 
 // PerMinute is the job's notification rate limit given its pace: the
 // exponential rate if it has one, never above max_per_minute; 0 is none.
+// Paced says whether the job limits its notifications at all: in flight at
+// once, a minute, or at a growing rate.
+func (j *Job) Paced() bool { return j.MaxConcurrent > 0 || j.MaxPerMinute > 0 || j.Rate != nil }
+
 func (j *Job) PerMinute(p JobPace) int {
 	q := j.Rate
 	if q == nil {

@@ -88,6 +88,39 @@ func BenchmarkJobExecutionClaim(b *testing.B) {
 			}
 		}
 	})
+	// A dispatch pass as the engine makes it: every due execution of the
+	// online devices claimed, 500 a claim, each claim going on from the
+	// previous one; then all of them queued again, untimed.
+	b.Run("pass", func(b *testing.B) {
+		for b.Loop() {
+			after, total := "", 0
+			for {
+				now := ota.Now()
+				xs, err := s.JobExecutionClaim(ctx, ota.JobExecutionClaimParams{JobID: j.ID, Node: "n1", After: after, At: now, Since: now.Add(-time.Minute),
+					Limit: func(ota.JobPace) int { return 500 },
+					Claim: func(x *ota.JobExecution) (*ota.JobExecution, bool) {
+						st := ota.Step(j, x, ota.ExecEvent{Kind: ota.EventClaim, Deadline: now.Add(time.Minute)}, now)
+						return &st.Exec, st.Changed
+					}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += len(xs)
+				if len(xs) < 500 {
+					break
+				}
+				after = xs[len(xs)-1].DeviceName
+			}
+			if total != min(n, online) {
+				b.Fatalf("a pass claimed %d, want %d", total, min(n, online))
+			}
+			b.StopTimer()
+			if _, err := conn.Exec(ctx, `UPDATE job_executions SET state = 'queued', attempts = 0, notified_at = NULL, deadline_at = NULL WHERE job_id = $1`, j.ID); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
 	after := fmt.Sprintf("dev%07d", n*9/10)
 	b.Run("page_state", func(b *testing.B) {
 		for b.Loop() {

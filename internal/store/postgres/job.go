@@ -560,15 +560,17 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		// The pace from the counters and, for the notifications of the
 		// last minute and the latest one, the notified_at index.
 		var pace ota.JobPace
-		if err := tx.QueryRow(ctx, `SELECT
-			(SELECT coalesce(sum(n) FILTER (WHERE state IN `+inFlightStates+`), 0) FROM `+jobCountRows+`),
-			(SELECT count(*) FROM job_executions WHERE job_id = $1 AND notified_at > $2),
-			(SELECT coalesce(sum(n) FILTER (WHERE attempted), 0) FROM `+jobCountRows+`),
-			(SELECT coalesce(sum(n) FILTER (WHERE attempted AND state = 'done'), 0) FROM `+jobCountRows+`),
-			(SELECT max(notified_at) FROM job_executions WHERE job_id = $1 AND notified_at IS NOT NULL)`,
-			p.JobID, p.Since.UTC()).Scan(&pace.InFlight, &pace.NotifiedSince,
-			&pace.Notified, &pace.Succeeded, &pace.LastNotifiedAt); err != nil {
-			return fmt.Errorf("job pace: %w", err)
+		if !p.Unpaced {
+			if err := tx.QueryRow(ctx, `SELECT
+				(SELECT coalesce(sum(n) FILTER (WHERE state IN `+inFlightStates+`), 0) FROM `+jobCountRows+`),
+				(SELECT count(*) FROM job_executions WHERE job_id = $1 AND notified_at > $2),
+				(SELECT coalesce(sum(n) FILTER (WHERE attempted), 0) FROM `+jobCountRows+`),
+				(SELECT coalesce(sum(n) FILTER (WHERE attempted AND state = 'done'), 0) FROM `+jobCountRows+`),
+				(SELECT max(notified_at) FROM job_executions WHERE job_id = $1 AND notified_at IS NOT NULL)`,
+				p.JobID, p.Since.UTC()).Scan(&pace.InFlight, &pace.NotifiedSince,
+				&pace.Notified, &pace.Succeeded, &pace.LastNotifiedAt); err != nil {
+				return fmt.Errorf("job pace: %w", err)
+			}
 		}
 		limit := p.Limit(pace)
 		if limit <= 0 {

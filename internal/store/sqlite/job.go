@@ -465,16 +465,18 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		claimed = nil
 		var pace ota.JobPace
-		// The pace from the counters and, for the notifications of the
-		// last minute and the latest one, the notified_at index.
-		if err := tx.QueryRowContext(ctx, `SELECT
-			(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND state IN `+inFlightStates+`),
-			(SELECT count(*) FROM job_executions WHERE job_id = ?1 AND notified_at > ?2),
-			(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted),
-			(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted AND state = 'done'),
-			(SELECT max(notified_at) FROM job_executions WHERE job_id = ?1 AND notified_at IS NOT NULL)`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
-			&pace.Notified, &pace.Succeeded, sqlTimePtr{&pace.LastNotifiedAt}); err != nil {
-			return fmt.Errorf("job pace: %w", err)
+		if !p.Unpaced {
+			// The pace from the counters and, for the notifications of the
+			// last minute and the latest one, the notified_at index.
+			if err := tx.QueryRowContext(ctx, `SELECT
+				(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND state IN `+inFlightStates+`),
+				(SELECT count(*) FROM job_executions WHERE job_id = ?1 AND notified_at > ?2),
+				(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted),
+				(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted AND state = 'done'),
+				(SELECT max(notified_at) FROM job_executions WHERE job_id = ?1 AND notified_at IS NOT NULL)`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
+				&pace.Notified, &pace.Succeeded, sqlTimePtr{&pace.LastNotifiedAt}); err != nil {
+				return fmt.Errorf("job pace: %w", err)
+			}
 		}
 		limit := p.Limit(pace)
 		if limit <= 0 {
