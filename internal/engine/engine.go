@@ -75,6 +75,9 @@ type Engine struct {
 	jobs     map[string]*ota.Job      // see job
 	firmware map[string]*ota.Firmware // see firmwareOf
 	ended    map[string]bool          // jobs that may have ended since the last pass
+	// continuous: where each continuous job's looks for new targets are
+	// (addMatching).
+	continuous map[string]continuousCursor
 }
 
 // Node liveness: a replica refreshes its row every heartbeatEvery; one
@@ -114,6 +117,8 @@ func New(cfg Config) (*Engine, error) {
 		jobs:     make(map[string]*ota.Job),
 		firmware: make(map[string]*ota.Firmware),
 		ended:    make(map[string]bool),
+
+		continuous: make(map[string]continuousCursor),
 		notified: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "otad_job_notifications_total",
 			Help: "update_firmware messages sent to devices.",
@@ -237,6 +242,7 @@ func (e *Engine) pass(ctx context.Context) error {
 		return fmt.Errorf("list active jobs: %w", err)
 	}
 	e.recache(jobs...)
+	e.forgetCursors(jobs)
 	checkAll := now.Sub(e.endCheck) >= endCheckEvery || now.Before(e.endCheck)
 	if checkAll {
 		e.endCheck = now

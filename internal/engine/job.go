@@ -138,20 +138,120 @@ func (e *Engine) rollout(ctx context.Context, j *ota.Job) (*ota.Job, error) {
 }
 
 // addMatching adds to a continuous job the devices that came to match its
-// targets.
+// targets. After a first look at all of them it looks only at the devices
+// named in events since (ContinuousCandidates): created, enabled, on a new
+// version or out of another job, so that a look costs what changed, not
+// the size of the fleet. It looks at all of them again every
+// continuousFullEvery, and when more changed than continuousMaxChanges.
 func (e *Engine) addMatching(ctx context.Context, j *ota.Job) error {
 	now := e.cfg.Now()
-	n, err := e.cfg.Store.JobExecutionsAdd(ctx, ota.JobAddParams{Job: j, At: now, Initial: func(v string) ota.JobExecution {
+	e.mu.Lock()
+	c, ok := e.continuous[j.ID]
+	e.mu.Unlock()
+	var devices []string // nil: all targets
+	var seq int64
+	if ok && now.Sub(c.full) < continuousFullEvery && !now.Before(c.full) {
+		var err error
+		devices, seq, err = e.changedDevices(ctx, j.ProductID, c.seq)
+		if err != nil {
+			return fmt.Errorf("job %s changed devices: %w", j.ID, err)
+		}
+		if devices != nil && len(devices) == 0 {
+			e.setCursor(j.ID, continuousCursor{seq: seq, full: c.full})
+			return nil
+		}
+	}
+	full := devices == nil
+	if full {
+		// The events from here on are the next look's: taken before
+		// this one reads the devices, so a change made meanwhile is
+		// looked at twice, never missed.
+		var err error
+		if seq, err = e.cfg.Store.EventLastSeq(ctx); err != nil {
+			return fmt.Errorf("job %s changed devices: %w", j.ID, err)
+		}
+	}
+	n, err := e.cfg.Store.JobExecutionsAdd(ctx, ota.JobAddParams{Job: j, At: now, Devices: devices, Initial: func(v string) ota.JobExecution {
 		return ota.NewExecution(j, v, now)
 	}})
 	if err != nil {
 		return fmt.Errorf("job %s add devices: %w", j.ID, err)
+	}
+	if full {
+		e.setCursor(j.ID, continuousCursor{seq: seq, full: now})
+	} else {
+		e.setCursor(j.ID, continuousCursor{seq: seq, full: c.full})
 	}
 	if n > 0 {
 		e.log.Info("devices added to continuous job", "job_id", j.ID, "devices", n)
 		e.Wake()
 	}
 	return nil
+}
+
+// A continuous job's look at every target device, and the most changed
+// devices looked at one by one instead.
+const (
+	continuousFullEvery  = 10 * time.Minute
+	continuousMaxChanges = 20 * ota.MaxPageLimit
+)
+
+// continuousCursor is where a continuous job's looks are: the last event
+// seen and the last look at every target.
+type continuousCursor struct {
+	seq  int64
+	full time.Time
+}
+
+// forgetCursors drops the cursors of jobs no longer active.
+func (e *Engine) forgetCursors(active []*ota.Job) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.continuous) == 0 {
+		return
+	}
+	ids := make(map[string]bool, len(active))
+	for _, j := range active {
+		ids[j.ID] = true
+	}
+	for id := range e.continuous {
+		if !ids[id] {
+			delete(e.continuous, id)
+		}
+	}
+}
+
+func (e *Engine) setCursor(jobID string, c continuousCursor) {
+	e.mu.Lock()
+	e.continuous[jobID] = c
+	e.mu.Unlock()
+}
+
+// changedDevices returns the devices of product productID named in the
+// events after seq that may have made them a continuous job's target, and
+// the last such event's seq; nil devices when there are more than
+// continuousMaxChanges events to read.
+func (e *Engine) changedDevices(ctx context.Context, productID string, after int64) ([]string, int64, error) {
+	devices, seen := []string{}, map[string]bool{}
+	for read := 0; ; {
+		evs, err := e.cfg.Store.EventList(ctx, ota.EventListParams{After: after, ProductID: productID, Types: ota.ContinuousCandidates(), Limit: ota.MaxPageLimit})
+		if err != nil {
+			return nil, 0, err
+		}
+		for _, ev := range evs {
+			if ev.DeviceName != "" && !seen[ev.DeviceName] {
+				seen[ev.DeviceName] = true
+				devices = append(devices, ev.DeviceName)
+			}
+			after = ev.Seq
+		}
+		if read += len(evs); len(evs) < ota.MaxPageLimit {
+			return devices, after, nil
+		}
+		if read >= continuousMaxChanges {
+			return nil, after, nil
+		}
+	}
 }
 
 // DeleteDevice deletes a device, ends its executions that have not ended

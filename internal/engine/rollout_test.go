@@ -1,10 +1,14 @@
 package engine_test
 
 import (
+	"context"
+	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/otad/otad/internal/engine"
 	"github.com/otad/otad/internal/ota"
 )
 
@@ -469,6 +473,58 @@ func TestRolloutContinuousJob(t *testing.T) {
 		f.later(5 * time.Second)
 		if _, err := f.store.JobExecutionGet(t.Context(), j.ID, "after"); ota.ErrorCode(err) != ota.ENOTFOUND {
 			t.Fatal("a canceled continuous job added a device")
+		}
+	})
+}
+
+// addRecorder counts a store's JobExecutionsAdd calls: looks at every
+// target (Devices nil) and looks at changed devices only.
+type addRecorder struct {
+	ota.Store
+	full    int
+	changed [][]string
+}
+
+func (r *addRecorder) JobExecutionsAdd(ctx context.Context, p ota.JobAddParams) (int, error) {
+	if p.Devices == nil {
+		r.full++
+	} else {
+		r.changed = append(r.changed, p.Devices)
+	}
+	return r.Store.JobExecutionsAdd(ctx, p)
+}
+
+// TestContinuousJobLooksAtChanges: after its first look at every target, a
+// continuous job looks only at the devices events name (a device created,
+// a version reported), not at the whole fleet, and at all of them again
+// every ten minutes.
+func TestContinuousJobLooksAtChanges(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, name string) {
+		f := newFixture(t, name, 3)
+		rec := &addRecorder{Store: f.store}
+		var err error
+		f.eng, err = engine.New(engine.Config{Logger: slog.New(slog.DiscardHandler), Store: rec, Notifier: f.out, URLs: signer{},
+			Node: "n1", Now: f.clock.Now, Batch: 7})
+		must(t, err)
+		j := f.create(&ota.Job{Targets: ota.JobTargets{Versions: []string{"1.0.0"}}, JobRollout: ota.JobRollout{Continuous: true}})
+		f.pass()
+		if rec.full != 1 || len(rec.changed) != 0 {
+			t.Fatalf("first pass: %d full looks, changed %v; want one full look", rec.full, rec.changed)
+		}
+		f.later(5 * time.Second)
+		if rec.full != 1 || len(rec.changed) != 0 {
+			t.Fatalf("nothing changed: %d full looks, changed %v; want no look", rec.full, rec.changed)
+		}
+		f.addDevice("late", true)
+		f.later(5 * time.Second)
+		f.pass()
+		f.wantState(j.ID, "late", ota.ExecNotified)
+		if rec.full != 1 || len(rec.changed) != 1 || !slices.Equal(rec.changed[0], []string{"late"}) {
+			t.Fatalf("after a device joined: %d full looks, changed %v; want a look at late alone", rec.full, rec.changed)
+		}
+		f.later(10 * time.Minute)
+		if rec.full != 2 {
+			t.Fatalf("ten minutes on: %d full looks, want 2", rec.full)
 		}
 	})
 }

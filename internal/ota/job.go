@@ -262,6 +262,23 @@ type JobAddParams struct {
 	At  time.Time
 	// Initial returns the first state of a device on deviceVersion.
 	Initial func(deviceVersion string) JobExecution
+	// Devices, when not nil, are the only devices looked at (those that
+	// changed since the previous look, ContinuousCandidates); nil looks at
+	// all of the job's targets.
+	Devices []string
+}
+
+// ContinuousCandidates are the types of the events after which a device
+// may have become a continuous job's target: created, enabled, on a new
+// version, or out of another job.
+func ContinuousCandidates() []string {
+	types := []string{LogDeviceCreated, LogDeviceEnabled, LogDeviceVersion}
+	for _, st := range ExecStates {
+		if ExecEnded(st) {
+			types = append(types, LogExecutionPrefix+st)
+		}
+	}
+	return types
 }
 
 // JobExecutionClaimParams claims executions of one job for notification,

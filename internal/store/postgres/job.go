@@ -375,7 +375,7 @@ func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time)
 func (s *Store) JobExecutionsAdd(ctx context.Context, p ota.JobAddParams) (int, error) {
 	var added int
 	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		n, xs, err := insertExecutions(ctx, tx, p.Job, p.At, p.Initial, true)
+		n, xs, err := insertExecutions(ctx, tx, p.Job, p.At, p.Initial, true, p.Devices)
 		if err != nil {
 			return err
 		}
@@ -390,26 +390,33 @@ func (s *Store) JobExecutionsAdd(ctx context.Context, p ota.JobAddParams) (int, 
 // all of them for a new job, or (onlyNew) those of devices in neither j
 // nor another active job, which it then returns. The targets are
 // share-locked: their versions stay until the executions are in.
-func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, onlyNew bool) (int, []*ota.JobExecution, error) {
-	// fresh keeps the devices in neither this job (param) nor another
-	// active one.
-	fresh := func(param string) string {
+func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, onlyNew bool, only []string) (int, []*ota.JobExecution, error) {
+	// fresh keeps the devices in neither this job (jobParam) nor another
+	// active one, and, when only is set, among only (onlyParam).
+	fresh := func(jobParam, onlyParam string) string {
 		if !onlyNew {
 			return ""
 		}
-		return ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
-			AND (x.job_id = ` + param + ` OR x.state IN ` + activeStates + `))`
+		q := ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
+			AND (x.job_id = ` + jobParam + ` OR x.state IN ` + activeStates + `))`
+		if only != nil {
+			q += ` AND d.name = ANY(` + onlyParam + `::text[])`
+		}
+		return q
 	}
 	filter, arg := targetFilter(j.Targets, "$2")
 	args := []any{j.ProductID, arg}
 	if onlyNew {
 		args = append(args, j.ID)
+		if only != nil {
+			args = append(args, only)
+		}
 	}
 	// A continuous job's additions share-lock their targets; a new job
 	// reads them in its one snapshot instead (JobCreate).
 	q := `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter
 	if onlyNew {
-		q = `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter + fresh("$3") + `
+		q = `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter + fresh("$3", "$4") + `
 			ORDER BY d.name FOR SHARE OF d) t`
 	}
 	rows, err := tx.Query(ctx, q, args...)
@@ -427,8 +434,11 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 		SELECT $4, d.product_id, d.name, m.state, d.version, m.percent, m.finished_at, $5, $5, $9
 		FROM devices d JOIN unnest($2::text[], $6::text[], $7::integer[], $8::timestamptz[]) AS m(version, state, percent, finished_at)
 			ON m.version = d.version
-		WHERE d.product_id = $1 AND ` + filter + fresh("$4")
+		WHERE d.product_id = $1 AND ` + filter + fresh("$4", "$10")
 	args = []any{j.ProductID, versions, arg, j.ID, at.UTC(), states, percents, finished, j.Phase}
+	if onlyNew && only != nil {
+		args = append(args, only)
+	}
 	if !onlyNew {
 		tag, err := tx.Exec(ctx, q, args...)
 		if err != nil {

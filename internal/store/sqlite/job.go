@@ -104,7 +104,7 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 			ota.MarshalRollout(j)); err != nil {
 			return interpretError(err, "job")
 		}
-		n, _, err = insertExecutions(ctx, tx, j, j.CreatedAt, p.Initial, false)
+		n, _, err = insertExecutions(ctx, tx, j, j.CreatedAt, p.Initial, false, nil)
 		if err != nil {
 			if ota.IsCode(err, ota.ECONFLICT) {
 				return ota.JobTargetsBusy(nil)
@@ -128,16 +128,27 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 // all of them for a new job, or (onlyNew) those of devices in neither j
 // nor another active job, which it then returns. The transaction holds
 // the only writer, so the versions cannot change before the insert.
-func insertExecutions(ctx context.Context, tx *sql.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, onlyNew bool) (int, []*ota.JobExecution, error) {
+func insertExecutions(ctx context.Context, tx *sql.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, onlyNew bool, only []string) (int, []*ota.JobExecution, error) {
+	// fresh keeps the devices in neither this job (?4) nor another active
+	// one, and, when only is set, among only (?7).
 	fresh := ""
+	var onlyJSON any
 	if onlyNew {
 		fresh = ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
 			AND (x.job_id = ?4 OR x.state IN ` + activeStates + `))`
+		if only != nil {
+			b, _ := json.Marshal(only)
+			onlyJSON = string(b)
+			fresh += ` AND d.name IN (SELECT value FROM json_each(?7))`
+		}
 	}
 	filter, arg := targetFilter(j.Targets, "?2")
 	args := []any{j.ProductID, arg}
 	if onlyNew {
 		args = append(args, nil, j.ID)
+		if only != nil {
+			args = append(args, nil, nil, onlyJSON)
+		}
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = ?1 AND `+filter+fresh, args...)
 	versions, err := collect(rows, err, "target versions", scanString)
@@ -162,6 +173,9 @@ func insertExecutions(ctx context.Context, tx *sql.Tx, j *ota.Job, at time.Time,
 		FROM devices d JOIN json_each(?2) m ON m.value ->> 'v' = d.version
 		WHERE d.product_id = ?1 AND ` + filter + fresh
 	args = []any{j.ProductID, string(m), arg, j.ID, fmtTime(at), j.Phase}
+	if only != nil {
+		args = append(args, onlyJSON)
+	}
 	if !onlyNew {
 		res, err := tx.ExecContext(ctx, q, args...)
 		if err != nil {
@@ -368,7 +382,7 @@ func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time)
 func (s *Store) JobExecutionsAdd(ctx context.Context, p ota.JobAddParams) (int, error) {
 	var added int
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		n, xs, err := insertExecutions(ctx, tx, p.Job, p.At, p.Initial, true)
+		n, xs, err := insertExecutions(ctx, tx, p.Job, p.At, p.Initial, true, p.Devices)
 		if err != nil {
 			return err
 		}

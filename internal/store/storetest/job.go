@@ -742,13 +742,26 @@ func testJobPhases(t *testing.T, s ota.Store) {
 		t.Fatalf("advanced job %+v", got.JobRollout)
 	}
 
-	// A new device joins the continuous job, in its current phase; once.
+	// New devices join the continuous job, in its current phase; once.
+	// A look at some devices adds only those of them that match.
 	MustDevice(t, s, p.ID, "new")
+	MustDevice(t, s, p.ID, "new2")
 	add := ota.JobAddParams{Job: got, At: later, Initial: func(v string) ota.JobExecution { return ota.NewExecution(got, v, later) }}
-	n, err := s.JobExecutionsAdd(ctx(t), add)
+	some := add
+	some.Devices = []string{"d0", "new", "absent"}
+	n, err := s.JobExecutionsAdd(ctx(t), some)
 	must(t, err)
 	if n != 1 {
-		t.Fatalf("%d devices added, want 1", n)
+		t.Fatalf("%d of d0 (in the job), new and absent added, want 1", n)
+	}
+	some.Devices = []string{}
+	if n, err := s.JobExecutionsAdd(ctx(t), some); err != nil || n != 0 {
+		t.Fatalf("a look at no device added %d, %v", n, err)
+	}
+	n, err = s.JobExecutionsAdd(ctx(t), add)
+	must(t, err)
+	if n != 1 {
+		t.Fatalf("%d devices added by a look at all (new2 left), want 1", n)
 	}
 	x, err := s.JobExecutionGet(ctx(t), j.ID, "new")
 	must(t, err)
