@@ -93,14 +93,16 @@ func (p *presence) run(s *presenceShard) {
 		s.queue = nil
 		closed := s.closed
 		s.mu.Unlock()
-		for i, e := range queue {
+		for rest := queue; len(rest) > 0; {
 			if p.ctx.Err() != nil {
-				p.metrics.presencePending.Sub(float64(len(queue) - i))
-				p.log.Warn("presence updates abandoned at shutdown", "count", len(queue)-i)
+				p.metrics.presencePending.Sub(float64(len(rest)))
+				p.log.Warn("presence updates abandoned at shutdown", "count", len(rest))
 				break
 			}
-			p.write(e)
-			p.metrics.presencePending.Dec()
+			n := min(len(rest), presenceBatch)
+			p.write(rest[:n])
+			p.metrics.presencePending.Sub(float64(n))
+			rest = rest[n:]
 		}
 		if closed && len(queue) == 0 || p.ctx.Err() != nil {
 			return
@@ -112,17 +114,36 @@ func (p *presence) run(s *presenceShard) {
 	}
 }
 
-func (p *presence) write(e ota.DevicePresenceParams) {
+// presenceBatch is the most connects and disconnects written in one
+// transaction: a fleet reconnecting at once (otad restarted) is recorded
+// online in a few commits, not one per device.
+const presenceBatch = 500
+
+// write records a batch of changes; when the batch fails as a whole, each
+// change is written alone so that one cannot fail its neighbours.
+func (p *presence) write(es []ota.DevicePresenceParams) {
 	ctx, cancel := context.WithTimeout(p.ctx, writeTimeout)
 	defer cancel()
-	err := p.store.DevicePresence(ctx, e)
-	switch {
-	case err == nil:
-	case ota.IsCode(err, ota.ENOTFOUND):
-		// The device was deleted while connected.
-		p.log.Debug("presence of deleted device ignored", "product_id", e.ProductID, "device", e.DeviceName)
-	default:
-		p.metrics.presenceErrors.Inc()
-		p.log.Error("presence not recorded", "product_id", e.ProductID, "device", e.DeviceName, "online", e.Online, "err", err)
+	errs, err := p.store.DevicePresenceBatch(ctx, es)
+	if err != nil {
+		if len(es) > 1 {
+			p.log.Warn("presence batch failed, writing one by one", "changes", len(es), "err", err)
+			for _, e := range es {
+				p.write([]ota.DevicePresenceParams{e})
+			}
+			return
+		}
+		errs = []error{err}
+	}
+	for i, e := range es {
+		switch err := errs[i]; {
+		case err == nil:
+		case ota.IsCode(err, ota.ENOTFOUND):
+			// The device was deleted while connected.
+			p.log.Debug("presence of deleted device ignored", "product_id", e.ProductID, "device", e.DeviceName)
+		default:
+			p.metrics.presenceErrors.Inc()
+			p.log.Error("presence not recorded", "product_id", e.ProductID, "device", e.DeviceName, "online", e.Online, "err", err)
+		}
 	}
 }

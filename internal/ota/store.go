@@ -34,6 +34,11 @@ type Store interface {
 	DeviceSetDisabled(ctx context.Context, productID, name string, disabled bool) error
 	// DevicePresence records a connect or disconnect and its history event.
 	DevicePresence(ctx context.Context, params DevicePresenceParams) error
+	// DevicePresenceBatch records connects and disconnects, each device's
+	// in the order given, in one transaction. It returns an error for the
+	// batch when nothing was written, else one per change: ENOTFOUND for a
+	// device that does not exist.
+	DevicePresenceBatch(ctx context.Context, params []DevicePresenceParams) ([]error, error)
 	// DeviceReportsApply applies a batch of device reports in one
 	// transaction: it reads the reporting devices and their current
 	// executions (locked against other writers where the engine allows),

@@ -77,6 +77,11 @@ func (s *Store) EventList(ctx context.Context, p ota.EventListParams) ([]*ota.Ev
 }
 
 func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (int, error) {
+	// Events still in the outbox are numbered first, so that they are
+	// pruned as the others are.
+	if err := s.seq.flush(ctx); err != nil {
+		return 0, err
+	}
 	n := 0
 	for _, q := range []string{
 		`DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at < $1 ORDER BY seq LIMIT $2)`,

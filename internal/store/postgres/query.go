@@ -208,11 +208,28 @@ func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, d
 }
 
 func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) error {
-	typ := ota.EventDisconnected
-	if p.Online {
-		typ = ota.EventConnected
+	errs, err := s.DevicePresenceBatch(ctx, []ota.DevicePresenceParams{p})
+	if err != nil {
+		return err
 	}
-	return s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+	return errs[0]
+}
+
+// DevicePresenceBatch sends every change in one round trip, one statement
+// each, in device order (each device's changes in the order given), the
+// order in which report batches lock devices too.
+func (s *Store) DevicePresenceBatch(ctx context.Context, ps []ota.DevicePresenceParams) ([]error, error) {
+	order := make([]int, len(ps))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		x, y := ps[order[a]], ps[order[b]]
+		return x.ProductID < y.ProductID || x.ProductID == y.ProductID && x.DeviceName < y.DeviceName
+	})
+	errs := make([]error, len(ps))
+	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		clear(errs)
 		// A disconnect counts only from the node that holds the device: it
 		// may have reconnected to another replica meanwhile. A connect
 		// makes the device not ready until it reports its version in this
@@ -220,31 +237,45 @@ func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) 
 		// report newer than this change may be stored already: it comes
 		// from a later connection, which a disconnect does not end and a
 		// connect has readied.
-		tag, err := tx.Exec(ctx, `UPDATE devices SET node = CASE WHEN $3 THEN $4 ELSE node END,
-			online = $3 OR online AND COALESCE(last_seen_at > $5, false),
-			ready = ready AND COALESCE(last_seen_at > $5, false), last_seen_at = GREATEST(last_seen_at, $5)
-			WHERE product_id = $1 AND name = $2 AND ($3 OR node = $4)`,
-			p.ProductID, p.DeviceName, p.Online, p.Node, p.At.UTC())
-		if err != nil {
-			return fmt.Errorf("device presence: %w", err)
-		}
-		if tag.RowsAffected() == 0 {
-			var exists bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND name = $2)`, p.ProductID, p.DeviceName).Scan(&exists); err != nil {
-				return fmt.Errorf("device presence: %w", err)
+		batch := &pgx.Batch{}
+		for _, i := range order {
+			p := ps[i]
+			typ := ota.EventDisconnected
+			if p.Online {
+				typ = ota.EventConnected
 			}
-			if !exists {
-				return ota.Errorf(ota.ENOTFOUND, "device not found")
+			batch.Queue(`WITH u AS (UPDATE devices SET node = CASE WHEN $3 THEN $4 ELSE node END,
+					online = $3 OR online AND COALESCE(last_seen_at > $5, false),
+					ready = ready AND COALESCE(last_seen_at > $5, false), last_seen_at = GREATEST(last_seen_at, $5)
+					WHERE product_id = $1 AND name = $2 AND ($3 OR node = $4) RETURNING product_id, name),
+				h AS (INSERT INTO device_events (product_id, device_name, type, created_at) SELECT product_id, name, $6, $5 FROM u)
+				SELECT EXISTS (SELECT 1 FROM u), EXISTS (SELECT 1 FROM devices WHERE product_id = $1 AND name = $2)`,
+				p.ProductID, p.DeviceName, p.Online, p.Node, p.At.UTC(), typ)
+		}
+		br := tx.SendBatch(ctx, batch)
+		var evs []ota.Event
+		for _, i := range order {
+			var changed, exists bool
+			if err := br.QueryRow().Scan(&changed, &exists); err != nil {
+				br.Close()
+				return fmt.Errorf("device presence: %w", interpretError(err, "device"))
 			}
-			return nil
+			switch {
+			case changed:
+				evs = append(evs, ota.PresenceEvent(ps[i]))
+			case !exists:
+				errs[i] = ota.Errorf(ota.ENOTFOUND, "device not found")
+			}
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES ($1, $2, $3, $4)`,
-			p.ProductID, p.DeviceName, typ, p.At.UTC())
-		if err != nil {
-			return interpretError(err, "device event")
+		if err := br.Close(); err != nil {
+			return fmt.Errorf("device presence: %w", interpretError(err, "device"))
 		}
-		return appendEvents(ctx, tx, ota.PresenceEvent(p))
+		return appendEvents(ctx, tx, evs...)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return errs, nil
 }
 
 func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, apply func(context.Context, *ota.ReportBatch) error) error {

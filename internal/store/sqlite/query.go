@@ -213,43 +213,69 @@ func (s *Store) DeviceSetDisabled(ctx context.Context, productID, name string, d
 }
 
 func (s *Store) DevicePresence(ctx context.Context, p ota.DevicePresenceParams) error {
+	errs, err := s.DevicePresenceBatch(ctx, []ota.DevicePresenceParams{p})
+	if err != nil {
+		return err
+	}
+	return errs[0]
+}
+
+func (s *Store) DevicePresenceBatch(ctx context.Context, ps []ota.DevicePresenceParams) ([]error, error) {
+	errs := make([]error, len(ps))
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		clear(errs)
+		for i, p := range ps {
+			ok, err := presence(ctx, tx, p)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				errs[i] = ota.Errorf(ota.ENOTFOUND, "device not found")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return errs, nil
+}
+
+// presence records one connect or disconnect; false when the device does
+// not exist.
+func presence(ctx context.Context, tx *sql.Tx, p ota.DevicePresenceParams) (bool, error) {
 	typ := ota.EventDisconnected
 	if p.Online {
 		typ = ota.EventConnected
 	}
 	at := fmtTime(p.At)
-	return s.inTx(ctx, func(tx *sql.Tx) error {
-		// A disconnect counts only from the node that holds the device: it
-		// may have reconnected to another replica meanwhile. A connect
-		// makes the device not ready until it reports its version in this
-		// connection. Reports are stored at once and presence later, so a
-		// report newer than this change may be stored already: it comes
-		// from a later connection, which a disconnect does not end and a
-		// connect has readied.
-		res, err := tx.ExecContext(ctx, `UPDATE devices SET node = CASE WHEN ?3 THEN ?4 ELSE node END,
-			online = ?3 OR online AND coalesce(last_seen_at > ?5, 0),
-			ready = ready AND coalesce(last_seen_at > ?5, 0), last_seen_at = max(coalesce(last_seen_at, ?5), ?5)
-			WHERE product_id = ?1 AND name = ?2 AND (?3 OR node = ?4)`, p.ProductID, p.DeviceName, p.Online, p.Node, at)
-		if err != nil {
-			return interpretError(err, "device")
+	// A disconnect counts only from the node that holds the device: it
+	// may have reconnected to another replica meanwhile. A connect makes
+	// the device not ready until it reports its version in this
+	// connection. Reports are stored at once and presence later, so a
+	// report newer than this change may be stored already: it comes from a
+	// later connection, which a disconnect does not end and a connect has
+	// readied.
+	res, err := tx.ExecContext(ctx, `UPDATE devices SET node = CASE WHEN ?3 THEN ?4 ELSE node END,
+		online = ?3 OR online AND coalesce(last_seen_at > ?5, 0),
+		ready = ready AND coalesce(last_seen_at > ?5, 0), last_seen_at = max(coalesce(last_seen_at, ?5), ?5)
+		WHERE product_id = ?1 AND name = ?2 AND (?3 OR node = ?4)`, p.ProductID, p.DeviceName, p.Online, p.Node, at)
+	if err != nil {
+		return false, interpretError(err, "device")
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		var exists int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM devices WHERE product_id = ? AND name = ?`, p.ProductID, p.DeviceName).Scan(&exists); err != nil {
+			return false, interpretError(err, "device")
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			var exists int
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM devices WHERE product_id = ? AND name = ?`, p.ProductID, p.DeviceName).Scan(&exists); err != nil {
-				return interpretError(err, "device")
-			}
-			if exists == 0 {
-				return ota.Errorf(ota.ENOTFOUND, "device not found")
-			}
-			return nil
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES (?, ?, ?, ?)`,
-			p.ProductID, p.DeviceName, typ, at)
-		if err != nil {
-			return interpretError(err, "device event")
-		}
-		return appendEvents(ctx, tx, ota.PresenceEvent(p))
-	})
+		return exists > 0, nil
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO device_events (product_id, device_name, type, created_at) VALUES (?, ?, ?, ?)`,
+		p.ProductID, p.DeviceName, typ, at)
+	if err != nil {
+		return false, interpretError(err, "device event")
+	}
+	return true, appendEvents(ctx, tx, ota.PresenceEvent(p))
 }
 
 func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, apply func(context.Context, *ota.ReportBatch) error) error {

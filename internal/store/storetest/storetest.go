@@ -27,6 +27,7 @@ func Run(t *testing.T, newStore func(t *testing.T) ota.Store) {
 		{"DeviceList", testDeviceList},
 		{"DeviceDelete", testDeviceDelete},
 		{"DevicePresence", testDevicePresence},
+		{"DevicePresenceBatch", testDevicePresenceBatch},
 		{"DeviceReportsRecord", testDeviceReportsRecord},
 		{"DeviceReportsRecordManyDevices", testDeviceReportsRecordManyDevices},
 		{"DeviceReportsApply", testDeviceReportsApply},
@@ -258,6 +259,51 @@ func testDevicePresence(t *testing.T, s ota.Store) {
 		t.Fatalf("events = %+v, want disconnected then connected (newest first)", evs)
 	}
 	wantCode(t, s.DevicePresence(ctx(t), ota.DevicePresenceParams{ProductID: p.ID, DeviceName: "missing", Online: true, At: t2}), ota.ENOTFOUND)
+}
+
+// testDevicePresenceBatch: a batch applies each device's changes in the
+// order given (whatever the order of the devices), refuses a missing
+// device alone, and appends one event per change.
+func testDevicePresenceBatch(t *testing.T, s ota.Store) {
+	p := MustProduct(t, s)
+	MustDevice(t, s, p.ID, "a")
+	MustDevice(t, s, p.ID, "b")
+	seq, err := s.EventLastSeq(ctx(t))
+	must(t, err)
+	t0 := ota.Now().Add(-time.Minute)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	errs, err := s.DevicePresenceBatch(ctx(t), []ota.DevicePresenceParams{
+		{ProductID: p.ID, DeviceName: "b", Online: true, Node: "n1", At: at(0)},
+		{ProductID: p.ID, DeviceName: "a", Online: true, Node: "n1", At: at(1)},
+		{ProductID: p.ID, DeviceName: "missing", Online: true, Node: "n1", At: at(2)},
+		{ProductID: p.ID, DeviceName: "b", Online: false, Node: "n1", At: at(3)},
+		{ProductID: p.ID, DeviceName: "a", Online: false, Node: "n1", At: at(4)},
+		{ProductID: p.ID, DeviceName: "a", Online: true, Node: "n2", At: at(5)},
+	})
+	must(t, err)
+	for i, err := range errs {
+		if want := i == 2; ota.IsCode(err, ota.ENOTFOUND) != want || !want && err != nil {
+			t.Fatalf("change %d: %v", i, err)
+		}
+	}
+	a, err := s.DeviceGet(ctx(t), p.ID, "a")
+	must(t, err)
+	b, err := s.DeviceGet(ctx(t), p.ID, "b")
+	must(t, err)
+	if !a.Online || a.Node != "n2" || !a.LastSeenAt.Equal(at(5)) || b.Online || !b.LastSeenAt.Equal(at(3)) {
+		t.Fatalf("a online=%v node=%s seen=%v, b online=%v seen=%v; want a online on n2 at +5s, b offline at +3s",
+			a.Online, a.Node, a.LastSeenAt, b.Online, b.LastSeenAt)
+	}
+	hist, err := s.DeviceEventList(ctx(t), ota.DeviceEventListParams{ProductID: p.ID, DeviceName: "a"})
+	must(t, err)
+	if len(hist) != 3 || hist[0].Type != ota.EventConnected || hist[1].Type != ota.EventDisconnected {
+		t.Fatalf("a's history = %+v, want connected, disconnected, connected (newest first)", hist)
+	}
+	evs, err := s.EventList(ctx(t), ota.EventListParams{After: seq, ProductID: p.ID, Limit: ota.MaxPageLimit})
+	must(t, err)
+	if len(evs) != 5 {
+		t.Fatalf("%d events, want one per change written (5): %+v", len(evs), evs)
+	}
 }
 
 func intp(n int) *int { return &n }
