@@ -32,7 +32,7 @@ type presenceShard struct {
 	closed bool
 }
 
-const presenceShards = 4
+const presenceShards = 2
 
 func newPresence(store ota.Store, log *slog.Logger, m *metrics) *presence {
 	p := &presence{store: store, log: log, metrics: m, seed: maphash.MakeSeed()}

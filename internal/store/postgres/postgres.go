@@ -34,11 +34,21 @@ type Store struct {
 
 var _ ota.Store = (*Store)(nil)
 
+// DefaultMaxConns is the most connections a store opens when its URL does
+// not say (pool_max_conns).
+const DefaultMaxConns = 16
+
 // Open connects to the database at url. It does not migrate; call Migrate.
 func Open(ctx context.Context, url string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		// pgx's default, the number of CPUs but at least 4, leaves a
+		// device's login waiting behind the report and presence writers'
+		// transactions when a fleet connects at once.
+		cfg.MaxConns = DefaultMaxConns
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
