@@ -123,7 +123,7 @@ func (s *Server) jobDetail(ctx context.Context, j *ota.Job) (*jobDetail, error) 
 	if len(j.Phases) == 0 {
 		return d, nil
 	}
-	phases, err := s.store.JobPhaseCounts(ctx, j.ID, nil)
+	phases, err := s.store.JobPhaseCounts(ctx, ota.JobPhaseCountsParams{JobID: j.ID})
 	if err != nil {
 		return nil, err
 	}

@@ -92,7 +92,14 @@ func (e *Engine) rollout(ctx context.Context, j *ota.Job) (*ota.Job, error) {
 	if j.Status != ota.JobRunning && j.Status != ota.JobPaused || len(j.Phases) == 0 && len(j.Abort) == 0 && j.EndAt == nil {
 		return j, nil
 	}
-	counts, err := e.cfg.Store.JobPhaseCounts(ctx, j.ID, j.AbortSince)
+	// The current phase's health matters once its soak has started (at
+	// once, when it has none).
+	var health bool
+	if j.Phase < len(j.Phases) {
+		ph := j.Phases[j.Phase]
+		health = ph.SoakFrom != nil || ph.SoakSeconds == 0
+	}
+	counts, err := e.cfg.Store.JobPhaseCounts(ctx, ota.JobPhaseCountsParams{JobID: j.ID, Since: j.AbortSince, Unhealthy: health, Phase: j.Phase})
 	if err != nil {
 		return nil, fmt.Errorf("job %s phase counts: %w", j.ID, err)
 	}

@@ -406,6 +406,20 @@ func AssignPhases(j *Job, cs []PhaseCandidate) []int {
 	return out
 }
 
+// JobPhaseCountsParams says what JobPhaseCounts counts beside each phase's
+// executions per state.
+type JobPhaseCountsParams struct {
+	JobID string
+	// Since: the executions that ended since are counted again in
+	// EndedSince (all of them when nil).
+	Since *time.Time
+	// Unhealthy counts Unhealthy, for phase Phase only (the job's current
+	// one, whose health RolloutCheck decides on). It reads that phase's done
+	// executions and their devices, not counters.
+	Unhealthy bool
+	Phase     int
+}
+
 // PhaseCounts is what RolloutCheck needs to know of one phase.
 type PhaseCounts struct {
 	Phase int
@@ -414,7 +428,7 @@ type PhaseCounts struct {
 	Counts     map[string]int
 	EndedSince map[string]int
 	// Unhealthy counts its done executions whose device is now offline or
-	// on another version.
+	// on another version (JobPhaseCountsParams.Unhealthy).
 	Unhealthy int
 }
 

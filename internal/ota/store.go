@@ -86,9 +86,8 @@ type Store interface {
 	// changed. Every write of a job is compare-and-set on its Rev.
 	JobChange(ctx context.Context, params JobChangeParams) ([]*JobExecution, error)
 	// JobPhaseCounts counts a job's executions per phase and state (see
-	// PhaseCounts), phases in order; executions that ended since since
-	// are counted again in EndedSince (all of them when since is nil).
-	JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]PhaseCounts, error)
+	// PhaseCounts and JobPhaseCountsParams), phases in order.
+	JobPhaseCounts(ctx context.Context, params JobPhaseCountsParams) ([]PhaseCounts, error)
 	// JobExecutionsAdd adds the devices a continuous job now targets and
 	// that are in no active job, to the job's current phase; it returns
 	// how many.

@@ -311,10 +311,11 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 	return changed, err
 }
 
-func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]ota.PhaseCounts, error) {
+func (s *Store) JobPhaseCounts(ctx context.Context, p ota.JobPhaseCountsParams) ([]ota.PhaseCounts, error) {
 	// The counts, and the attempted ones among them, from the counters;
-	// those ended since a time, and the unhealthy done ones, from the
-	// executions they are about (by index).
+	// those ended since a time, and the unhealthy done ones of the current
+	// phase, from the executions they are about (by index).
+	id, since := p.JobID, p.Since
 	batch := &pgx.Batch{}
 	batch.Queue(`SELECT phase, state, sum(n), coalesce(sum(n) FILTER (WHERE attempted), 0) FROM `+jobCountRows+`
 		GROUP BY phase, state HAVING sum(n) <> 0`, id)
@@ -322,9 +323,12 @@ func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time)
 		batch.Queue(`SELECT phase, state, count(*) FROM job_executions WHERE job_id = $1 AND attempts > 0 AND finished_at >= $2
 			GROUP BY phase, state`, id, utcPtr(since))
 	}
-	batch.Queue(`SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
-			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-		WHERE x.job_id = $1 AND x.state = 'done' AND (NOT d.online OR d.version <> j.firmware_version) GROUP BY x.phase`, id)
+	if p.Unhealthy {
+		batch.Queue(`SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+				JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+			WHERE x.job_id = $1 AND x.state = 'done' AND x.phase = $2 AND (NOT d.online OR d.version <> j.firmware_version)
+			GROUP BY x.phase`, id, p.Phase)
+	}
 	br := s.pool.SendBatch(ctx, batch)
 	defer br.Close()
 	byPhase := map[int]*ota.PhaseCounts{}
@@ -355,7 +359,7 @@ func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time)
 			_, err = pgx.ForEachRow(rows, []any{&phase, &state, &n}, func() error { get(phase).EndedSince[state] += n; return nil })
 		}
 	}
-	if err == nil {
+	if err == nil && p.Unhealthy {
 		rows, err = br.Query()
 		if err == nil {
 			_, err = pgx.ForEachRow(rows, []any{&phase, &n}, func() error { get(phase).Unhealthy += n; return nil })

@@ -332,10 +332,11 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 	return changed, err
 }
 
-func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time) ([]ota.PhaseCounts, error) {
+func (s *Store) JobPhaseCounts(ctx context.Context, p ota.JobPhaseCountsParams) ([]ota.PhaseCounts, error) {
 	// The counts, and the attempted ones, from the counters; those ended
-	// since a time, and the unhealthy done ones, from the executions they
-	// are about (by index).
+	// since a time, and the unhealthy done ones of the current phase, from
+	// the executions they are about (by index).
+	id, since := p.JobID, p.Since
 	type row struct {
 		phase, n, ended int
 		state           string
@@ -355,15 +356,19 @@ func (s *Store) JobPhaseCounts(ctx context.Context, id string, since *time.Time)
 		return nil, err
 	}
 	type sick struct{ phase, n int }
-	rows, err = s.read.QueryContext(ctx, `SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
-			JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-		WHERE x.job_id = ?1 AND x.state = 'done' AND (NOT d.online OR d.version <> j.firmware_version) GROUP BY x.phase`, id)
-	sicks, err := collect(rows, err, "job phase counts", func(sc scanner) (sick, error) {
-		var r sick
-		return r, sc.Scan(&r.phase, &r.n)
-	})
-	if err != nil {
-		return nil, err
+	var sicks []sick
+	if p.Unhealthy {
+		rows, err = s.read.QueryContext(ctx, `SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+				JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+			WHERE x.job_id = ?1 AND x.state = 'done' AND x.phase = ?2 AND (NOT d.online OR d.version <> j.firmware_version)
+			GROUP BY x.phase`, id, p.Phase)
+		sicks, err = collect(rows, err, "job phase counts", func(sc scanner) (sick, error) {
+			var r sick
+			return r, sc.Scan(&r.phase, &r.n)
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	var out []ota.PhaseCounts
 	for _, r := range rs {

@@ -710,14 +710,14 @@ func testJobPhases(t *testing.T, s ota.Store) {
 	}
 	step(t, s, &run, "d0", progress(p, "d0", ota.ProgressDone), now)
 	step(t, s, &run, "d1", progress(p, "d1", ota.ProgressFail), now)
-	counts, err := s.JobPhaseCounts(ctx(t), j.ID, nil)
+	counts, err := s.JobPhaseCounts(ctx(t), ota.JobPhaseCountsParams{JobID: j.ID, Unhealthy: true, Phase: 0})
 	must(t, err)
 	if len(counts) != 2 || counts[0].Counts[ota.ExecDone] != 1 || counts[0].EndedSince[ota.ExecDone] != 1 ||
 		counts[1].Counts[ota.ExecQueued] != 4 || counts[0].Unhealthy != 1 { // d0 done but still on 1.0.0
 		t.Fatalf("phase counts %+v", counts)
 	}
 	later := now.Add(time.Second)
-	counts, err = s.JobPhaseCounts(ctx(t), j.ID, &later)
+	counts, err = s.JobPhaseCounts(ctx(t), ota.JobPhaseCountsParams{JobID: j.ID, Since: &later})
 	must(t, err)
 	if n := counts[0].EndedSince[ota.ExecDone] + counts[0].EndedSince[ota.ExecQueued]; n != 0 {
 		t.Fatalf("ended since later: %+v", counts[0])
@@ -815,7 +815,7 @@ func testJobCountsFollowExecutions(t *testing.T, s ota.Store) {
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s: JobCounts = %v, executions say %v", when, got, want)
 		}
-		phases, err := s.JobPhaseCounts(ctx(t), j.ID, nil)
+		phases, err := s.JobPhaseCounts(ctx(t), ota.JobPhaseCountsParams{JobID: j.ID})
 		must(t, err)
 		gotPhase, gotAttempted := map[int]map[string]int{}, map[int]map[string]int{}
 		for _, pc := range phases {
