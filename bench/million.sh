@@ -24,7 +24,7 @@
 # Needs PostgreSQL server binaries (apt-get install postgresql); it starts
 # and stops its own instance in a temp dir (about 1 GB of disk). About five
 # minutes on two cores.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
 TOTAL=${TOTAL:-1000000}
@@ -45,6 +45,8 @@ PID_=BENCH00001
 N=$ONLINE
 FW_SIZE=16384
 start_fleet "$PID_" 2.0.0
+# A failing step shows what otad logged.
+trap 'log "failed; the end of otad'"'"'s log:"; tail -n 20 "$WORK/otad.err" >&2' ERR
 PSQL=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$PG_URL")
 
 log "inserting $((TOTAL - ONLINE)) synthetic offline devices with SQL"
@@ -99,6 +101,7 @@ cursor() { printf '%s' "$1" | base64 | tr '+/' '-_' | tr -d '=\n'; }
 DEEP=$(cursor "syn$(printf '%07d' $((TOTAL * 9 / 10)))")
 
 CREATES=()
+CANCELS=()
 GETS=()
 for r in $(seq 1 "$RUNS"); do
 	log "job $r: creating over all $COUNT devices"
@@ -118,14 +121,17 @@ for r in $(seq 1 "$RUNS"); do
 	GETS+=("$(samples "deep$r" "$P/devices?limit=100&cursor=$DEEP")")
 	GETS+=("$(samples "state_first$r" "$P/devices?limit=100&state=queued")")
 	GETS+=("$(samples "state_deep$r" "$P/devices?limit=100&state=queued&cursor=$DEEP")")
+	log "GET p50/max (ms): ${GETS[*]: -5}"
 	sleep 5
 	R1=$(ms_now)
 	WINDOWS+=("running$r $C1 $R1")
 	COUNTS=$(api GET "$P" | field 'd["counts"]')
 	log "job $r counts before cancel: $COUNTS"
 	T0=$(now)
-	api POST "$P/cancel" >/dev/null
-	log "job $r canceled in $(echo "$(now) - $T0" | bc) s; waiting for it to close"
+	CODE=$(curl -sS -o "$WORK/cancel.json" -w '%{http_code}' -X POST -H "Authorization: Bearer $TOKEN" "$API$P/cancel")
+	[ "$CODE" = 200 ] || { log "cancel answered $CODE: $(cat "$WORK/cancel.json")"; false; }
+	CANCELS+=("$(echo "$(now) - $T0" | bc)")
+	log "job $r canceled in ${CANCELS[-1]} s; waiting for it to close"
 	for _ in $(seq 1 1200); do
 		[ "$(api GET "$P" | field 'd.get("completed_at") or ""')" != "" ] && break
 		sleep 0.1
@@ -141,6 +147,7 @@ HWM=$(status_kib "$OTAD" VmHWM)
 echo
 echo "One million devices benchmark: $COUNT devices ($ONLINE online), $(nproc) cores, $(date -u +%FT%TZ), load $(uptime | sed 's/.*load average: //')"
 echo "job creation (POST …/jobs, request to response), s: ${CREATES[*]}"
+echo "job cancel (POST …/cancel, request to response), s: ${CANCELS[*]}"
 echo "GET, ms (p50 max of $SAMPLES):"
 printf '  %s\n' "${GETS[@]}"
 echo "PUBACK of the online devices' QoS 1 report_version, ms:"

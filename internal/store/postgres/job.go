@@ -455,8 +455,9 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 		if !onlyNew {
 			return ""
 		}
-		return ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
-			AND (x.job_id = ` + param + ` OR x.state IN ` + activeStates + `))`
+		return ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.job_id = ` + param + ` AND x.device_name = d.name)
+			AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
+				AND x.state IN ` + activeStates + `)`
 	}
 	filter, arg := targetFilter(j.Targets, "$2")
 	args := []any{j.ProductID, arg}
@@ -532,9 +533,21 @@ func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListPara
 	return collect(rows, err, "job executions", scanExec)
 }
 
+// currentExecution is a subquery of device (pid, name)'s current
+// execution: its active one, else its latest ended one, each looked up by
+// its own partial index (job_executions_active, job_executions_ended):
+// a new job's executions, all active, are in one index of the two.
+func currentExecution(pid, name string) string {
+	return `(SELECT * FROM (
+			(SELECT * FROM job_executions WHERE product_id = ` + pid + ` AND device_name = ` + name + ` AND state IN ` + activeStates + ` LIMIT 1)
+			UNION ALL
+			(SELECT * FROM job_executions WHERE product_id = ` + pid + ` AND device_name = ` + name + ` AND state NOT IN ` + activeStates + `
+				ORDER BY created_at DESC, job_id DESC LIMIT 1)) c
+		ORDER BY (state IN ` + activeStates + `) DESC LIMIT 1)`
+}
+
 func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*ota.JobExecution, error) {
-	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = $1 AND device_name = $2
-		ORDER BY (state IN `+activeStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
+	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM `+currentExecution("$1", "$2")+` x`, productID, deviceName))
 	if err != nil {
 		return nil, interpretError(err, "job execution")
 	}
