@@ -10,6 +10,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 
 cleanup() {
 	set +e
+	trap - ERR
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
