@@ -22,8 +22,8 @@
 #        PG_OPTS="-c shared_buffers=1GB" bench/million.sh
 #        passes settings to the throwaway PostgreSQL
 # Needs PostgreSQL server binaries (apt-get install postgresql); it starts
-# and stops its own instance in a temp dir (about 1 GB of disk). About five
-# minutes on two cores.
+# and stops its own instance in a temp dir (about 2 GB of disk). About ten
+# minutes on two cores, most of it the three cancellations.
 set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
