@@ -10,6 +10,7 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 
 cleanup() {
 	set +e
+	trap - ERR
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
@@ -39,7 +40,8 @@ raise_nofile() {
 	fi
 }
 
-# start_postgres: initdb into $WORK/pg and start it on a free loopback port.
+# start_postgres: initdb into $WORK/pg and start it on a free loopback port
+# (PG_OPTS: more server options, such as "-c shared_buffers=1GB").
 start_postgres() {
 	PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 	[ -n "$PG_BIN" ] || { log "PostgreSQL server binaries not found (apt-get install postgresql)"; exit 1; }
@@ -48,9 +50,9 @@ start_postgres() {
 	PG_PORT=$(free_port)
 	as_postgres "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust >/dev/null
 	as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -w -l "$WORK/pg/log" \
-		-o "-h 127.0.0.1 -p $PG_PORT -k $WORK/pg -c max_connections=100" start >/dev/null
+		-o "-h 127.0.0.1 -p $PG_PORT -k $WORK/pg -c max_connections=100 ${PG_OPTS:-}" start >/dev/null
 	PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
-	log "postgres on 127.0.0.1:$PG_PORT (fsync on)"
+	log "postgres on 127.0.0.1:$PG_PORT (fsync on${PG_OPTS:+; $PG_OPTS})"
 }
 
 now() { date +%s.%N; }

@@ -10,6 +10,7 @@
 //	otasim -devices devices.csv -upgrade -hold 10m -behaviour "fail:-4=10%,offline=5%"
 //	otasim -devices devices.csv -n 10000 -hold 60s
 //	otasim -devices devices.csv -n 1000 -reports 50
+//	otasim -devices devices.csv -hold 2m -report-every 1s -latency-log lat.txt
 //
 // devices.csv holds "product_id,device_name,secret" lines (a header line
 // is skipped), with an optional fourth column naming a device's behaviour.
@@ -73,6 +74,8 @@ type config struct {
 	downloadRate   int64
 	offlineFor     time.Duration
 	perDevice      bool
+	reportEvery    time.Duration
+	latencyLog     string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -99,12 +102,20 @@ func parseFlags(args []string) (config, error) {
 	fs.Int64Var(&c.downloadRate, "download-rate", 0, "bytes per second each device downloads at (0: as fast as it can)")
 	fs.DurationVar(&c.offlineFor, "offline-for", 2*time.Second, "how long an offline device stays away before it reconnects and resumes")
 	fs.BoolVar(&c.perDevice, "per-device", false, "at the end, print one line per device: behaviour, version, updates received, attempts, reconnects")
+	fs.DurationVar(&c.reportEvery, "report-every", 0, "while holding, each device publishes report_version at QoS 1 this often (the devices' starts spread over one interval)")
+	fs.StringVar(&c.latencyLog, "latency-log", "", "with -report-every, write each report's PUBACK round trip to this file at the end: \"unix_ms latency_us\" lines")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	var err error
 	if c.behaviours, err = parseBehaviourMix(*mix); err != nil {
 		return c, err
+	}
+	if c.reportEvery < 0 || c.reportEvery > 0 && c.reportEvery < 10*time.Millisecond {
+		return c, errors.New("-report-every must be 0 or at least 10ms")
+	}
+	if c.latencyLog != "" && c.reportEvery == 0 {
+		return c, errors.New("-latency-log needs -report-every")
 	}
 	if c.downloadRate < 0 || c.offlineFor < 0 {
 		return c, errors.New("-download-rate and -offline-for must not be negative")
@@ -167,6 +178,7 @@ type simulator struct {
 
 	mu        sync.Mutex
 	latencies []time.Duration // QoS 1 report round trips
+	timed     []timedLatency  // -report-every's round trips
 	errs      map[string]int  // first errors by text, for the summary
 }
 
@@ -302,6 +314,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if cfg.hold > 0 {
 		out.Encode(map[string]any{"phase": "holding", "connected": liveCount(live), "seconds": cfg.hold.Seconds()})
 		s.holdAll(ctx, live, cfg.hold)
+		if cfg.reportEvery > 0 {
+			if err := s.writeLatencies(out); err != nil {
+				return err
+			}
+		}
 	}
 	stillConnected := liveCount(live)
 	online := make([]bool, len(live))
@@ -337,6 +354,19 @@ func (s *simulator) holdAll(ctx context.Context, live []*device, d time.Duration
 	defer end.Stop()
 	ping := time.NewTicker(s.cfg.keepalive / 2)
 	defer ping.Stop()
+	if s.cfg.reportEvery > 0 {
+		rctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		defer cancel()
+		for i, dv := range live {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.reportEvery(rctx, dv, time.Duration(i)*s.cfg.reportEvery/time.Duration(len(live)))
+			}()
+		}
+	}
 	for {
 		select {
 		case <-end.C:
@@ -351,6 +381,78 @@ func (s *simulator) holdAll(ctx context.Context, live []*device, d time.Duration
 			}
 		}
 	}
+}
+
+// timedLatency is one PUBACK round trip and when its report was sent.
+type timedLatency struct {
+	at  time.Time
+	lat time.Duration
+}
+
+// reportEvery publishes d's report_version at QoS 1 every
+// cfg.reportEvery, the first after offset, until ctx ends, and records
+// each one's PUBACK round trip (a report still unanswered at the end is
+// not counted; one that fails is).
+func (s *simulator) reportEvery(ctx context.Context, d *device, offset time.Duration) {
+	select {
+	case <-time.After(offset):
+	case <-ctx.Done():
+		return
+	}
+	tick := time.NewTicker(s.cfg.reportEvery)
+	defer tick.Stop()
+	for {
+		if c := d.getConn(); c != nil {
+			payload := fmt.Sprintf(`{"type": "report_version", "report": {"version": "%s"}}`, d.getVersion())
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.connectTimeout)
+			t0 := time.Now()
+			err := c.publish(pctx, d.reportTopic(), 1, []byte(payload))
+			cancel()
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				s.count(&s.stats.ReportsFailed)
+				s.fail(fmt.Errorf("periodic report: %w", err))
+			default:
+				s.count(&s.stats.Reports)
+				s.mu.Lock()
+				s.timed = append(s.timed, timedLatency{t0, time.Since(t0)})
+				s.mu.Unlock()
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// writeLatencies writes -report-every's round trips to -latency-log and
+// prints their summary.
+func (s *simulator) writeLatencies(out *json.Encoder) error {
+	s.mu.Lock()
+	timed := slices.Clone(s.timed)
+	s.mu.Unlock()
+	lats := make([]time.Duration, len(timed))
+	for i, t := range timed {
+		lats[i] = t.lat
+	}
+	slices.Sort(lats)
+	out.Encode(map[string]any{
+		"phase": "periodic_reports", "reports": len(timed), "failed": s.stats.ReportsFailed.Load(),
+		"p50_ms": ms(pct(lats, 50)), "p99_ms": ms(pct(lats, 99)), "max_ms": ms(pct(lats, 100)), "errors": s.errors(),
+	})
+	if s.cfg.latencyLog == "" {
+		return nil
+	}
+	slices.SortFunc(timed, func(a, b timedLatency) int { return a.at.Compare(b.at) })
+	var b strings.Builder
+	for _, t := range timed {
+		fmt.Fprintf(&b, "%d %d\n", t.at.UnixMilli(), t.lat.Microseconds())
+	}
+	return os.WriteFile(s.cfg.latencyLog, []byte(b.String()), 0o644)
 }
 
 func liveCount(live []*device) int {

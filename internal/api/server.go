@@ -7,6 +7,7 @@ package api
 
 import (
 	"context"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -262,14 +263,37 @@ func (s *Server) routes() chi.Router {
 	return r
 }
 
-// readDeadline gives every request bodyRead to deliver its body, before
-// anything else runs; handlers that read for longer (uploads) or not at
-// all (event streams) set their own.
+// readDeadline gives every request with a body bodyRead to deliver it;
+// handlers that read for longer (uploads) set their own. The deadline is
+// lifted once the body has been read to its end: net/http then watches the
+// connection for the client going away while the handler runs, and a read
+// deadline passing there would cancel a long request (a job over a million
+// devices, its cancellation) half way through. A request without a body
+// gets none.
 func (s *Server) readDeadline(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyRead))
+		if r.Body != nil && r.Body != http.NoBody {
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(time.Now().Add(s.bodyRead))
+			r.Body = &liftAtEOF{ReadCloser: r.Body, rc: rc}
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// liftAtEOF lifts the connection's read deadline when its body has been
+// read to the end.
+type liftAtEOF struct {
+	io.ReadCloser
+	rc *http.ResponseController
+}
+
+func (b *liftAtEOF) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // isDownload reports whether r is routed to the download handler

@@ -125,14 +125,79 @@ func (s *Store) JobCreate(ctx context.Context, p ota.JobCreateParams) error {
 	})
 }
 
-// insertTargets inserts the executions of new job j's targets, in one
-// COPY, each in the first state initial gives its version and in the
-// phase phases (when set) gives it. The targets are read in one statement,
-// one snapshot, sorted by name, without locking a device row: a report,
-// which locks its device's row, never waits for a job's creation. A device
-// whose version changes meanwhile starts from the version it had; its next
-// report_version moves its execution on as any report does.
+// insertTargets inserts the executions of new job j's targets, each in
+// the first state initial gives its version and, when phases is set, in
+// the phase it gives. The targets are read without locking a device row:
+// a report, which locks its device's row, never waits for a job's
+// creation. A device whose version changes meanwhile starts from the
+// version it had; its next report_version moves its execution on as any
+// report does.
 func insertTargets(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(string) ota.JobExecution, phases func([]ota.PhaseCandidate) []int) (int, error) {
+	if phases != nil {
+		return insertPhased(ctx, tx, j, initial, phases)
+	}
+	// One phase: the executions are made by one INSERT … SELECT, in the
+	// database, with the first state of each version the targets had a
+	// moment before. A device that has since moved to a version not read
+	// then goes in with no state ('') and is given its first state right
+	// after, by the (job_id, state) index: usually none.
+	filter, arg := targetFilter(j.Targets, "$2")
+	q := `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter
+	if j.Targets.All {
+		// The distinct versions by the devices_version index, one probe
+		// each, instead of reading every device.
+		q = `WITH RECURSIVE v(version) AS (
+				SELECT min(version) FROM devices WHERE product_id = $1 AND ` + filter + `
+				UNION ALL
+				SELECT (SELECT min(version) FROM devices WHERE product_id = $1 AND version > v.version) FROM v WHERE v.version IS NOT NULL)
+			SELECT version FROM v WHERE version IS NOT NULL`
+	}
+	rows, err := tx.Query(ctx, q, j.ProductID, arg)
+	versions, err := collect(rows, err, "target versions", scanString)
+	if err != nil || len(versions) == 0 {
+		return 0, err
+	}
+	states, percents, finished := firstStates(versions, initial)
+	filter, arg = targetFilter(j.Targets, "$3")
+	tag, err := tx.Exec(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
+		SELECT $4, d.product_id, d.name, coalesce(m.state, ''), d.version, coalesce(m.percent, 0), m.finished_at, $5, $5, $9
+		FROM devices d LEFT JOIN unnest($2::text[], $6::text[], $7::integer[], $8::timestamptz[]) AS m(version, state, percent, finished_at)
+			ON m.version = d.version
+		WHERE d.product_id = $1 AND `+filter+` ORDER BY d.name`,
+		j.ProductID, versions, arg, j.ID, j.CreatedAt.UTC(), states, percents, finished, j.Phase)
+	if err != nil {
+		return 0, fmt.Errorf("create job executions: %w", interpretError(err, "job execution"))
+	}
+	rows, err = tx.Query(ctx, `SELECT DISTINCT from_version FROM job_executions WHERE job_id = $1 AND state = ''`, j.ID)
+	late, err := collect(rows, err, "job executions without a state", scanString)
+	if err != nil || len(late) == 0 {
+		return int(tag.RowsAffected()), err
+	}
+	states, percents, finished = firstStates(late, initial)
+	if _, err := tx.Exec(ctx, `UPDATE job_executions x SET state = m.state, percent = m.percent, finished_at = m.finished_at
+		FROM unnest($2::text[], $3::text[], $4::integer[], $5::timestamptz[]) AS m(version, state, percent, finished_at)
+		WHERE x.job_id = $1 AND x.state = '' AND x.from_version = m.version`, j.ID, late, states, percents, finished); err != nil {
+		return 0, fmt.Errorf("create job executions: %w", interpretError(err, "job execution"))
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// firstStates are the first states, percents and finished times initial
+// gives versions, as arrays for SQL.
+func firstStates(versions []string, initial func(string) ota.JobExecution) ([]string, []int32, []*time.Time) {
+	states, percents, finished := make([]string, len(versions)), make([]int32, len(versions)), make([]*time.Time, len(versions))
+	for i, v := range versions {
+		x := initial(v)
+		states[i], percents[i], finished[i] = x.State, int32(x.Percent), utcPtr(x.FinishedAt)
+	}
+	return states, percents, finished
+}
+
+// insertPhased inserts the executions of new job j's targets in one COPY,
+// in the phases phases gives them (drawn in Go, at random with the job's
+// seed): the targets are read in one statement, sorted by name, with the
+// first state initial gives their version.
+func insertPhased(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(string) ota.JobExecution, phases func([]ota.PhaseCandidate) []int) (int, error) {
 	filter, arg := targetFilter(j.Targets, "$2")
 	rows, err := tx.Query(ctx, `SELECT d.name, d.version FROM devices d WHERE d.product_id = $1 AND `+filter+` ORDER BY d.name`, j.ProductID, arg)
 	firsts := map[string]ota.JobExecution{}
@@ -152,14 +217,7 @@ func insertTargets(ctx context.Context, tx pgx.Tx, j *ota.Job, initial func(stri
 	if err != nil || len(cs) == 0 {
 		return 0, err
 	}
-	ph := make([]int, len(cs))
-	if phases != nil {
-		ph = phases(cs)
-	} else {
-		for i := range ph {
-			ph[i] = j.Phase
-		}
-	}
+	ph := phases(cs)
 	at := j.CreatedAt.UTC()
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"job_executions"},
 		[]string{"job_id", "product_id", "device_name", "state", "from_version", "percent", "finished_at", "created_at", "updated_at", "phase"},
@@ -401,8 +459,11 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 		if !onlyNew {
 			return ""
 		}
-		q := ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
-			AND (x.job_id = ` + jobParam + ` OR x.state IN ` + activeStates + `))`
+		// Two lookups by index (the primary key, the active one), not one
+		// over every execution of the device.
+		q := ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.job_id = ` + jobParam + ` AND x.device_name = d.name)
+			AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
+				AND x.state IN ` + activeStates + `)`
 		if only != nil {
 			q += ` AND d.name = ANY(` + onlyParam + `::text[])`
 		}
@@ -428,11 +489,7 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 	if err != nil || len(versions) == 0 {
 		return 0, nil, err
 	}
-	states, percents, finished := make([]string, len(versions)), make([]int32, len(versions)), make([]*time.Time, len(versions))
-	for i, v := range versions {
-		x := initial(v)
-		states[i], percents[i], finished[i] = x.State, int32(x.Percent), utcPtr(x.FinishedAt)
-	}
+	states, percents, finished := firstStates(versions, initial)
 	filter, arg = targetFilter(j.Targets, "$3")
 	q = `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
 		SELECT $4, d.product_id, d.name, m.state, d.version, m.percent, m.finished_at, $5, $5, $9
@@ -492,9 +549,21 @@ func (s *Store) JobExecutionList(ctx context.Context, p ota.JobExecutionListPara
 	return collect(rows, err, "job executions", scanExec)
 }
 
+// currentExecution is a subquery of device (pid, name)'s current
+// execution: its active one, else its latest ended one, each looked up by
+// its own partial index (job_executions_active, job_executions_ended):
+// a new job's executions, all active, are in one index of the two.
+func currentExecution(pid, name string) string {
+	return `(SELECT * FROM (
+			(SELECT * FROM job_executions WHERE product_id = ` + pid + ` AND device_name = ` + name + ` AND state IN ` + activeStates + ` LIMIT 1)
+			UNION ALL
+			(SELECT * FROM job_executions WHERE product_id = ` + pid + ` AND device_name = ` + name + ` AND state NOT IN ` + activeStates + `
+				ORDER BY created_at DESC, job_id DESC LIMIT 1)) c
+		ORDER BY (state IN ` + activeStates + `) DESC LIMIT 1)`
+}
+
 func (s *Store) JobExecutionCurrent(ctx context.Context, productID, deviceName string) (*ota.JobExecution, error) {
-	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = $1 AND device_name = $2
-		ORDER BY (state IN `+activeStates+`) DESC, created_at DESC, job_id DESC LIMIT 1`, productID, deviceName))
+	e, err := scanExec(s.pool.QueryRow(ctx, `SELECT `+execColumns+` FROM `+currentExecution("$1", "$2")+` x`, productID, deviceName))
 	if err != nil {
 		return nil, interpretError(err, "job execution")
 	}

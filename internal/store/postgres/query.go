@@ -307,9 +307,8 @@ func (s *Store) DeviceReportsApply(ctx context.Context, reports []ota.Report, ap
 		batch := &pgx.Batch{}
 		batch.Queue(`SELECT `+deviceColumns+` FROM devices d JOIN unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(product_id, name, ord)
 			USING (product_id, name) ORDER BY k.ord FOR UPDATE OF d`, pids, names)
-		batch.Queue(`SELECT DISTINCT ON (x.product_id, x.device_name) `+sqltext.Qualify("x.", execColumns)+`
-			FROM job_executions x JOIN unnest($1::text[], $2::text[]) AS k(product_id, name) ON x.product_id = k.product_id AND x.device_name = k.name
-			ORDER BY x.product_id, x.device_name, (x.state IN `+activeStates+`) DESC, x.created_at DESC, x.job_id DESC`, pids, names)
+		batch.Queue(`SELECT `+sqltext.Qualify("x.", execColumns)+`
+			FROM unnest($1::text[], $2::text[]) AS k(product_id, name) CROSS JOIN LATERAL `+currentExecution("k.product_id", "k.name")+` x`, pids, names)
 		br := tx.SendBatch(ctx, batch)
 		rows, err := br.Query()
 		devices, err := collect(rows, err, "reporting devices", scanDevice)
