@@ -44,6 +44,10 @@ type Config struct {
 	// Batch is the most devices claimed per job and store round trip.
 	// Default 500.
 	Batch int
+	// CancelBatch is the most queued devices a job's cancellation cancels
+	// in one transaction; the engine's passes cancel the rest, a batch at a
+	// time, before the job closes. Default 10,000.
+	CancelBatch int
 	// URLSlack is added to a job's timeout for the download URL's expiry,
 	// so that a URL outlives the attempt it was made for. Default 10m.
 	URLSlack time.Duration
@@ -97,6 +101,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Batch <= 0 {
 		cfg.Batch = 500
+	}
+	if cfg.CancelBatch <= 0 {
+		cfg.CancelBatch = 10000
 	}
 	if cfg.URLSlack <= 0 {
 		cfg.URLSlack = 10 * time.Minute
@@ -322,6 +329,14 @@ func (e *Engine) end(ctx context.Context, j *ota.Job) error {
 	if err != nil {
 		return err
 	}
+	if j.Status == ota.JobCanceled && j.CompletedAt == nil && counts[ota.ExecQueued] > 0 {
+		if err := e.cancelQueued(ctx, j); err != nil {
+			return err
+		}
+		if counts, err = e.cfg.Store.JobCounts(ctx, j.ID); err != nil {
+			return err
+		}
+	}
 	status, ok := ota.JobEnd(j, counts)
 	if !ok {
 		return nil
@@ -336,6 +351,39 @@ func (e *Engine) end(ctx context.Context, j *ota.Job) error {
 	}
 	e.log.Info("job finished", "job_id", j.ID, "status", status, "counts", counts)
 	return nil
+}
+
+// cancelQueued cancels what a canceled job still has queued, CancelBatch
+// devices a transaction, so that a job of a million devices is canceled
+// without one transaction holding them all. Each device's execution takes
+// the job's reason, as the first batch's did.
+func (e *Engine) cancelQueued(ctx context.Context, j *ota.Job) error {
+	for {
+		now := e.cfg.Now()
+		changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: []string{ota.ExecQueued}, Limit: e.cfg.CancelBatch,
+			Job: func(cur *ota.Job) (*ota.Job, error) {
+				if cur.Status != ota.JobCanceled || cur.CompletedAt != nil {
+					return nil, ota.Errorf(ota.ECONFLICT, "job %s is no longer being canceled", j.ID)
+				}
+				return cur, nil
+			},
+			Apply: func(cur *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
+				s := ota.Step(cur, x, ota.ExecEvent{Kind: ota.EventCancel, Reason: cur.StatusReason}, now)
+				return &s.Exec, s.Changed
+			}})
+		if ota.IsCode(err, ota.ECONFLICT) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("job %s cancel queued: %w", j.ID, err)
+		}
+		for _, x := range changed {
+			e.transitions.WithLabelValues(x.State).Inc()
+		}
+		if len(changed) < e.cfg.CancelBatch {
+			return nil
+		}
+	}
 }
 
 func (e *Engine) markEnded(jobID string) {

@@ -61,15 +61,23 @@ func (e *Engine) ControlJob(ctx context.Context, id, action string) (*ota.Job, e
 	now := e.cfg.Now()
 	var job *ota.Job
 	states, kind := ota.JobActionExecutions(action)
+	limit := 0
+	if action == ota.JobActionCancel {
+		limit = e.cfg.CancelBatch // the passes cancel the rest (end)
+	}
 	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: id, At: now, States: states,
-		Exclusive: action == ota.JobActionRetry,
+		Exclusive: action == ota.JobActionRetry, Limit: limit,
 		Job: func(j *ota.Job) (*ota.Job, error) {
 			to, err := ota.JobControl(j, action, now)
 			job = to
 			return to, err
 		},
 		Apply: func(j *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
-			s := ota.Step(j, x, ota.ExecEvent{Kind: kind}, now)
+			ev := ota.ExecEvent{Kind: kind}
+			if kind == ota.EventCancel {
+				ev.Reason = j.StatusReason // as cancelQueued gives the rest
+			}
+			s := ota.Step(j, x, ev, now)
 			return &s.Exec, s.Changed
 		}})
 	if err != nil {
@@ -110,9 +118,9 @@ func (e *Engine) rollout(ctx context.Context, j *ota.Job) (*ota.Job, error) {
 	}
 	var states []string
 	if act == ota.RolloutCancel {
-		states = []string{ota.ExecQueued}
+		states = []string{ota.ExecQueued} // a batch; the passes cancel the rest (end)
 	}
-	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: states,
+	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: states, Limit: e.cfg.CancelBatch,
 		Job: func(cur *ota.Job) (*ota.Job, error) {
 			if cur.Rev != j.Rev {
 				return nil, ota.Errorf(ota.ECONFLICT, "job %s changed meanwhile", j.ID)

@@ -528,3 +528,35 @@ func TestContinuousJobLooksAtChanges(t *testing.T) {
 		}
 	})
 }
+
+// TestCancelInBatches: a cancel cancels CancelBatch queued devices at once
+// and the engine's next pass the rest, a batch a transaction; each device
+// takes the job's reason, and the job closes once none is left queued.
+func TestCancelInBatches(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, name string) {
+		f := newFixture(t, name, 5)
+		var err error
+		f.eng, err = engine.New(engine.Config{Logger: slog.New(slog.DiscardHandler), Store: f.store, Notifier: f.out, URLs: signer{},
+			Node: "n1", Now: f.clock.Now, Batch: 7, CancelBatch: 2})
+		must(t, err)
+		j := f.create(&ota.Job{Targets: ota.JobTargets{All: true}, StartAt: new(f.clock.Now().Add(time.Hour))})
+		must(t, f.eng.CancelJob(t.Context(), j.ID))
+		counts, err := f.store.JobCounts(t.Context(), j.ID)
+		must(t, err)
+		if counts[ota.ExecCanceled] != 2 || counts[ota.ExecQueued] != 3 {
+			t.Fatalf("after the cancel: %v, want 2 canceled and 3 queued", counts)
+		}
+		if got := f.job(j.ID); got.Status != ota.JobCanceled || got.CompletedAt != nil {
+			t.Fatalf("job %s completed %v, want canceled, not closed", got.Status, got.CompletedAt)
+		}
+		f.pass()
+		for name, x := range f.execs(j.ID) {
+			if x.State != ota.ExecCanceled || x.ResultMsg != "canceled by hand" {
+				t.Fatalf("%s: %s %q, want canceled by hand", name, x.State, x.ResultMsg)
+			}
+		}
+		if got := f.wantStatus(j.ID, ota.JobCanceled, "by hand"); got.CompletedAt == nil {
+			t.Fatal("canceled job not closed once nothing was queued")
+		}
+	})
+}

@@ -251,6 +251,10 @@ type JobChangeParams struct {
 	States []string
 	// Exclusive skips executions whose device is in another active job.
 	Exclusive bool
+	// Limit, when positive, selects at most this many executions, the
+	// first by device name: a job's million queued devices are canceled a
+	// batch a transaction, not all in one.
+	Limit int
 	// Apply returns what an execution becomes and whether it changed.
 	Apply func(j *Job, x *JobExecution) (*JobExecution, bool)
 }

@@ -348,7 +348,7 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 			rows, err := tx.Query(ctx, `SELECT `+sqltext.Qualify("x.", execColumns)+` FROM job_executions x WHERE x.job_id = $1 AND x.state = ANY($2::text[])
 				AND (NOT $3 OR NOT EXISTS (SELECT 1 FROM job_executions y WHERE y.product_id = x.product_id AND y.device_name = x.device_name
 					AND y.job_id <> x.job_id AND y.state IN `+activeStates+`))
-				ORDER BY x.device_name FOR UPDATE OF x`, p.ID, p.States, p.Exclusive)
+				ORDER BY x.device_name LIMIT NULLIF($4::integer, 0) FOR UPDATE OF x`, p.ID, p.States, p.Exclusive, max(p.Limit, 0))
 			xs, err := collect(rows, err, "job executions", scanExec)
 			if err != nil {
 				return err

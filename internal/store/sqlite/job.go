@@ -314,7 +314,7 @@ func (s *Store) JobChange(ctx context.Context, p ota.JobChangeParams) ([]*ota.Jo
 			WHERE x.job_id = ?1 AND x.state IN (SELECT value FROM json_each(?2))
 			AND (NOT ?3 OR NOT EXISTS (SELECT 1 FROM job_executions y WHERE y.product_id = x.product_id AND y.device_name = x.device_name
 				AND y.job_id <> x.job_id AND y.state IN `+activeStates+`))
-			ORDER BY x.device_name`, p.ID, string(states), p.Exclusive)
+			ORDER BY x.device_name LIMIT CASE WHEN ?4 > 0 THEN ?4 ELSE -1 END`, p.ID, string(states), p.Exclusive, p.Limit)
 		xs, err := collect(rows, err, "job executions", scanExec)
 		if err != nil {
 			return err
