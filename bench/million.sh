@@ -102,6 +102,7 @@ DEEP=$(cursor "syn$(printf '%07d' $((TOTAL * 9 / 10)))")
 
 CREATES=()
 CANCELS=()
+CLOSES=()
 GETS=()
 for r in $(seq 1 "$RUNS"); do
 	log "job $r: creating over all $COUNT devices"
@@ -132,11 +133,13 @@ for r in $(seq 1 "$RUNS"); do
 	[ "$CODE" = 200 ] || { log "cancel answered $CODE: $(cat "$WORK/cancel.json")"; false; }
 	CANCELS+=("$(echo "$(now) - $T0" | bc)")
 	log "job $r canceled in ${CANCELS[-1]} s; waiting for it to close"
-	for _ in $(seq 1 1200); do
+	# The engine cancels what the request did not, a batch a transaction.
+	for _ in $(seq 1 3000); do
 		[ "$(api GET "$P" | field 'd.get("completed_at") or ""')" != "" ] && break
 		sleep 0.1
 	done
-	[ "$(api GET "$P" | field 'd.get("completed_at") or ""')" != "" ] || { log "job $r did not close within 2 minutes"; exit 1; }
+	[ "$(api GET "$P" | field 'd.get("completed_at") or ""')" != "" ] || { log "job $r did not close within 5 minutes"; exit 1; }
+	CLOSES+=("$(echo "$(now) - $T0" | bc)")
 	WINDOWS+=("canceling$r $R1 $(ms_now)")
 done
 
@@ -148,6 +151,7 @@ echo
 echo "One million devices benchmark: $COUNT devices ($ONLINE online), $(nproc) cores, $(date -u +%FT%TZ), load $(uptime | sed 's/.*load average: //')"
 echo "job creation (POST …/jobs, request to response), s: ${CREATES[*]}"
 echo "job cancel (POST …/cancel, request to response), s: ${CANCELS[*]}"
+echo "job cancel until the job closed, s: ${CLOSES[*]}"
 echo "GET, ms (p50 max of $SAMPLES):"
 printf '  %s\n' "${GETS[@]}"
 echo "PUBACK of the online devices' QoS 1 report_version, ms:"
