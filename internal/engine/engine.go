@@ -330,7 +330,8 @@ func (e *Engine) end(ctx context.Context, j *ota.Job) error {
 		return err
 	}
 	if j.Status == ota.JobCanceled && j.CompletedAt == nil && counts[ota.ExecQueued] > 0 {
-		if err := e.cancelQueued(ctx, j); err != nil {
+		more, err := e.cancelQueued(ctx, j)
+		if err != nil || more {
 			return err
 		}
 		if counts, err = e.cfg.Store.JobCounts(ctx, j.ID); err != nil {
@@ -353,37 +354,40 @@ func (e *Engine) end(ctx context.Context, j *ota.Job) error {
 	return nil
 }
 
-// cancelQueued cancels what a canceled job still has queued, CancelBatch
-// devices a transaction, so that a job of a million devices is canceled
-// without one transaction holding them all. Each device's execution takes
-// the job's reason, as the first batch's did.
-func (e *Engine) cancelQueued(ctx context.Context, j *ota.Job) error {
-	for {
-		now := e.cfg.Now()
-		changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: []string{ota.ExecQueued}, Limit: e.cfg.CancelBatch,
-			Job: func(cur *ota.Job) (*ota.Job, error) {
-				if cur.Status != ota.JobCanceled || cur.CompletedAt != nil {
-					return nil, ota.Errorf(ota.ECONFLICT, "job %s is no longer being canceled", j.ID)
-				}
-				return cur, nil
-			},
-			Apply: func(cur *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
-				s := ota.Step(cur, x, ota.ExecEvent{Kind: ota.EventCancel, Reason: cur.StatusReason}, now)
-				return &s.Exec, s.Changed
-			}})
-		if ota.IsCode(err, ota.ECONFLICT) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("job %s cancel queued: %w", j.ID, err)
-		}
-		for _, x := range changed {
-			e.transitions.WithLabelValues(x.State).Inc()
-		}
-		if len(changed) < e.cfg.CancelBatch {
-			return nil
-		}
+// cancelQueued cancels a batch of what a canceled job still has queued,
+// CancelBatch devices in one transaction, and says whether more may be
+// left: the next pass, which it wakes, goes on. A job of a million devices
+// is canceled without one transaction holding them all, and without one
+// pass holding up the heartbeat, timeouts and other jobs meanwhile. Each
+// device's execution takes the job's reason, as the first batch's did.
+func (e *Engine) cancelQueued(ctx context.Context, j *ota.Job) (bool, error) {
+	now := e.cfg.Now()
+	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: []string{ota.ExecQueued}, Limit: e.cfg.CancelBatch,
+		Job: func(cur *ota.Job) (*ota.Job, error) {
+			if cur.Status != ota.JobCanceled || cur.CompletedAt != nil {
+				return nil, ota.Errorf(ota.ECONFLICT, "job %s is no longer being canceled", j.ID)
+			}
+			return cur, nil
+		},
+		Apply: func(cur *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
+			s := ota.Step(cur, x, ota.ExecEvent{Kind: ota.EventCancel, Reason: cur.StatusReason}, now)
+			return &s.Exec, s.Changed
+		}})
+	if ota.IsCode(err, ota.ECONFLICT) {
+		return false, nil
 	}
+	if err != nil {
+		return false, fmt.Errorf("job %s cancel queued: %w", j.ID, err)
+	}
+	for _, x := range changed {
+		e.transitions.WithLabelValues(x.State).Inc()
+	}
+	if len(changed) < e.cfg.CancelBatch {
+		return false, nil
+	}
+	e.markEnded(j.ID)
+	e.Wake()
+	return true, nil
 }
 
 func (e *Engine) markEnded(jobID string) {

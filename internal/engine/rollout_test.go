@@ -530,8 +530,8 @@ func TestContinuousJobLooksAtChanges(t *testing.T) {
 }
 
 // TestCancelInBatches: a cancel cancels CancelBatch queued devices at once
-// and the engine's next pass the rest, a batch a transaction; each device
-// takes the job's reason, and the job closes once none is left queued.
+// and the engine's next passes the rest, a batch a pass; each device takes
+// the job's reason, and the job closes once none is left queued.
 func TestCancelInBatches(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, name string) {
 		f := newFixture(t, name, 5)
@@ -548,6 +548,11 @@ func TestCancelInBatches(t *testing.T) {
 		}
 		if got := f.job(j.ID); got.Status != ota.JobCanceled || got.CompletedAt != nil {
 			t.Fatalf("job %s completed %v, want canceled, not closed", got.Status, got.CompletedAt)
+		}
+		// A pass a batch: the heartbeat and other jobs go on between them.
+		f.pass()
+		if counts, err = f.store.JobCounts(t.Context(), j.ID); err != nil || counts[ota.ExecQueued] != 1 {
+			t.Fatalf("after one pass: %v, %v; want 1 queued", counts, err)
 		}
 		f.pass()
 		for name, x := range f.execs(j.ID) {
