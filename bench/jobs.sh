@@ -108,19 +108,6 @@ profile() {
 	) &
 }
 
-# settled: waits (at most 2 minutes) until otad has written every connect
-# and report it received: a device counts for a job only once its presence
-# and version report are stored.
-settled() {
-	for _ in $(seq 1 1200); do
-		if [ "$(metric otad_mqtt_presence_pending)" = 0 ] && [ "$(metric otad_mqtt_reports_pending)" = 0 ]; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "otad still writing presence or reports after 2 minutes"; exit 1
-}
-
 log "notify: $N devices connect and stay idle (they ignore orders)"
 "$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold 10m -timeout 10m >"$WORK/sim1.json" &
 SIM=$!

@@ -70,6 +70,19 @@ metric() { # metric NAME: sums a Prometheus metric's samples
 	curl -fsS -H "Authorization: Bearer $TOKEN" "$API/metrics" | awk -v n="$1" '$1 == n || index($1, n "{") == 1 {s += $2} END {printf "%d\n", s}'
 }
 
+# settled: waits (at most 2 minutes) until otad has written every connect
+# and report it received: a device counts for a job only once its presence
+# and version report are stored.
+settled() {
+	for _ in $(seq 1 1200); do
+		if [ "$(metric otad_mqtt_presence_pending)" = 0 ] && [ "$(metric otad_mqtt_reports_pending)" = 0 ]; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	log "otad still writing presence or reports after 2 minutes"; exit 1
+}
+
 # start_otad: runs $WORK/otad over the throwaway PostgreSQL on free
 # loopback ports and waits until it is ready; sets OTAD (its PID), API,
 # TOKEN and MQTT_PORT.

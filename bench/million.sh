@@ -56,16 +56,6 @@ log "inserting $((TOTAL - ONLINE)) synthetic offline devices with SQL"
 COUNT=$("${PSQL[@]}" -At -c "SELECT count(*) FROM devices WHERE product_id = '$PID_'")
 log "$COUNT devices in $PID_"
 
-settled() { # waits (at most 2 minutes) until otad has written every connect and report
-	for _ in $(seq 1 1200); do
-		if [ "$(metric otad_mqtt_presence_pending)" = 0 ] && [ "$(metric otad_mqtt_reports_pending)" = 0 ]; then
-			return 0
-		fi
-		sleep 0.1
-	done
-	log "otad still writing presence or reports after 2 minutes"; exit 1
-}
-
 log "$ONLINE devices connect and report their version every $REPORT_EVERY"
 "$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold 15m -timeout 16m \
 	-report-every "$REPORT_EVERY" -latency-log "$WORK/latency.txt" >"$WORK/sim.json" &

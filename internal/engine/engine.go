@@ -354,12 +354,20 @@ func (e *Engine) end(ctx context.Context, j *ota.Job) error {
 	return nil
 }
 
+// stepAll is a JobChange's Apply: each execution takes an event of kind,
+// with the job as it becomes.
+func stepAll(kind string, now time.Time) func(*ota.Job, *ota.JobExecution) (*ota.JobExecution, bool) {
+	return func(j *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
+		s := ota.Step(j, x, ota.ExecEvent{Kind: kind}, now)
+		return &s.Exec, s.Changed
+	}
+}
+
 // cancelQueued cancels a batch of what a canceled job still has queued,
 // CancelBatch devices in one transaction, and says whether more may be
 // left: the next pass, which it wakes, goes on. A job of a million devices
 // is canceled without one transaction holding them all, and without one
-// pass holding up the heartbeat, timeouts and other jobs meanwhile. Each
-// device's execution takes the job's reason, as the first batch's did.
+// pass holding up the heartbeat, timeouts and other jobs meanwhile.
 func (e *Engine) cancelQueued(ctx context.Context, j *ota.Job) (bool, error) {
 	now := e.cfg.Now()
 	changed, err := e.cfg.Store.JobChange(ctx, ota.JobChangeParams{ID: j.ID, At: now, States: []string{ota.ExecQueued}, Limit: e.cfg.CancelBatch,
@@ -369,10 +377,7 @@ func (e *Engine) cancelQueued(ctx context.Context, j *ota.Job) (bool, error) {
 			}
 			return cur, nil
 		},
-		Apply: func(cur *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
-			s := ota.Step(cur, x, ota.ExecEvent{Kind: ota.EventCancel, Reason: cur.StatusReason}, now)
-			return &s.Exec, s.Changed
-		}})
+		Apply: stepAll(ota.EventCancel, now)})
 	if ota.IsCode(err, ota.ECONFLICT) {
 		return false, nil
 	}

@@ -72,14 +72,7 @@ func (e *Engine) ControlJob(ctx context.Context, id, action string) (*ota.Job, e
 			job = to
 			return to, err
 		},
-		Apply: func(j *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
-			ev := ota.ExecEvent{Kind: kind}
-			if kind == ota.EventCancel {
-				ev.Reason = j.StatusReason // as cancelQueued gives the rest
-			}
-			s := ota.Step(j, x, ev, now)
-			return &s.Exec, s.Changed
-		}})
+		Apply: stepAll(kind, now)})
 	if err != nil {
 		return nil, err
 	}
@@ -127,10 +120,7 @@ func (e *Engine) rollout(ctx context.Context, j *ota.Job) (*ota.Job, error) {
 			}
 			return to, nil
 		},
-		Apply: func(_ *ota.Job, x *ota.JobExecution) (*ota.JobExecution, bool) {
-			s := ota.Step(to, x, ota.ExecEvent{Kind: ota.EventCancel, Reason: to.StatusReason}, now)
-			return &s.Exec, s.Changed
-		}})
+		Apply: stepAll(ota.EventCancel, now)})
 	if ota.IsCode(err, ota.ECONFLICT) {
 		return j, nil // an operator or another replica changed it: the next pass looks again
 	}
@@ -163,44 +153,37 @@ func (e *Engine) addMatching(ctx context.Context, j *ota.Job) error {
 	e.mu.Lock()
 	c, ok := e.continuous[j.ID]
 	e.mu.Unlock()
-	var devices []string // nil: all targets
-	var seq int64
+	var devices []string // nil: every target
+	var err error
 	if ok && now.Sub(c.full) < continuousFullEvery && !now.Before(c.full) {
-		var err error
-		devices, seq, err = e.changedDevices(ctx, j.ProductID, c.seq)
-		if err != nil {
+		if devices, c.seq, err = e.changedDevices(ctx, j.ProductID, c.seq); err != nil {
 			return fmt.Errorf("job %s changed devices: %w", j.ID, err)
 		}
-		if devices != nil && len(devices) == 0 {
-			e.setCursor(j.ID, continuousCursor{seq: seq, full: c.full})
-			return nil
-		}
 	}
-	full := devices == nil
-	if full {
+	if devices == nil {
 		// The events from here on are the next look's: taken before
 		// this one reads the devices, so a change made meanwhile is
 		// looked at twice, never missed.
-		var err error
-		if seq, err = e.cfg.Store.EventLastSeq(ctx); err != nil {
+		if c.seq, err = e.cfg.Store.EventLastSeq(ctx); err != nil {
 			return fmt.Errorf("job %s changed devices: %w", j.ID, err)
 		}
+		c.full = now
 	}
-	n, err := e.cfg.Store.JobExecutionsAdd(ctx, ota.JobAddParams{Job: j, At: now, Devices: devices, Initial: func(v string) ota.JobExecution {
-		return ota.NewExecution(j, v, now)
-	}})
-	if err != nil {
-		return fmt.Errorf("job %s add devices: %w", j.ID, err)
+	if devices == nil || len(devices) > 0 {
+		n, err := e.cfg.Store.JobExecutionsAdd(ctx, ota.JobAddParams{Job: j, At: now, Devices: devices, Initial: func(v string) ota.JobExecution {
+			return ota.NewExecution(j, v, now)
+		}})
+		if err != nil {
+			return fmt.Errorf("job %s add devices: %w", j.ID, err)
+		}
+		if n > 0 {
+			e.log.Info("devices added to continuous job", "job_id", j.ID, "devices", n)
+			e.Wake()
+		}
 	}
-	if full {
-		e.setCursor(j.ID, continuousCursor{seq: seq, full: now})
-	} else {
-		e.setCursor(j.ID, continuousCursor{seq: seq, full: c.full})
-	}
-	if n > 0 {
-		e.log.Info("devices added to continuous job", "job_id", j.ID, "devices", n)
-		e.Wake()
-	}
+	e.mu.Lock()
+	e.continuous[j.ID] = c
+	e.mu.Unlock()
 	return nil
 }
 
@@ -234,12 +217,6 @@ func (e *Engine) forgetCursors(active []*ota.Job) {
 			delete(e.continuous, id)
 		}
 	}
-}
-
-func (e *Engine) setCursor(jobID string, c continuousCursor) {
-	e.mu.Lock()
-	e.continuous[jobID] = c
-	e.mu.Unlock()
 }
 
 // changedDevices returns the devices of product productID named in the

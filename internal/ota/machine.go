@@ -39,8 +39,6 @@ type ExecEvent struct {
 	Report *Report // EventReport
 	// Deadline is when a claimed attempt times out (EventClaim).
 	Deadline time.Time
-	// Reason is shown as the result message of a cancel.
-	Reason string
 }
 
 // ExecStep is what an event does to an execution.
@@ -100,8 +98,8 @@ func Step(j *Job, x *JobExecution, ev ExecEvent, now time.Time) ExecStep {
 			return s // devices already upgrading are still tracked
 		}
 		n.State, n.NextAttemptAt, n.FinishedAt = ExecCanceled, nil, timep(now)
-		if ev.Reason != "" {
-			n.ResultMsg = ev.Reason
+		if j.StatusReason != "" {
+			n.ResultMsg = j.StatusReason // by hand, end_at, an abort criterion
 		}
 	case EventRetry:
 		if x.State != ExecFailed && x.State != ExecTimedOut {

@@ -328,12 +328,12 @@ func (j *Job) InWindow(now time.Time) bool {
 	return false
 }
 
-// PerMinute is the job's notification rate limit given its pace: the
-// exponential rate if it has one, never above max_per_minute; 0 is none.
 // Paced says whether the job limits its notifications at all: in flight at
 // once, a minute, or at a growing rate.
 func (j *Job) Paced() bool { return j.MaxConcurrent > 0 || j.MaxPerMinute > 0 || j.Rate != nil }
 
+// PerMinute is the job's notification rate limit given its pace: the
+// exponential rate if it has one, never above max_per_minute; 0 is none.
 func (j *Job) PerMinute(p JobPace) int {
 	q := j.Rate
 	if q == nil {
@@ -701,15 +701,13 @@ func UnmarshalRollout(j *Job, s string) error {
 }
 
 // AddPhaseCount adds a store's count of n executions of phase in state
-// (endedSince of them ended since, unhealthy of them done but unhealthy)
-// to out, which holds phases in order.
-func AddPhaseCount(out []PhaseCounts, phase int, state string, n, endedSince, unhealthy int) []PhaseCounts {
+// (endedSince of them ended since) to out, which holds phases in order.
+func AddPhaseCount(out []PhaseCounts, phase int, state string, n, endedSince int) []PhaseCounts {
 	if len(out) == 0 || out[len(out)-1].Phase != phase {
 		out = append(out, PhaseCounts{Phase: phase, Counts: map[string]int{}, EndedSince: map[string]int{}})
 	}
 	p := &out[len(out)-1]
 	p.Counts[state] += n
 	p.EndedSince[state] += endedSince
-	p.Unhealthy += unhealthy
 	return out
 }

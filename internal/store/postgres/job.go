@@ -382,10 +382,9 @@ func (s *Store) JobPhaseCounts(ctx context.Context, p ota.JobPhaseCountsParams) 
 			GROUP BY phase, state`, id, utcPtr(since))
 	}
 	if p.Unhealthy {
-		batch.Queue(`SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+		batch.Queue(`SELECT count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
 				JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-			WHERE x.job_id = $1 AND x.state = 'done' AND x.phase = $2 AND (NOT d.online OR d.version <> j.firmware_version)
-			GROUP BY x.phase`, id, p.Phase)
+			WHERE x.job_id = $1 AND x.state = 'done' AND x.phase = $2 AND (NOT d.online OR d.version <> j.firmware_version)`, id, p.Phase)
 	}
 	br := s.pool.SendBatch(ctx, batch)
 	defer br.Close()
@@ -418,9 +417,8 @@ func (s *Store) JobPhaseCounts(ctx context.Context, p ota.JobPhaseCountsParams) 
 		}
 	}
 	if err == nil && p.Unhealthy {
-		rows, err = br.Query()
-		if err == nil {
-			_, err = pgx.ForEachRow(rows, []any{&phase, &n}, func() error { get(phase).Unhealthy += n; return nil })
+		if err = br.QueryRow().Scan(&n); err == nil && n > 0 {
+			get(p.Phase).Unhealthy = n
 		}
 	}
 	if err != nil {
@@ -437,30 +435,27 @@ func (s *Store) JobPhaseCounts(ctx context.Context, p ota.JobPhaseCountsParams) 
 func (s *Store) JobExecutionsAdd(ctx context.Context, p ota.JobAddParams) (int, error) {
 	var added int
 	err := s.inTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
-		n, xs, err := insertExecutions(ctx, tx, p.Job, p.At, p.Initial, true, p.Devices)
+		xs, err := addExecutions(ctx, tx, p.Job, p.At, p.Initial, p.Devices)
 		if err != nil {
 			return err
 		}
-		added = n
+		added = len(xs)
 		return appendEvents(ctx, tx, executionEvents(make([]*ota.JobExecution, len(xs)), xs)...)
 	})
 	return added, err
 }
 
-// insertExecutions inserts the executions of job j's targets, in its
-// current phase, their first states from initial per distinct version:
-// all of them for a new job, or (onlyNew) those of devices in neither j
-// nor another active job, which it then returns. The targets are
-// share-locked: their versions stay until the executions are in.
-func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, onlyNew bool, only []string) (int, []*ota.JobExecution, error) {
+// addExecutions adds to continuous job j, in its current phase, the
+// devices of its targets (among only, when set) in neither j nor another
+// active job, their first states from initial per distinct version, and
+// returns them. The targets are share-locked: their versions stay until
+// the executions are in. A new job's executions are inserted by
+// insertTargets instead.
+func addExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, initial func(string) ota.JobExecution, only []string) ([]*ota.JobExecution, error) {
 	// fresh keeps the devices in neither this job (jobParam) nor another
-	// active one, and, when only is set, among only (onlyParam).
+	// active one, by two lookups by index (the primary key, the active
+	// one), and, when only is set, among only (onlyParam).
 	fresh := func(jobParam, onlyParam string) string {
-		if !onlyNew {
-			return ""
-		}
-		// Two lookups by index (the primary key, the active one), not one
-		// over every execution of the device.
 		q := ` AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.job_id = ` + jobParam + ` AND x.device_name = d.name)
 			AND NOT EXISTS (SELECT 1 FROM job_executions x WHERE x.product_id = d.product_id AND x.device_name = d.name
 				AND x.state IN ` + activeStates + `)`
@@ -470,46 +465,28 @@ func insertExecutions(ctx context.Context, tx pgx.Tx, j *ota.Job, at time.Time, 
 		return q
 	}
 	filter, arg := targetFilter(j.Targets, "$2")
-	args := []any{j.ProductID, arg}
-	if onlyNew {
-		args = append(args, j.ID)
-		if only != nil {
-			args = append(args, only)
-		}
+	args := []any{j.ProductID, arg, j.ID}
+	if only != nil {
+		args = append(args, only)
 	}
-	// A continuous job's additions share-lock their targets; a new job
-	// reads them in its one snapshot instead (JobCreate).
-	q := `SELECT DISTINCT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter
-	if onlyNew {
-		q = `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND ` + filter + fresh("$3", "$4") + `
-			ORDER BY d.name FOR SHARE OF d) t`
-	}
-	rows, err := tx.Query(ctx, q, args...)
+	rows, err := tx.Query(ctx, `SELECT DISTINCT version FROM (SELECT d.version FROM devices d WHERE d.product_id = $1 AND `+filter+fresh("$3", "$4")+`
+		ORDER BY d.name FOR SHARE OF d) t`, args...)
 	versions, err := collect(rows, err, "target versions", scanString)
 	if err != nil || len(versions) == 0 {
-		return 0, nil, err
+		return nil, err
 	}
 	states, percents, finished := firstStates(versions, initial)
 	filter, arg = targetFilter(j.Targets, "$3")
-	q = `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
+	args = []any{j.ProductID, versions, arg, j.ID, at.UTC(), states, percents, finished, j.Phase}
+	if only != nil {
+		args = append(args, only)
+	}
+	rows, err = tx.Query(ctx, `INSERT INTO job_executions (job_id, product_id, device_name, state, from_version, percent, finished_at, created_at, updated_at, phase)
 		SELECT $4, d.product_id, d.name, m.state, d.version, m.percent, m.finished_at, $5, $5, $9
 		FROM devices d JOIN unnest($2::text[], $6::text[], $7::integer[], $8::timestamptz[]) AS m(version, state, percent, finished_at)
 			ON m.version = d.version
-		WHERE d.product_id = $1 AND ` + filter + fresh("$4", "$10")
-	args = []any{j.ProductID, versions, arg, j.ID, at.UTC(), states, percents, finished, j.Phase}
-	if onlyNew && only != nil {
-		args = append(args, only)
-	}
-	if !onlyNew {
-		tag, err := tx.Exec(ctx, q, args...)
-		if err != nil {
-			return 0, nil, fmt.Errorf("create job executions: %w", interpretError(err, "job execution"))
-		}
-		return int(tag.RowsAffected()), nil, nil
-	}
-	rows, err = tx.Query(ctx, q+` ON CONFLICT DO NOTHING RETURNING `+execColumns, args...)
-	xs, err := collect(rows, err, "added job executions", scanExec)
-	return len(xs), xs, err
+		WHERE d.product_id = $1 AND `+filter+fresh("$4", "$10")+` ON CONFLICT DO NOTHING RETURNING `+execColumns, args...)
+	return collect(rows, err, "added job executions", scanExec)
 }
 
 const execColumns = `job_id, product_id, device_name, state, from_version, percent, attempts, result_code, result_msg,
@@ -644,12 +621,11 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		// last minute and the latest one, the notified_at index.
 		var pace ota.JobPace
 		if !p.Unpaced {
-			if err := tx.QueryRow(ctx, `SELECT
-				(SELECT coalesce(sum(n) FILTER (WHERE state IN `+inFlightStates+`), 0) FROM `+jobCountRows+`),
+			if err := tx.QueryRow(ctx, `SELECT coalesce(sum(n) FILTER (WHERE state IN `+inFlightStates+`), 0),
 				(SELECT count(*) FROM job_executions WHERE job_id = $1 AND notified_at > $2),
-				(SELECT coalesce(sum(n) FILTER (WHERE attempted), 0) FROM `+jobCountRows+`),
-				(SELECT coalesce(sum(n) FILTER (WHERE attempted AND state = 'done'), 0) FROM `+jobCountRows+`),
-				(SELECT max(notified_at) FROM job_executions WHERE job_id = $1 AND notified_at IS NOT NULL)`,
+				coalesce(sum(n) FILTER (WHERE attempted), 0), coalesce(sum(n) FILTER (WHERE attempted AND state = 'done'), 0),
+				(SELECT max(notified_at) FROM job_executions WHERE job_id = $1 AND notified_at IS NOT NULL)
+				FROM `+jobCountRows,
 				p.JobID, p.Since.UTC()).Scan(&pace.InFlight, &pace.NotifiedSince,
 				&pace.Notified, &pace.Succeeded, &pace.LastNotifiedAt); err != nil {
 				return fmt.Errorf("job pace: %w", err)

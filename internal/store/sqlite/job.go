@@ -355,29 +355,21 @@ func (s *Store) JobPhaseCounts(ctx context.Context, p ota.JobPhaseCountsParams) 
 	if err != nil {
 		return nil, err
 	}
-	type sick struct{ phase, n int }
-	var sicks []sick
-	if p.Unhealthy {
-		rows, err = s.read.QueryContext(ctx, `SELECT x.phase, count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
-				JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
-			WHERE x.job_id = ?1 AND x.state = 'done' AND x.phase = ?2 AND (NOT d.online OR d.version <> j.firmware_version)
-			GROUP BY x.phase`, id, p.Phase)
-		sicks, err = collect(rows, err, "job phase counts", func(sc scanner) (sick, error) {
-			var r sick
-			return r, sc.Scan(&r.phase, &r.n)
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
 	var out []ota.PhaseCounts
 	for _, r := range rs {
-		out = ota.AddPhaseCount(out, r.phase, r.state, r.n, r.ended, 0)
+		out = ota.AddPhaseCount(out, r.phase, r.state, r.n, r.ended)
 	}
-	for _, k := range sicks {
+	if p.Unhealthy {
+		var n int
+		if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM job_executions x JOIN jobs j ON j.id = x.job_id
+				JOIN devices d ON d.product_id = x.product_id AND d.name = x.device_name
+			WHERE x.job_id = ?1 AND x.state = 'done' AND x.phase = ?2 AND (NOT d.online OR d.version <> j.firmware_version)`,
+			id, p.Phase).Scan(&n); err != nil {
+			return nil, fmt.Errorf("count unhealthy devices: %w", interpretError(err, "job"))
+		}
 		for i := range out {
-			if out[i].Phase == k.phase {
-				out[i].Unhealthy += k.n
+			if out[i].Phase == p.Phase {
+				out[i].Unhealthy = n
 			}
 		}
 	}
@@ -487,12 +479,11 @@ func (s *Store) JobExecutionClaim(ctx context.Context, p ota.JobExecutionClaimPa
 		if !p.Unpaced {
 			// The pace from the counters and, for the notifications of the
 			// last minute and the latest one, the notified_at index.
-			if err := tx.QueryRowContext(ctx, `SELECT
-				(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND state IN `+inFlightStates+`),
+			if err := tx.QueryRowContext(ctx, `SELECT coalesce(sum(n) FILTER (WHERE state IN `+inFlightStates+`), 0),
 				(SELECT count(*) FROM job_executions WHERE job_id = ?1 AND notified_at > ?2),
-				(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted),
-				(SELECT coalesce(sum(n), 0) FROM job_counts WHERE job_id = ?1 AND attempted AND state = 'done'),
-				(SELECT max(notified_at) FROM job_executions WHERE job_id = ?1 AND notified_at IS NOT NULL)`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
+				coalesce(sum(n) FILTER (WHERE attempted), 0), coalesce(sum(n) FILTER (WHERE attempted AND state = 'done'), 0),
+				(SELECT max(notified_at) FROM job_executions WHERE job_id = ?1 AND notified_at IS NOT NULL)
+				FROM job_counts WHERE job_id = ?1`, p.JobID, fmtTime(p.Since)).Scan(&pace.InFlight, &pace.NotifiedSince,
 				&pace.Notified, &pace.Succeeded, sqlTimePtr{&pace.LastNotifiedAt}); err != nil {
 				return fmt.Errorf("job pace: %w", err)
 			}
