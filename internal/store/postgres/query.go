@@ -170,6 +170,12 @@ func (s *Store) DeviceDelete(ctx context.Context, productID, name string, end fu
 		if tag.RowsAffected() == 0 {
 			return ota.Errorf(ota.ENOTFOUND, "device not found")
 		}
+		// Its history has no foreign key (migration 0010): reports and
+		// presence append to it only while holding the device's row, which
+		// the delete above now holds until commit.
+		if _, err := tx.Exec(ctx, `DELETE FROM device_events WHERE product_id = $1 AND device_name = $2`, productID, name); err != nil {
+			return fmt.Errorf("delete device history: %w", err)
+		}
 		rows, err := tx.Query(ctx, `SELECT `+execColumns+` FROM job_executions WHERE product_id = $1 AND device_name = $2 AND state IN `+activeStates+` FOR UPDATE`,
 			productID, name)
 		active, err := collect(rows, err, "active executions", scanExec)
