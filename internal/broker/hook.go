@@ -356,9 +356,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		// connection, so the device does not resend it forever.
 		return pk, packets.CodeSuccessIgnore
 	}
-	ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
-	err = h.b.rec.record(ctx, r)
-	cancel()
+	err = h.b.rec.record(r, time.Now().Add(h.b.opts.ReportTimeout))
 	if ota.IsCode(err, ota.EFORBIDDEN) {
 		// Disabled or deleted while connected: the engine closes the
 		// session; the report is neither stored nor acknowledged.
@@ -415,9 +413,7 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 		h.b.log.Warn("will dropped", "product_id", s.productID, "device", s.deviceName, "err", ota.ErrorMessage(err))
 		return
 	}
-	ctx, cancel := context.WithTimeout(h.b.ctx, h.b.opts.ReportTimeout)
-	defer cancel()
-	if err := h.b.rec.record(ctx, r); err != nil {
+	if err := h.b.rec.record(r, time.Now().Add(h.b.opts.ReportTimeout)); err != nil {
 		h.b.metrics.dropped.WithLabelValues(dropStoreError).Inc()
 		h.b.log.Error("will not stored", "product_id", s.productID, "device", s.deviceName, "err", err)
 		return

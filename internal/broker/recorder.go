@@ -28,6 +28,7 @@ type recorder struct {
 	metrics  *metrics
 	maxBatch int
 	writers  int
+	maxWrite time.Duration // bounds one transaction (writeTimeout)
 
 	queue chan *reportReq
 	quit  chan struct{}
@@ -35,8 +36,9 @@ type recorder struct {
 }
 
 type reportReq struct {
-	r    ota.Report
-	done chan error // buffered: the writer never blocks on a gone waiter
+	r        ota.Report
+	deadline time.Time  // answered unwritten after this, written or not by then
+	done     chan error // buffered: the writer never blocks on a gone waiter
 }
 
 // errRecorderClosed answers reports that arrive while the broker closes.
@@ -52,6 +54,7 @@ func newRecorder(apply ReportApplier, log *slog.Logger, m *metrics, maxBatch, wr
 		metrics:  m,
 		maxBatch: maxBatch,
 		writers:  writers,
+		maxWrite: writeTimeout,
 		queue:    make(chan *reportReq, maxBatch*writers),
 		quit:     make(chan struct{}),
 	}
@@ -71,28 +74,32 @@ func (rc *recorder) stop() {
 	rc.wg.Wait()
 }
 
-// record queues r and waits until it is durable, ctx ends, or the writer
-// reports an error.
-func (rc *recorder) record(ctx context.Context, r ota.Report) error {
-	req := &reportReq{r: r, done: make(chan error, 1)}
+// record queues r and waits until it is durable or the writer reports an
+// error. A report not written by deadline is refused: the writers skip it
+// when it is still queued then, and bound a transaction by its reports'
+// deadlines. Nothing here takes a timer or a context while the queue has
+// room, which is every report but under overload: this runs once per
+// stored report, on the device's connection.
+func (rc *recorder) record(r ota.Report, deadline time.Time) error {
+	req := &reportReq{r: r, deadline: deadline, done: make(chan error, 1)}
 	rc.metrics.reportsPending.Inc()
 	defer rc.metrics.reportsPending.Dec()
 	select {
 	case rc.queue <- req:
 	case <-rc.quit:
 		return errRecorderClosed
-	case <-ctx.Done():
-		return ota.Errorf(ota.EUNAVAILABLE, "report queue full: %v", ctx.Err())
+	default:
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case rc.queue <- req:
+		case <-rc.quit:
+			return errRecorderClosed
+		case <-t.C:
+			return ota.Errorf(ota.EUNAVAILABLE, "report queue full")
+		}
 	}
-	select {
-	case err := <-req.done:
-		return err
-	case <-ctx.Done():
-		// The write may still commit; the device, unacknowledged, will
-		// send the report again, and a duplicate history entry is the
-		// worst outcome.
-		return ota.Errorf(ota.EUNAVAILABLE, "report not written in time: %v", ctx.Err())
-	}
+	return <-req.done
 }
 
 func (rc *recorder) run() {
@@ -127,19 +134,26 @@ func (rc *recorder) run() {
 	}
 }
 
-// write commits one batch and answers its waiters. When the batch fails as
-// a whole, each report is retried alone so one bad report cannot fail its
+// write commits one batch and answers its waiters. Reports past their
+// deadline are answered at once, unwritten. When the batch is refused as a
+// whole, each report is retried alone so one bad report cannot fail its
 // neighbours.
 func (rc *recorder) write(batch []*reportReq) {
+	batch = rc.live(batch)
+	if len(batch) == 0 {
+		return
+	}
 	reports := make([]ota.Report, len(batch))
 	for i, req := range batch {
 		reports[i] = req.r
 	}
 	start := time.Now()
-	refused, err := rc.commit(reports)
+	refused, err := rc.commit(reports, earliest(batch))
 	rc.metrics.batchSize.Observe(float64(len(batch)))
 	rc.metrics.commitSeconds.Observe(time.Since(start).Seconds())
-	if err == nil || len(batch) == 1 {
+	// A batch that ran out of time or found the database gone fails as a
+	// whole; one by one would only take longer.
+	if err == nil || len(batch) == 1 || ota.IsCode(err, ota.EUNAVAILABLE) {
 		for i, req := range batch {
 			if err == nil {
 				req.done <- refused[i]
@@ -151,7 +165,10 @@ func (rc *recorder) write(batch []*reportReq) {
 	}
 	rc.log.Warn("report batch failed, writing one by one", "reports", len(batch), "err", err)
 	for i, req := range batch {
-		refused, err := rc.commit(reports[i : i+1])
+		if expired(req, time.Now()) {
+			continue
+		}
+		refused, err := rc.commit(reports[i:i+1], req.deadline)
 		if err == nil {
 			err = refused[0]
 		}
@@ -159,12 +176,51 @@ func (rc *recorder) write(batch []*reportReq) {
 	}
 }
 
-func (rc *recorder) commit(reports []ota.Report) ([]error, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+// live answers the requests past their deadline and returns the others,
+// in place.
+func (rc *recorder) live(batch []*reportReq) []*reportReq {
+	now := time.Now()
+	live := batch[:0]
+	for _, req := range batch {
+		if !expired(req, now) {
+			live = append(live, req)
+		}
+	}
+	return live
+}
+
+// expired answers req, unwritten, when its deadline has passed.
+func expired(req *reportReq, now time.Time) bool {
+	if now.After(req.deadline) {
+		req.done <- ota.Errorf(ota.EUNAVAILABLE, "report not written in time")
+		return true
+	}
+	return false
+}
+
+// earliest is the first deadline of a batch: its transaction may take
+// until then (at most writeTimeout). The queue is in arrival order, so a
+// report waits at most for the batch ahead of it, which ends by an earlier
+// deadline, and then for its own: it is answered by its deadline.
+func earliest(batch []*reportReq) time.Time {
+	t := batch[0].deadline
+	for _, req := range batch[1:] {
+		if req.deadline.Before(t) {
+			t = req.deadline
+		}
+	}
+	return t
+}
+
+func (rc *recorder) commit(reports []ota.Report, deadline time.Time) ([]error, error) {
+	if max := time.Now().Add(rc.maxWrite); deadline.After(max) {
+		deadline = max
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	refused, err := rc.apply.ApplyReports(ctx, reports)
 	if err != nil && errors.Is(err, context.DeadlineExceeded) {
-		return nil, ota.Errorf(ota.EUNAVAILABLE, "database did not answer in %s", writeTimeout)
+		return nil, ota.Errorf(ota.EUNAVAILABLE, "database did not answer in time")
 	}
 	return refused, err
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
 )
 
 // MaxReportSize is the largest report payload a device may publish. Real
@@ -46,6 +48,12 @@ func UpdateTopic(productID, deviceName string) string {
 // string, percent missing outside downloading. It fails with ETOOLARGE for
 // a payload over MaxReportSize and EINVALID for anything else it cannot
 // read: not JSON, an unknown type, a bad version or state.
+//
+// Every stored report is parsed here on the device's connection, so it
+// uses fastjson's validator and parser (no reflection, parsers reused)
+// rather than encoding/json, at about a fifth of the cost. Keys match as
+// encoding/json matches struct fields: case-insensitively, the last one
+// of a name winning.
 func ParseReport(productID, deviceName string, payload []byte, at time.Time) (Report, error) {
 	if len(payload) > MaxReportSize {
 		return Report{}, Errorf(ETOOLARGE, "report is %d bytes, more than %d", len(payload), MaxReportSize)
@@ -53,29 +61,34 @@ func ParseReport(productID, deviceName string, payload []byte, at time.Time) (Re
 	if !utf8.Valid(payload) {
 		return Report{}, Errorf(EINVALID, "report is not UTF-8 text")
 	}
-	// One pass decodes the envelope and the report object; the fields whose
-	// type varies between SDKs stay raw.
-	var env struct {
-		Type   *string `json:"type"`
-		Report *struct {
-			Version  json.RawMessage `json:"version"`
-			Progress json.RawMessage `json:"progress"`
-		} `json:"report"`
+	if fastjson.ValidateBytes(payload) != nil {
+		return Report{}, errShape()
 	}
-	if err := json.Unmarshal(payload, &env); err != nil {
-		return Report{}, Errorf(EINVALID, "report is not a JSON object of the protocol's shape")
+	jp := jsonParsers.Get()
+	defer jsonParsers.Put(jp)
+	env, err := jp.ParseBytes(payload)
+	if err != nil || env.Type() != fastjson.TypeObject {
+		return Report{}, errShape()
 	}
-	if env.Type == nil {
+	typ := field(env, "type")
+	if isNull(typ) {
 		return Report{}, Errorf(EINVALID, "report has no type")
 	}
-	r := Report{ProductID: productID, DeviceName: deviceName, Type: *env.Type, At: at}
+	if typ.Type() != fastjson.TypeString {
+		return Report{}, errShape()
+	}
+	r := Report{ProductID: productID, DeviceName: deviceName, Type: string(typ.GetStringBytes()), At: at}
 	if r.Type != EventReportVersion && r.Type != EventReportProgress {
 		return Report{}, Errorf(EINVALID, "unknown report type %q", truncate(r.Type, 32))
 	}
-	if env.Report == nil {
+	rep := field(env, "report")
+	if isNull(rep) {
 		return Report{}, Errorf(EINVALID, "%s: report object is missing", r.Type)
 	}
-	v, ok := jsonString(env.Report.Version)
+	if rep.Type() != fastjson.TypeObject {
+		return Report{}, errShape()
+	}
+	v, ok := jsonString(field(rep, "version"))
 	if !ok {
 		return Report{}, Errorf(EINVALID, "%s: version is missing or not a string", r.Type)
 	}
@@ -84,52 +97,59 @@ func ParseReport(productID, deviceName string, payload []byte, at time.Time) (Re
 	}
 	r.Version = v
 	if r.Type == EventReportProgress {
-		if err := parseProgress(env.Report.Progress, &r); err != nil {
+		if err := parseProgress(field(rep, "progress"), &r); err != nil {
 			return Report{}, err
 		}
 	}
 	return r, nil
 }
 
-// jsonString decodes a JSON string, without the decoder when it holds no
-// escapes (the common case).
-func jsonString(raw json.RawMessage) (string, bool) {
-	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
-		return "", false
-	}
-	inner := raw[1 : len(raw)-1]
-	if bytes.IndexByte(inner, '\\') < 0 && bytes.IndexByte(inner, '"') < 0 {
-		return string(inner), true
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", false
-	}
-	return s, true
+func errShape() error { return Errorf(EINVALID, "report is not a JSON object of the protocol's shape") }
+
+// jsonParsers are reused: a parser keeps its buffers between payloads.
+var jsonParsers fastjson.ParserPool
+
+// field returns an object's member named key, or nil.
+func field(o *fastjson.Value, key string) *fastjson.Value {
+	var v *fastjson.Value
+	o.GetObject().Visit(func(k []byte, kv *fastjson.Value) {
+		if string(k) == key || strings.EqualFold(string(k), key) {
+			v = kv
+		}
+	})
+	return v
 }
 
-func parseProgress(raw json.RawMessage, r *Report) error {
-	if isNull(raw) {
+// jsonString returns a JSON string's text.
+func jsonString(v *fastjson.Value) (string, bool) {
+	if v == nil || v.Type() != fastjson.TypeString {
+		return "", false
+	}
+	return string(v.GetStringBytes()), true
+}
+
+func parseProgress(v *fastjson.Value, r *Report) error {
+	if isNull(v) {
 		return Errorf(EINVALID, "report_progress: progress is missing")
 	}
+	notObject := func() error { return Errorf(EINVALID, "report_progress: progress is not an object") }
 	// The public protocol page shows progress as a JSON-encoded string.
-	if raw[0] == '"' {
-		s, ok := jsonString(raw)
-		if !ok {
-			return Errorf(EINVALID, "report_progress: progress is not an object")
+	if v.Type() == fastjson.TypeString {
+		inner := v.GetStringBytes()
+		if fastjson.ValidateBytes(inner) != nil {
+			return notObject()
 		}
-		raw = json.RawMessage(s)
+		jp := jsonParsers.Get()
+		defer jsonParsers.Put(jp)
+		var err error
+		if v, err = jp.ParseBytes(inner); err != nil {
+			return notObject()
+		}
 	}
-	var p struct {
-		State      json.RawMessage `json:"state"`
-		Percent    json.RawMessage `json:"percent"`
-		ResultCode json.RawMessage `json:"result_code"`
-		ResultMsg  json.RawMessage `json:"result_msg"`
+	if v.Type() != fastjson.TypeObject {
+		return notObject()
 	}
-	if err := json.Unmarshal(raw, &p); err != nil {
-		return Errorf(EINVALID, "report_progress: progress is not an object")
-	}
-	state, ok := jsonString(p.State)
+	state, ok := jsonString(field(v, "state"))
 	if !ok {
 		return Errorf(EINVALID, "report_progress: state is missing or not a string")
 	}
@@ -139,7 +159,7 @@ func parseProgress(raw json.RawMessage, r *Report) error {
 	default:
 		return Errorf(EINVALID, "report_progress: unknown state %q", truncate(state, 32))
 	}
-	pct, ok, err := looseInt(p.Percent)
+	pct, ok, err := looseInt(field(v, "percent"))
 	if err != nil {
 		return Errorf(EINVALID, "report_progress: percent must be a whole number from 0 to 100")
 	}
@@ -149,33 +169,32 @@ func parseProgress(raw json.RawMessage, r *Report) error {
 		}
 		r.Percent = &pct
 	}
-	code, ok, err := looseInt(p.ResultCode)
+	code, ok, err := looseInt(field(v, "result_code"))
 	if err != nil || ok && (code < math.MinInt32 || code > math.MaxInt32) {
 		return Errorf(EINVALID, "report_progress: result_code must be a whole number")
 	}
 	if ok {
 		r.ResultCode = &code
 	}
-	r.ResultMsg = looseText(p.ResultMsg)
+	r.ResultMsg = looseText(field(v, "result_msg"))
 	return nil
 }
 
 // looseInt reads a whole number sent as a JSON number or a string. A missing
 // field, null or "" is not set (ok false).
-func looseInt(raw json.RawMessage) (n int, ok bool, err error) {
-	if isNull(raw) {
+func looseInt(v *fastjson.Value) (n int, ok bool, err error) {
+	var s string
+	switch {
+	case isNull(v):
 		return 0, false, nil
-	}
-	s := string(raw)
-	if raw[0] == '"' {
-		var ok bool
-		if s, ok = jsonString(raw); !ok {
-			return 0, false, strconv.ErrSyntax
-		}
-		s = strings.TrimSpace(s)
-		if s == "" {
+	case v.Type() == fastjson.TypeNumber:
+		s = v.String() // the number as sent
+	case v.Type() == fastjson.TypeString:
+		if s = strings.TrimSpace(string(v.GetStringBytes())); s == "" {
 			return 0, false, nil
 		}
+	default:
+		return 0, false, strconv.ErrSyntax
 	}
 	if i, err := strconv.ParseInt(s, 10, 64); err == nil {
 		if i < math.MinInt32 || i > math.MaxInt32 {
@@ -193,19 +212,16 @@ func looseInt(raw json.RawMessage) (n int, ok bool, err error) {
 
 // looseText reads free text sent as a string (or, leniently, a number),
 // cut to MaxResultMsgLen bytes and cleared of control characters.
-func looseText(raw json.RawMessage) string {
-	if isNull(raw) {
-		return ""
-	}
+func looseText(v *fastjson.Value) string {
 	var s string
-	if raw[0] == '"' {
-		var ok bool
-		if s, ok = jsonString(raw); !ok {
-			return ""
-		}
-	} else if raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9' {
-		s = string(raw)
-	} else {
+	switch {
+	case isNull(v):
+		return ""
+	case v.Type() == fastjson.TypeString:
+		s = string(v.GetStringBytes())
+	case v.Type() == fastjson.TypeNumber:
+		s = v.String()
+	default:
 		return ""
 	}
 	s = strings.Map(func(r rune) rune {
@@ -228,8 +244,8 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-func isNull(raw json.RawMessage) bool {
-	return len(raw) == 0 || string(raw) == "null"
+func isNull(v *fastjson.Value) bool {
+	return v == nil || v.Type() == fastjson.TypeNull
 }
 
 // Downlink message types.

@@ -53,7 +53,16 @@ func TestParseReport(t *testing.T) {
 		{"extra fields ignored", `{"type":"report_version","report":{"version":"2.0","module":"mcu"},"id":7}`,
 			want{typ: EventReportVersion, version: "2.0"}, ""},
 
+		{"keys any case, last one wins", `{"Type":"report_version","report":{"version":"1.0","VERSION":"1.1"}}`,
+			want{typ: EventReportVersion, version: "1.1"}, ""},
+
 		{"not json", `hello`, want{}, EINVALID},
+		{"number with plus", `{"type":"report_progress","report":{"progress":{"state":"downloading","percent":+5},"version":"1.0"}}`, want{}, EINVALID},
+		{"number NaN", `{"type":"report_progress","report":{"progress":{"state":"downloading","percent":NaN},"version":"1.0"}}`, want{}, EINVALID},
+		{"number leading zero", `{"type":"report_progress","report":{"progress":{"state":"downloading","percent":05},"version":"1.0"}}`, want{}, EINVALID},
+		{"raw control char in string", "{\"type\":\"report_version\",\"report\":{\"version\":\"1.0\x01\"}}", want{}, EINVALID},
+		{"trailing garbage", `{"type":"report_version","report":{"version":"1.0"}} x`, want{}, EINVALID},
+		{"progress string of invalid JSON", `{"type":"report_progress","report":{"progress":"{\"state\":downloading}","version":"1.0"}}`, want{}, EINVALID},
 		{"binary", "\x00\xff\xfe\x01", want{}, EINVALID},
 		{"json array", `[1,2]`, want{}, EINVALID},
 		{"truncated json", `{"type":"report_version","report":{"version":"1.0"`, want{}, EINVALID},
