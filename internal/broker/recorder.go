@@ -139,7 +139,7 @@ func (rc *recorder) run() {
 // whole, each report is retried alone so one bad report cannot fail its
 // neighbours.
 func (rc *recorder) write(batch []*reportReq) {
-	batch = rc.live(batch)
+	batch = live(batch)
 	if len(batch) == 0 {
 		return
 	}
@@ -178,7 +178,7 @@ func (rc *recorder) write(batch []*reportReq) {
 
 // live answers the requests past their deadline and returns the others,
 // in place.
-func (rc *recorder) live(batch []*reportReq) []*reportReq {
+func live(batch []*reportReq) []*reportReq {
 	now := time.Now()
 	live := batch[:0]
 	for _, req := range batch {

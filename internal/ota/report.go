@@ -113,7 +113,7 @@ var jsonParsers fastjson.ParserPool
 func field(o *fastjson.Value, key string) *fastjson.Value {
 	var v *fastjson.Value
 	o.GetObject().Visit(func(k []byte, kv *fastjson.Value) {
-		if string(k) == key || strings.EqualFold(string(k), key) {
+		if strings.EqualFold(string(k), key) {
 			v = kv
 		}
 	})

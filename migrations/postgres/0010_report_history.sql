@@ -1,5 +1,5 @@
 -- Every stored report appends a row to device_events, so each index and
--- check on it is paid once per report (bench/README.md, "Throughput").
+-- check on it is paid once per report (bench/README.md, "A cheaper report path").
 --
 -- The foreign key to devices checked each appended row with a lookup that
 -- also locked the device's row once more (FOR KEY SHARE, a WAL record per
