@@ -1,4 +1,5 @@
-# Shared by the bench scripts: a temp work dir cleaned on exit, the
+# Shared by the bench scripts: a temp work dir cleaned on exit (kept, with
+# the processes' output and logs, when KEEP_WORK=1), the
 # processes a script starts (PIDS, stopped on exit), and a throwaway
 # PostgreSQL with durable settings (fsync and synchronous_commit on).
 # Source it after `set -euo pipefail`; it sets WORK, PG_BIN, PG_PORT, PG_URL.
@@ -16,7 +17,11 @@ cleanup() {
 	if [ -n "$PG_BIN" ] && [ -f "$WORK/pg/postmaster.pid" ]; then
 		as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop >/dev/null 2>&1
 	fi
-	rm -rf "$WORK"
+	if [ "${KEEP_WORK:-}" = 1 ]; then
+		log "work dir kept: $WORK"
+	else
+		rm -rf "$WORK"
+	fi
 }
 trap cleanup EXIT
 

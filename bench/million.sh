@@ -57,7 +57,10 @@ COUNT=$("${PSQL[@]}" -At -c "SELECT count(*) FROM devices WHERE product_id = '$P
 log "$COUNT devices in $PID_"
 
 log "$ONLINE devices connect and report their version every $REPORT_EVERY"
-"$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold 15m -timeout 16m \
+# They hold on long enough for every run (a cancellation can take minutes)
+# and are stopped at the end; a run that finds them gone fails.
+HOLD=$((5 + 10 * RUNS))
+"$WORK/otasim" -broker "127.0.0.1:$MQTT_PORT" -devices "$WORK/devices.csv" -hold "${HOLD}m" -timeout "$((HOLD + 1))m" \
 	-report-every "$REPORT_EVERY" -latency-log "$WORK/latency.txt" >"$WORK/sim.json" &
 SIM=$!
 PIDS+=("$SIM")
@@ -95,6 +98,7 @@ CANCELS=()
 CLOSES=()
 GETS=()
 for r in $(seq 1 "$RUNS"); do
+	kill -0 "$SIM" 2>/dev/null || { log "otasim exited before job $r:"; tail -n 3 "$WORK/sim.json" >&2; exit 1; }
 	log "job $r: creating over all $COUNT devices"
 	C0=$(ms_now)
 	BODY=$(curl -fsS -o - -w '\n%{time_total}' -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
@@ -133,6 +137,7 @@ for r in $(seq 1 "$RUNS"); do
 	WINDOWS+=("canceling$r $R1 $(ms_now)")
 done
 
+kill -0 "$SIM" 2>/dev/null || { log "otasim exited before the end:"; tail -n 3 "$WORK/sim.json" >&2; exit 1; }
 kill -INT "$SIM"; wait "$SIM" || true
 grep '"phase":"periodic_reports"' "$WORK/sim.json" >&2
 HWM=$(status_kib "$OTAD" VmHWM)

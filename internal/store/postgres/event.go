@@ -76,6 +76,23 @@ func (s *Store) EventList(ctx context.Context, p ota.EventListParams) ([]*ota.Ev
 	})
 }
 
+// pruneSQL deletes a batch of rows older than $1, about $2 of them, from
+// each table that retention prunes. A batch is a range, up to the last
+// key of the first $2 old rows, not a join with their keys: a join
+// planned while a table was small (the generic plan of a cached
+// statement) compares every row with every key once it is not (see
+// sequenceSQL). Ties at a range's end may take a few rows more.
+var pruneSQL = []string{
+	`DELETE FROM events WHERE created_at < $1 AND seq <= (SELECT max(seq) FROM
+		(SELECT seq FROM events WHERE created_at < $1 ORDER BY seq LIMIT $2) old)`,
+	`DELETE FROM device_events WHERE created_at < $1 AND id <= (SELECT max(id) FROM
+		(SELECT id FROM device_events WHERE created_at < $1 ORDER BY id LIMIT $2) old)`,
+	`DELETE FROM audit_log WHERE created_at < $1 AND id <= (SELECT max(id) FROM
+		(SELECT id FROM audit_log WHERE created_at < $1 ORDER BY id LIMIT $2) old)`,
+	`DELETE FROM webhook_deliveries WHERE updated_at < $1 AND updated_at <= (SELECT max(updated_at) FROM
+		(SELECT updated_at FROM webhook_deliveries WHERE updated_at < $1 ORDER BY updated_at LIMIT $2) old)`,
+}
+
 func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (int, error) {
 	// Events still in the outbox are numbered first, so that they are
 	// pruned as the others are.
@@ -83,13 +100,7 @@ func (s *Store) EventsPrune(ctx context.Context, before time.Time, limit int) (i
 		return 0, err
 	}
 	n := 0
-	for _, q := range []string{
-		`DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE created_at < $1 ORDER BY seq LIMIT $2)`,
-		`DELETE FROM device_events WHERE id IN (SELECT id FROM device_events WHERE created_at < $1 ORDER BY id LIMIT $2)`,
-		`DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE created_at < $1 ORDER BY id LIMIT $2)`,
-		`DELETE FROM webhook_deliveries WHERE (webhook_id, seq) IN
-			(SELECT webhook_id, seq FROM webhook_deliveries WHERE updated_at < $1 ORDER BY updated_at LIMIT $2)`,
-	} {
+	for _, q := range pruneSQL {
 		tag, err := s.pool.Exec(ctx, q, before.UTC(), limit)
 		if err != nil {
 			return n, fmt.Errorf("prune events: %w", err)

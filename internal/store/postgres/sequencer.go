@@ -108,6 +108,19 @@ func (q *sequencer) drain(ctx context.Context) error {
 	}
 }
 
+// sequenceSQL moves the first $2 committed events of the outbox, in id
+// order, into events, numbered from $1 + 1. They are taken as a range, up
+// to the last of their ids, not by a join with the ids: the outbox swings
+// from empty to a million rows (a job's cancellation), and a join planned
+// while it was empty, which pgx's cached statement keeps as the generic
+// plan, compared every row with every id, for minutes, holding
+// event_seq's lock. A range is one scan whatever the plan.
+const sequenceSQL = `WITH moved AS (
+		DELETE FROM event_outbox WHERE id <= (SELECT max(id) FROM (SELECT id FROM event_outbox ORDER BY id LIMIT $2) first)
+		RETURNING id, type, product_id, job_id, device_name, data, created_at)
+	INSERT INTO events (seq, type, product_id, job_id, device_name, data, created_at)
+	SELECT $1 + row_number() OVER (ORDER BY id), type, product_id, job_id, device_name, data, created_at FROM moved`
+
 // pass numbers up to sequenceBatch committed events in id order, the
 // order their transactions inserted them.
 func (q *sequencer) pass(ctx context.Context) (int, error) {
@@ -119,12 +132,7 @@ func (q *sequencer) pass(ctx context.Context) (int, error) {
 		if err := tx.QueryRow(ctx, `SELECT n FROM event_seq FOR UPDATE`).Scan(&base); err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `WITH moved AS (
-				DELETE FROM event_outbox WHERE id IN (SELECT id FROM event_outbox ORDER BY id LIMIT $2)
-				RETURNING id, type, product_id, job_id, device_name, data, created_at)
-			INSERT INTO events (seq, type, product_id, job_id, device_name, data, created_at)
-			SELECT $1 + row_number() OVER (ORDER BY id), type, product_id, job_id, device_name, data, created_at FROM moved`,
-			base, sequenceBatch)
+		tag, err := tx.Exec(ctx, sequenceSQL, base, sequenceBatch)
 		if err != nil {
 			return err
 		}
