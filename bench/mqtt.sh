@@ -7,7 +7,11 @@
 #   throughput:  ROUNDS rounds (default 3), alternating brokers, of TP_DEVICES devices each sending TP_REPORTS QoS 1 reports
 #                one after the other (PUBACK awaited); for otad each report
 #                is durable in PostgreSQL (fsync on) before its PUBACK,
-#                mosquitto stores nothing (the raw ceiling).
+#                mosquitto stores nothing (the raw ceiling), and neither
+#                does mochi run bare (bench/brokerd -bare: otad's broker
+#                library and its configuration, an allow-all hook): the
+#                floor under otad. Each process's CPU time is counted per
+#                report.
 #
 # Usage: bench/mqtt.sh   (N=10000 TP_DEVICES=500 TP_REPORTS=40 HOLD=15 ROUNDS=3;
 #                        BROKERD_FLAGS="-writers 2 -batch 500" tunes otad;
@@ -63,6 +67,12 @@ OTAD_ADDR=$(sed -n 's/^ADDR=//p' "$WORK/brokerd.out")
 OTAD_PORT=${OTAD_ADDR##*:}
 METRICS_PORT=$(sed -n 's/^METRICS=.*://p' "$WORK/brokerd.out")
 
+"$WORK/brokerd" -bare >"$WORK/bare.out" 2>"$WORK/bare.err" &
+PIDS+=($!)
+BARE=$!
+wait_line "$WORK/bare.out" '^PID='
+BARE_ADDR=$(sed -n 's/^ADDR=//p' "$WORK/bare.out")
+
 MOSQ_PORT=$(free_port)
 cat >"$WORK/mosquitto.conf" <<EOF
 listener $MOSQ_PORT 127.0.0.1
@@ -115,11 +125,27 @@ idle() {
 # memfield LABEL N KEY: KEY of brokerd's Nth LABEL line (MEM or MEMLIVE).
 memfield() { grep "^$1 " "$WORK/brokerd.out" | sed -n "$2p" | tr ' ' '\n' | sed -n "s/^$3=//p"; }
 
+# pg_cpu: CPU seconds of PostgreSQL's postmaster and its processes so far
+# (brokerd's pooled backends live through the run).
+pg_cpu() {
+	local pm p files=()
+	pm=$(head -n 1 "$WORK/pg/postmaster.pid")
+	for p in "$pm" $(pgrep -P "$pm"); do files+=("/proc/$p/stat"); done
+	awk -v hz="$(getconf CLK_TCK)" '{t += $14 + $15} END {print t / hz}' "${files[@]}" 2>/dev/null
+}
+
+# throughput NAME ADDR PID FLAGS...: one round against the broker at ADDR
+# (process PID); prints otasim's "reported" line and appends "reports
+# broker_cpu_s pg_cpu_s otasim_cpu_s" to $WORK/cpu-NAME.
 throughput() {
-	local name=$1 addr=$2; shift 2
-	local out="$WORK/tp-$name.json"
-	"$WORK/otasim" -broker "$addr" -devices "$WORK/devices.csv" -n "$TP_DEVICES" -reports "$TP_REPORTS" "$@" >"$out"
-	grep '"phase":"reported"' "$out"
+	local name=$1 addr=$2 pid=$3; shift 3
+	local out="$WORK/tp-$name.json" b0 g0 b1 g1 sim
+	b0=$(cpu_s "$pid"); g0=$(pg_cpu)
+	sim=$( { TIMEFORMAT='%U %S'; time "$WORK/otasim" -broker "$addr" -devices "$WORK/devices.csv" -n "$TP_DEVICES" -reports "$TP_REPORTS" "$@" >"$out"; } 2>&1 )
+	b1=$(cpu_s "$pid"); g1=$(pg_cpu)
+	local line; line=$(grep '"phase":"reported"' "$out")
+	echo "$(json "$line" reports) $(python3 -c "print($b1 - $b0, $g1 - $g0, sum(map(float, '$sim'.split())))")" >>"$WORK/cpu-$name"
+	echo "$line"
 }
 
 log "otad: $N idle devices"
@@ -134,16 +160,19 @@ done
 
 # Throughput rounds alternate between the two brokers, so that load from
 # elsewhere on the machine weighs on both alike; medians are reported.
-O_RATES=() M_RATES=()
+O_RATES=() M_RATES=() B_RATES=()
 for round in $(seq 1 "$ROUNDS"); do
 	log "round $round/$ROUNDS: otad, $TP_DEVICES devices x $TP_REPORTS QoS 1 reports, each stored in PostgreSQL before its PUBACK"
 	if [ -n "${PROFILE_DIR:-}" ] && [ "$round" = 1 ]; then
 		curl -fsS "http://127.0.0.1:$METRICS_PORT/debug/pprof/profile?seconds=${PROFILE_SECONDS:-5}" >"$PROFILE_DIR/throughput-cpu.pb.gz" &
 	fi
-	O_TP=$(throughput otad "$OTAD_ADDR")
+	O_TP=$(throughput otad "$OTAD_ADDR" "$BROKERD")
 	O_RATES+=("$(json "$O_TP" reports_per_second)")
+	log "round $round/$ROUNDS: mochi bare, same load, nothing stored"
+	B_TP=$(throughput bare "$BARE_ADDR" "$BARE" -expect-rsp=false)
+	B_RATES+=("$(json "$B_TP" reports_per_second)")
 	log "round $round/$ROUNDS: mosquitto, same load, nothing stored"
-	M_TP=$(throughput mosquitto "127.0.0.1:$MOSQ_PORT" -expect-rsp=false)
+	M_TP=$(throughput mosquitto "127.0.0.1:$MOSQ_PORT" "$MOSQ" -expect-rsp=false)
 	M_RATES+=("$(json "$M_TP" reports_per_second)")
 done
 O_BATCH_SUM=$(metric "$METRICS_PORT" otad_mqtt_report_batch_size_sum)
@@ -151,6 +180,9 @@ O_BATCH_N=$(metric "$METRICS_PORT" otad_mqtt_report_batch_size_count)
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 O_RATE=$(median "${O_RATES[@]}")
 M_RATE=$(median "${M_RATES[@]}")
+B_RATE=$(median "${B_RATES[@]}")
+# cpu_us NAME FIELD: CPU µs per report over all rounds (2 broker, 3 PostgreSQL, 4 otasim).
+cpu_us() { awk -v f="$2" '{n += $1; t += $f} END {printf "%.1f", n ? t / n * 1e6 : 0}' "$WORK/cpu-$1"; }
 python3 - <<EOF
 n = $N
 # Per device connected (a device that failed to connect holds nothing).
@@ -158,7 +190,7 @@ def per(b, a, held=$O_HELD): return (a - b) / max(held, 1)
 def mper(b, a): return per(b, a, $M_HELD)
 print()
 print("MQTT benchmark, %d devices, %s cores, $(date -u +%FT%TZ)" % (n, "$(nproc)"))
-print("%-34s %14s %14s" % ("", "otad", "mosquitto"))
+print("%-34s %14s %14s %14s" % ("", "otad", "mosquitto", "mochi bare"))
 print("%-34s %14d %14d" % ("devices connected (authenticated)", $O_CONN, $M_CONN))
 print("%-34s %14d %14d" % ("connections held (ss, established)", $O_HELD, $M_HELD))
 print("%-34s %14d %14d" % ("RSS before, KiB", $O_RSS0, $M_RSS0))
@@ -169,9 +201,13 @@ print("%-34s %14.1f %14.1f" % ("RSS per idle device, after GC", per($O_RSS0, $O_
 print("%-34s %14s %14s" % ("otad stacks / heap per device, KiB", "%.1f / %.1f" % (per($(memfield MEM 1 stack_inuse), $(memfield MEMLIVE 1 stack_inuse)) / 1024, per($(memfield MEM 1 heap_inuse), $(memfield MEMLIVE 1 heap_inuse)) / 1024), "live"))
 print("%-34s %14s %14s" % ("", "%.1f / %.1f" % (per($(memfield MEM 1 stack_inuse), $(memfield MEM 2 stack_inuse)) / 1024, per($(memfield MEM 1 heap_inuse), $(memfield MEM 2 heap_inuse)) / 1024), "after GC"))
 print("%-34s %14s" % ("otad goroutines with devices idle", "$(memfield MEMLIVE 1 goroutines)"))
-print("%-34s %14.0f %14.0f" % ("QoS 1 reports/s, median", $O_RATE, $M_RATE))
-print("%-34s %14s %14s" % ("  rounds", "${O_RATES[*]}", "${M_RATES[*]}"))
-print("%-34s %14s %14s" % ("p50 / p99 PUBACK ms, last round", "$(json "$O_TP" p50_ms) / $(json "$O_TP" p99_ms)", "$(json "$M_TP" p50_ms) / $(json "$M_TP" p99_ms)"))
+print("%-34s %14.0f %14.0f %14.0f" % ("QoS 1 reports/s, median", $O_RATE, $M_RATE, $B_RATE))
+print("%-34s %14s %14s %14s" % ("  rounds", "${O_RATES[*]}", "${M_RATES[*]}", "${B_RATES[*]}"))
+print("%-34s %14s %14s %14s" % ("p50 / p99 PUBACK ms, last round", "$(json "$O_TP" p50_ms) / $(json "$O_TP" p99_ms)", "$(json "$M_TP" p50_ms) / $(json "$M_TP" p99_ms)", "$(json "$B_TP" p50_ms) / $(json "$B_TP" p99_ms)"))
+print("%-34s %14s %14s %14s" % ("CPU µs a report: broker", "$(cpu_us otad 2)", "$(cpu_us mosquitto 2)", "$(cpu_us bare 2)"))
+print("%-34s %14s %14s %14s" % ("  PostgreSQL", "$(cpu_us otad 3)", "-", "-"))
+print("%-34s %14s %14s %14s" % ("  otasim", "$(cpu_us otad 4)", "$(cpu_us mosquitto 4)", "$(cpu_us bare 4)"))
 print("%-34s %14.1f %14s" % ("reports per transaction (mean)", $O_BATCH_SUM / max($O_BATCH_N, 1), "-"))
 print("%-34s %13.0f%%" % ("otad stored / mosquitto raw", 100.0 * $O_RATE / $M_RATE))
+print("%-34s %13.0f%%" % ("mochi bare / mosquitto raw", 100.0 * $B_RATE / $M_RATE))
 EOF

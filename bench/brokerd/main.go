@@ -2,9 +2,12 @@
 // bench/mqtt.sh: it provisions N devices (writing their credentials for
 // otasim), serves MQTT, Prometheus metrics and pprof on loopback, and
 // prints memory figures on SIGUSR2 (live) and SIGUSR1 (after collecting
-// garbage, so RSS can be read at rest).
+// garbage, so RSS can be read at rest). With -bare it runs mochi as otad
+// configures it, admitting every client and storing nothing: the broker
+// library's own cost, without otad's.
 //
 //	brokerd -postgres postgres://... -provision 10000 -devices-out devices.csv
+//	brokerd -bare
 package main
 
 import (
@@ -51,6 +54,7 @@ func run() error {
 	metricsAddr := flag.String("metrics-addr", "127.0.0.1:0", "Prometheus metrics listen address")
 	writers := flag.Int("writers", 0, "report writer transactions in flight (0: broker default)")
 	batch := flag.Int("batch", 0, "most reports per transaction (0: broker default)")
+	bare := flag.Bool("bare", false, "serve mochi as otad configures it, with an allow-all hook and no store")
 	flag.Parse()
 	if *provision < 0 || *provision > 50000 {
 		return errors.New("-provision must be 0 to 50000")
@@ -60,53 +64,23 @@ func run() error {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	var store ota.Store
-	switch {
-	case *pgURL != "":
-		s, err := postgres.Open(ctx, *pgURL)
-		if err != nil {
-			return err
-		}
-		if _, err := s.Migrate(ctx); err != nil {
-			return err
-		}
-		store = s
-	case *sqlitePath != "":
-		s, err := sqlite.Open(ctx, *sqlitePath)
-		if err != nil {
-			return err
-		}
-		if _, err := s.Migrate(ctx); err != nil {
-			return err
-		}
-		store = s
-	default:
-		return errors.New("-postgres or -sqlite is required")
-	}
-	defer store.Close()
-
-	if *provision > 0 {
-		if err := provisionDevices(ctx, store, *provision, *devicesOut); err != nil {
-			return err
-		}
-	}
-
 	reg := prometheus.NewRegistry()
-	b, err := broker.New(log, store, broker.Options{Addr: *addr, Registerer: reg, Node: "bench", ReportWriters: *writers, ReportBatch: *batch})
-	if err != nil {
-		return err
+	var brokerAddr string
+	if *bare {
+		bb, err := broker.StartBare(*addr)
+		if err != nil {
+			return err
+		}
+		defer bb.Close()
+		brokerAddr = bb.Addr()
+	} else {
+		b, closeAll, err := startOtad(ctx, log, reg, *pgURL, *sqlitePath, *provision, *devicesOut, broker.Options{Addr: *addr, Registerer: reg, Node: "bench", ReportWriters: *writers, ReportBatch: *batch})
+		if err != nil {
+			return err
+		}
+		defer closeAll()
+		brokerAddr = b.Addr()
 	}
-	// Reports go through the job engine, as in otad: each batch is applied
-	// with the transitions it causes in one transaction.
-	eng, err := engine.New(engine.Config{Logger: log, Store: store, Notifier: b, URLs: noURLs{}, Node: "bench", Registerer: reg})
-	if err != nil {
-		return err
-	}
-	b.SetReports(eng)
-	if err := b.Start(ctx); err != nil {
-		return err
-	}
-	defer b.Close()
 
 	ml, err := net.Listen("tcp", *metricsAddr)
 	if err != nil {
@@ -120,7 +94,7 @@ func run() error {
 	go srv.Serve(ml)
 	defer srv.Close()
 
-	fmt.Printf("ADDR=%s\nMETRICS=%s\nPID=%d\n", b.Addr(), ml.Addr(), os.Getpid())
+	fmt.Printf("ADDR=%s\nMETRICS=%s\nPID=%d\n", brokerAddr, ml.Addr(), os.Getpid())
 
 	// SIGUSR2 prints the memory figures as they are (live); SIGUSR1
 	// collects garbage and returns freed memory to the OS first.
@@ -143,6 +117,63 @@ func run() error {
 				label, ms.HeapInuse, ms.HeapAlloc, ms.StackInuse, ms.Sys, runtime.NumGoroutine())
 		}
 	}
+}
+
+// startOtad starts otad's broker and job engine over the store named by
+// pgURL or sqlitePath, provisioning devices first; closeAll stops them.
+func startOtad(ctx context.Context, log *slog.Logger, reg prometheus.Registerer, pgURL, sqlitePath string, provision int, devicesOut string, opts broker.Options) (*broker.Broker, func(), error) {
+	var store ota.Store
+	switch {
+	case pgURL != "":
+		s, err := postgres.Open(ctx, pgURL)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := s.Migrate(ctx); err != nil {
+			s.Close()
+			return nil, nil, err
+		}
+		store = s
+	case sqlitePath != "":
+		s, err := sqlite.Open(ctx, sqlitePath)
+		if err != nil {
+			return nil, nil, err
+		}
+		if _, err := s.Migrate(ctx); err != nil {
+			s.Close()
+			return nil, nil, err
+		}
+		store = s
+	default:
+		return nil, nil, errors.New("-postgres or -sqlite is required")
+	}
+	closeAll := func() { store.Close() }
+
+	if provision > 0 {
+		if err := provisionDevices(ctx, store, provision, devicesOut); err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+	}
+
+	b, err := broker.New(log, store, opts)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	// Reports go through the job engine, as in otad: each batch is applied
+	// with the transitions it causes in one transaction.
+	eng, err := engine.New(engine.Config{Logger: log, Store: store, Notifier: b, URLs: noURLs{}, Node: "bench", Registerer: reg})
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	b.SetReports(eng)
+	if err := b.Start(ctx); err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return b, func() { b.Close(); store.Close() }, nil
 }
 
 func provisionDevices(ctx context.Context, store ota.Store, n int, out string) error {

@@ -179,6 +179,15 @@ func New(log *slog.Logger, store ota.Store, opts Options) (*Broker, error) {
 	}
 	b.metrics = m
 
+	b.server = newServer(opts, log)
+	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add hook: %w", err)
+	}
+	return b, nil
+}
+
+// newServer is mochi as otad runs it: its capabilities, buffers and log.
+func newServer(opts Options, log *slog.Logger) *mqtt.Server {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumClients = opts.MaxClients
 	caps.MaximumPacketSize = opts.MaxPacketSize
@@ -194,7 +203,7 @@ func New(log *slog.Logger, store ota.Store, opts Options) (*Broker, error) {
 	caps.SubIDAvailable = 0
 	// Acks must not echo the properties of the packet they answer.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
-	b.server = mqtt.New(&mqtt.Options{
+	return mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
 		ClientNetWriteBufferSize: 2048,
 		// Every connection keeps its read buffer while idle; devices send
@@ -205,10 +214,6 @@ func New(log *slog.Logger, store ota.Store, opts Options) (*Broker, error) {
 		SysTopicResendInterval:  3600,
 		Logger:                  slog.New(newMochiLog(slog.LevelWarn, log.With("lib", "mochi").Handler())),
 	})
-	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
-		return nil, fmt.Errorf("broker: add hook: %w", err)
-	}
-	return b, nil
 }
 
 // SetReports sets Options.Reports before Start: the engine that applies

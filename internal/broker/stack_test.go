@@ -5,14 +5,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"runtime"
 	"testing"
 	"time"
-
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // BenchmarkIdleConnectionMemory measures the goroutine stacks and heap of an
@@ -30,30 +26,15 @@ import (
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const conns = 500
 	b.Run("mochi", func(b *testing.B) {
-		// The same buffers and outbound queue as otad's (mochi's default
-		// queue is 8192 slots, 64 KiB a connection).
-		caps := mqtt.NewDefaultServerCapabilities()
-		caps.MaximumClientWritesPending = 64
-		s := mqtt.New(&mqtt.Options{Capabilities: caps, InlineClient: true, Logger: slog.New(slog.DiscardHandler), SysTopicResendInterval: 3600,
-			ClientNetWriteBufferSize: 2048, ClientNetReadBufferSize: 512})
-		if err := s.AddHook(new(allowAll), nil); err != nil {
-			b.Fatal(err)
-		}
-		nl, err := net.Listen("tcp", "127.0.0.1:0")
+		// mochi as otad runs it, with nothing behind its hook.
+		s, err := StartBare("127.0.0.1:0")
 		if err != nil {
-			b.Fatal(err)
-		}
-		l := newListener("tcp", nl, nil, 5*time.Second, slog.New(slog.DiscardHandler), nil, func(*deviceConn) {})
-		if err := s.AddListener(l); err != nil {
-			b.Fatal(err)
-		}
-		if err := s.Serve(); err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { s.Close() })
 		measureIdle(b, conns, func(i int) rawClient {
 			topic := fmt.Sprintf("t/%d", i)
-			return rawClient{addr: l.Address(), id: fmt.Sprintf("c%d", i), sub: topic, pub: topic, payload: "x"}
+			return rawClient{addr: s.Addr(), id: fmt.Sprintf("c%d", i), sub: topic, pub: topic, payload: "x"}
 		})
 	})
 	b.Run("otad", func(b *testing.B) {
@@ -211,13 +192,3 @@ func (rc rawClient) run() (net.Conn, error) {
 	_ = c.SetDeadline(time.Time{})
 	return c, nil
 }
-
-// allowAll admits every connection and topic.
-type allowAll struct{ mqtt.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-func (*allowAll) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
-func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
