@@ -125,6 +125,7 @@ type Broker struct {
 
 	rec      *recorder
 	presence *presence
+	repliers *repliers
 
 	listeners []*listener
 
@@ -234,6 +235,7 @@ func (b *Broker) Start(ctx context.Context) error {
 	b.rec.start()
 	b.presence = newPresence(b.store, b.log, b.metrics)
 	b.presence.start()
+	b.startRepliers()
 
 	for _, a := range []struct {
 		id, addr string
@@ -295,6 +297,7 @@ func (b *Broker) Close() error {
 		l.wait()
 	}
 	b.cancel()
+	b.repliers.wg.Wait()
 	b.rec.stop()
 	b.presence.stop(5 * time.Second)
 	return err

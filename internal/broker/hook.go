@@ -383,10 +383,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	h.b.metrics.reports.WithLabelValues(r.Type).Inc()
 	if r.Type == ota.EventReportVersion {
-		err := h.b.Publish(h.b.ctx, s.productID, s.deviceName, ota.NewReportVersionRsp(r.Version))
-		if err != nil {
-			h.b.log.Debug("report_version_rsp not sent", "product_id", s.productID, "device", s.deviceName, "err", err)
-		}
+		h.b.reply(reply{productID: s.productID, deviceName: s.deviceName, version: r.Version})
 	}
 	return pk, packets.CodeSuccessIgnore
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"testing"
 	"time"
 )
@@ -18,11 +19,13 @@ import (
 // broker over SQLite (a report_version answered with report_version_rsp).
 // The clients are plain sockets driven from the benchmark's goroutine, so
 // every stack counted is the server's. Figures are per connection, live
-// (no collection since the connections were made) and after two forced
-// collections (Go shrinks a stack by half at most once per collection,
-// and only when it uses less than a quarter of it).
+// (before the forced collections; with GOGC=off no collection has shrunk a
+// stack since it grew) and after two forced collections (Go shrinks a
+// stack by half at most once per collection, and only when it uses less
+// than a quarter of it).
 //
 //	go test -run '^$' -bench IdleConnectionMemory -benchtime 1x ./internal/broker/
+//	GOGC=off go test -run '^$' -bench IdleConnectionMemory -benchtime 1x ./internal/broker/
 func BenchmarkIdleConnectionMemory(b *testing.B) {
 	const conns = 500
 	b.Run("mochi", func(b *testing.B) {
@@ -50,6 +53,40 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 				payload: `{"type":"report_version","report":{"version":"1.0.0"}}`}
 		})
 	})
+}
+
+// TestConnectionStacks bounds the goroutine stacks an authenticated
+// connection keeps once it has reported its version and received its
+// report_version_rsp, as they grew (collection is off meanwhile). mochi's
+// two goroutines grow to 32 and 8 KiB; anything otad does on the
+// connection's goroutine that is deeper than mochi's own publish path
+// (publishing the reply from there did) doubles the first to 64.
+func TestConnectionStacks(t *testing.T) {
+	const conns = 200
+	e := newEnv(t, "sqlite")
+	devs := make([]*device, conns)
+	for i := range devs {
+		devs[i] = e.device(fmt.Sprintf("s%04d", i))
+	}
+	runtime.GC()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	var before, live runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for _, d := range devs {
+		user, pass := d.creds(t)
+		c, err := rawClient{addr: e.broker.Addr(), id: d.clientID, user: user, pass: pass, sub: d.updateTopic(), pub: d.reportTopic(),
+			payload: `{"type":"report_version","report":{"version":"1.0.0"}}`}.run()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	runtime.ReadMemStats(&live)
+	per := (float64(live.StackInuse) - float64(before.StackInuse)) / conns / 1024
+	t.Logf("goroutine stacks: %.1f KiB a connection", per)
+	if per > 52 {
+		t.Errorf("goroutine stacks: %.1f KiB a connection, want at most 52 (mochi's own 40 and room for otad's work)", per)
+	}
 }
 
 func measureIdle(b *testing.B, n int, client func(i int) rawClient) {
