@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -30,7 +31,18 @@ type Client struct {
 	HTTP *http.Client
 	// UserAgent names the caller in the server's logs.
 	UserAgent string
+	// Retries is how many times a request refused for its rate (429), or a
+	// read the server could not serve (503), is sent again after the
+	// server's Retry-After (at most MaxRetryWait each); 0 is DefaultRetries,
+	// a negative number none.
+	Retries int
 }
+
+// DefaultRetries is Client.Retries when it is 0.
+const DefaultRetries = 4
+
+// MaxRetryWait bounds one wait before a request is sent again.
+const MaxRetryWait = 30 * time.Second
 
 // Problem is an error answer of the API: RFC 9457 problem details with
 // otad's stable code, or, for an answer that is not problem+json (a proxy's
@@ -143,7 +155,10 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 }
 
 // send sends r and returns a 2xx answer with its body unread; any other
-// answer is read and returned as a *Problem.
+// answer is read and returned as a *Problem. A 429 (the server's rate
+// limit refused the request before doing anything), or a 503 to a GET or
+// HEAD, is sent again after the answer's Retry-After, when the body can be
+// sent again, up to Retries times.
 func (c *Client) send(ctx context.Context, r Request) (*http.Response, error) {
 	req, err := c.newRequest(ctx, r)
 	if err != nil {
@@ -153,15 +168,61 @@ func (c *Client) send(ctx context.Context, r Request) (*http.Response, error) {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, err // *url.Error names the method and URL
+	retries := c.Retries
+	if retries == 0 {
+		retries = DefaultRetries
 	}
-	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		return resp, nil
+	for attempt := 0; ; attempt++ {
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err // *url.Error names the method and URL
+		}
+		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			return resp, nil
+		}
+		wait, again := retryAfter(req, resp)
+		if !again || attempt >= retries || (req.Body != nil && req.GetBody == nil) {
+			defer resp.Body.Close()
+			return nil, readProblem(resp)
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		if req.GetBody != nil {
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			req.Body = body
+		}
 	}
-	defer resp.Body.Close()
-	return nil, readProblem(resp)
+}
+
+// retryAfter says whether resp is an answer to send req again after, and
+// how long to wait: the Retry-After header (seconds or an HTTP date),
+// else one second, at most MaxRetryWait.
+func retryAfter(req *http.Request, resp *http.Response) (time.Duration, bool) {
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests:
+	case resp.StatusCode == http.StatusServiceUnavailable && (req.Method == http.MethodGet || req.Method == http.MethodHead):
+	default:
+		return 0, false
+	}
+	wait := time.Second
+	if v := strings.TrimSpace(resp.Header.Get("Retry-After")); v != "" {
+		if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+			wait = time.Duration(n) * time.Second
+		} else if t, err := http.ParseTime(v); err == nil {
+			wait = time.Until(t)
+		}
+	}
+	return min(max(wait, 0), MaxRetryWait), true
 }
 
 func (c *Client) newRequest(ctx context.Context, r Request) (*http.Request, error) {
