@@ -71,6 +71,16 @@ func TestACLPublish(t *testing.T) {
 		}
 		c5.publish(t, topic, 0, []byte(report))
 	}
+	// A QoS 0 message has no answer: wait until the last one is refused,
+	// or the DISCONNECT could overtake it.
+	denials := counter(e.broker.metrics.aclDenied.WithLabelValues("publish"))
+	eventually(t, "MQTT 5 publish denials counted", func() bool {
+		denials = counter(e.broker.metrics.aclDenied.WithLabelValues("publish"))
+		return denials >= float64(2*len(topics))
+	})
+	if denials != float64(2*len(topics)) {
+		t.Fatalf("MQTT 5 publish denials counted: %v, want %d", denials, 2*len(topics))
+	}
 	c5.Disconnect(&paho5.Disconnect{})
 
 	// MQTT 3.1.1: QoS 0 dropped; QoS 1 closes the connection.
