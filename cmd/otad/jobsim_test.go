@@ -19,7 +19,7 @@ import (
 )
 
 var simBuild = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "otasim-bin")
+	dir, err := binDir("otasim-bin")
 	if err != nil {
 		return "", err
 	}

@@ -203,8 +203,33 @@ func waitProgress(t testing.TB, what string, cond func() (bool, int)) {
 	}
 }
 
+// binDirs hold the binaries the tests build, removed by TestMain.
+var binDirs struct {
+	sync.Mutex
+	dirs []string
+}
+
+// binDir makes a temporary directory for a built binary.
+func binDir(pattern string) (string, error) {
+	dir, err := os.MkdirTemp("", pattern)
+	if err == nil {
+		binDirs.Lock()
+		binDirs.dirs = append(binDirs.dirs, dir)
+		binDirs.Unlock()
+	}
+	return dir, err
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, dir := range binDirs.dirs {
+		os.RemoveAll(dir)
+	}
+	os.Exit(code)
+}
+
 var buildOnce = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "otad-bin")
+	dir, err := binDir("otad-bin")
 	if err != nil {
 		return "", err
 	}
