@@ -32,6 +32,7 @@ func StartBare(addr string) (*Bare, error) {
 		return nil, fmt.Errorf("broker: listen %s: %w", addr, err)
 	}
 	l := newListener("tcp", nl, nil, opts.ConnectTimeout, log, nil, func(*deviceConn) {})
+	l.server = s
 	if err := s.AddListener(l); err != nil {
 		nl.Close()
 		return nil, fmt.Errorf("broker: add listener: %w", err)

@@ -251,6 +251,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			return fmt.Errorf("broker: listen %s: %w", a.addr, err)
 		}
 		l := newListener(a.id, nl, a.tls, b.opts.ConnectTimeout, b.log, b.metrics, b.connectionEnded)
+		l.server = b.server
 		if err := b.server.AddListener(l); err != nil {
 			nl.Close()
 			b.Close()

@@ -12,6 +12,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // listener is a mochi listener over a net.Listener the broker opened
@@ -29,6 +30,9 @@ type listener struct {
 	// ended is called with each connection once mochi is done with it:
 	// every hook of the connection has returned.
 	ended func(*deviceConn)
+	// server is the mochi server the listener is added to, whose clients
+	// Close disconnects (see closeClients).
+	server *mqtt.Server
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -150,7 +154,11 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		return
 	}
 	_ = l.nl.Close()
-	closeClients(l.id)
+	if l.server != nil {
+		l.closeClients()
+	} else {
+		closeClients(l.id)
+	}
 	l.mu.Lock()
 	for c := range l.conns {
 		// Established clients were closed by closeClients; this reaches
@@ -158,6 +166,21 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		_ = c.SetDeadline(time.Now())
 	}
 	l.mu.Unlock()
+}
+
+// closeClients disconnects the listener's clients ("server shutting
+// down" to MQTT 5 ones), as mochi's own closeListenerClients would. That
+// one cannot be used: it takes the read lock of mochi's client map twice
+// (Clients.GetByListener calls Len), so a client leaving meanwhile, whose
+// Delete waits for the write lock between the two, deadlocks the server's
+// Close and every connection with it (seen in CI, broker tests hung for 14
+// minutes). GetAll takes the lock once.
+func (l *listener) closeClients() {
+	for _, cl := range l.server.Clients.GetAll() {
+		if cl.Net.Listener == l.id && !cl.Closed() {
+			_ = l.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // wait blocks until every connection's goroutine has returned.
