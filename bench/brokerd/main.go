@@ -122,30 +122,25 @@ func run() error {
 // startOtad starts otad's broker and job engine over the store named by
 // pgURL or sqlitePath, provisioning devices first; closeAll stops them.
 func startOtad(ctx context.Context, log *slog.Logger, reg prometheus.Registerer, pgURL, sqlitePath string, provision int, devicesOut string, opts broker.Options) (*broker.Broker, func(), error) {
-	var store ota.Store
+	var store interface {
+		ota.Store
+		Migrate(context.Context) ([]string, error)
+	}
+	var err error
 	switch {
 	case pgURL != "":
-		s, err := postgres.Open(ctx, pgURL)
-		if err != nil {
-			return nil, nil, err
-		}
-		if _, err := s.Migrate(ctx); err != nil {
-			s.Close()
-			return nil, nil, err
-		}
-		store = s
+		store, err = postgres.Open(ctx, pgURL)
 	case sqlitePath != "":
-		s, err := sqlite.Open(ctx, sqlitePath)
-		if err != nil {
-			return nil, nil, err
-		}
-		if _, err := s.Migrate(ctx); err != nil {
-			s.Close()
-			return nil, nil, err
-		}
-		store = s
+		store, err = sqlite.Open(ctx, sqlitePath)
 	default:
 		return nil, nil, errors.New("-postgres or -sqlite is required")
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := store.Migrate(ctx); err != nil {
+		store.Close()
+		return nil, nil, err
 	}
 	closeAll := func() { store.Close() }
 

@@ -73,7 +73,7 @@ func TestACLPublish(t *testing.T) {
 	}
 	// A QoS 0 message has no answer: wait until the last one is refused,
 	// or the DISCONNECT could overtake it.
-	denials := counter(e.broker.metrics.aclDenied.WithLabelValues("publish"))
+	var denials float64
 	eventually(t, "MQTT 5 publish denials counted", func() bool {
 		denials = counter(e.broker.metrics.aclDenied.WithLabelValues("publish"))
 		return denials >= float64(2*len(topics))

@@ -31,8 +31,7 @@ func StartBare(addr string) (*Bare, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: listen %s: %w", addr, err)
 	}
-	l := newListener("tcp", nl, nil, opts.ConnectTimeout, log, nil, func(*deviceConn) {})
-	l.server = s
+	l := newListener("tcp", s, nl, nil, opts.ConnectTimeout, log, nil, func(*deviceConn) {})
 	if err := s.AddListener(l); err != nil {
 		nl.Close()
 		return nil, fmt.Errorf("broker: add listener: %w", err)

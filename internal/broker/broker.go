@@ -250,8 +250,7 @@ func (b *Broker) Start(ctx context.Context) error {
 			b.Close()
 			return fmt.Errorf("broker: listen %s: %w", a.addr, err)
 		}
-		l := newListener(a.id, nl, a.tls, b.opts.ConnectTimeout, b.log, b.metrics, b.connectionEnded)
-		l.server = b.server
+		l := newListener(a.id, b.server, nl, a.tls, b.opts.ConnectTimeout, b.log, b.metrics, b.connectionEnded)
 		if err := b.server.AddListener(l); err != nil {
 			nl.Close()
 			b.Close()

@@ -42,8 +42,8 @@ type listener struct {
 
 var _ listeners.Listener = (*listener)(nil)
 
-func newListener(id string, nl net.Listener, tlsConfig *tls.Config, timeout time.Duration, log *slog.Logger, m *metrics, ended func(*deviceConn)) *listener {
-	return &listener{id: id, nl: nl, tls: tlsConfig, timeout: timeout, log: log, metrics: m, ended: ended, conns: make(map[net.Conn]struct{})}
+func newListener(id string, server *mqtt.Server, nl net.Listener, tlsConfig *tls.Config, timeout time.Duration, log *slog.Logger, m *metrics, ended func(*deviceConn)) *listener {
+	return &listener{id: id, server: server, nl: nl, tls: tlsConfig, timeout: timeout, log: log, metrics: m, ended: ended, conns: make(map[net.Conn]struct{})}
 }
 
 func (l *listener) ID() string              { return l.id }
@@ -143,9 +143,10 @@ func (l *listener) untrack(c net.Conn) {
 	l.wg.Done()
 }
 
-// Close stops accepting, lets mochi disconnect its clients, and closes the
-// connections that never became clients.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting, disconnects the clients (closeClients, in place
+// of the function mochi passes), and closes the connections that never
+// became clients.
+func (l *listener) Close(listeners.CloseFn) {
 	l.mu.Lock()
 	already := l.closed
 	l.closed = true
@@ -154,11 +155,7 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 		return
 	}
 	_ = l.nl.Close()
-	if l.server != nil {
-		l.closeClients()
-	} else {
-		closeClients(l.id)
-	}
+	l.closeClients()
 	l.mu.Lock()
 	for c := range l.conns {
 		// Established clients were closed by closeClients; this reaches

@@ -11,6 +11,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Devices sign in with one client ID from many places at once (a device
@@ -271,5 +272,30 @@ func (tw *twin) publish(d *device, payload string) func(testing.TB) error {
 			t.Fatal("publish did not end")
 		}
 		return tok.Error()
+	}
+}
+
+// Closing the broker disconnects its clients: an MQTT 5 device is told
+// "server shutting down" (0x8B), an MQTT 3.1.1 one sees its connection
+// close.
+func TestCloseDisconnectsClients(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	c5 := e.mustConnect5(e.device("five"))
+	c3 := e.mustConnect3(e.device("three"))
+	closed := make(chan error, 1)
+	go func() { closed <- e.broker.Close() }()
+	select {
+	case d := <-c5.disconnected:
+		if d.ReasonCode != packets.ErrServerShuttingDown.Code {
+			t.Fatalf("MQTT 5 DISCONNECT reason %#x, want %#x", d.ReasonCode, packets.ErrServerShuttingDown.Code)
+		}
+	case <-time.After(deadline):
+		t.Fatal("MQTT 5 client got no DISCONNECT")
+	}
+	c3.waitLost(t)
+	select {
+	case <-closed:
+	case <-time.After(deadline):
+		t.Fatal("Close did not return")
 	}
 }
