@@ -123,7 +123,7 @@ type Request struct {
 // Do sends r and decodes a 2xx answer's JSON into out: nil discards it, a
 // *json.RawMessage keeps it as sent. Any other answer is a *Problem.
 func (c *Client) Do(ctx context.Context, r Request, out any) error {
-	resp, err := c.send(ctx, r)
+	resp, err := c.send(ctx, r, c.retries())
 	if err != nil {
 		return err
 	}
@@ -154,12 +154,20 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 	return c.Do(ctx, Request{Method: http.MethodGet, Path: path, Query: q}, out)
 }
 
+// retries is Retries with its default.
+func (c *Client) retries() int {
+	if c.Retries == 0 {
+		return DefaultRetries
+	}
+	return c.Retries
+}
+
 // send sends r and returns a 2xx answer with its body unread; any other
 // answer is read and returned as a *Problem. A 429 (the server's rate
 // limit refused the request before doing anything), or a 503 to a GET or
 // HEAD, is sent again after the answer's Retry-After, when the body can be
-// sent again, up to Retries times.
-func (c *Client) send(ctx context.Context, r Request) (*http.Response, error) {
+// sent again, up to retries times.
+func (c *Client) send(ctx context.Context, r Request, retries int) (*http.Response, error) {
 	req, err := c.newRequest(ctx, r)
 	if err != nil {
 		return nil, err
@@ -167,10 +175,6 @@ func (c *Client) send(ctx context.Context, r Request) (*http.Response, error) {
 	hc := c.HTTP
 	if hc == nil {
 		hc = http.DefaultClient
-	}
-	retries := c.Retries
-	if retries == 0 {
-		retries = DefaultRetries
 	}
 	for attempt := 0; ; attempt++ {
 		resp, err := hc.Do(req)
@@ -187,12 +191,8 @@ func (c *Client) send(ctx context.Context, r Request) (*http.Response, error) {
 		}
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, wait); err != nil {
+			return nil, err
 		}
 		if req.GetBody != nil {
 			body, err := req.GetBody()
@@ -201,6 +201,18 @@ func (c *Client) send(ctx context.Context, r Request) (*http.Response, error) {
 			}
 			req.Body = body
 		}
+	}
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 

@@ -118,12 +118,8 @@ func (c *Client) Stream(ctx context.Context, q url.Values, opts StreamOptions, f
 		if opts.Dropped != nil {
 			opts.Dropped(err, wait)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 }
@@ -142,7 +138,8 @@ func (c *Client) streamOnce(ctx context.Context, q url.Values, last int64, opts 
 	if last >= 0 {
 		h.Set("Last-Event-ID", strconv.FormatInt(last, 10))
 	}
-	resp, err := c.send(ctx, Request{Method: http.MethodGet, Path: "/v1/events/stream", Query: q, Header: h})
+	// Stream's own loop retries, with its backoff and its Dropped report.
+	resp, err := c.send(ctx, Request{Method: http.MethodGet, Path: "/v1/events/stream", Query: q, Header: h}, -1)
 	if err != nil {
 		return false, err
 	}
