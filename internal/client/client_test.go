@@ -147,3 +147,49 @@ func TestRetry(t *testing.T) {
 		}
 	})
 }
+
+// The event stream is retried by Stream's own loop, which reports each
+// drop, not inside the request as other calls are: a watch that went
+// quiet for minutes of hidden retries would look hung.
+func TestStreamReportsRefusals(t *testing.T) {
+	var mu sync.Mutex
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		n := requests
+		mu.Unlock()
+		if n == 1 {
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.Header().Set("Retry-After", "0")
+			w.WriteHeader(http.StatusTooManyRequests)
+			w.Write([]byte(`{"status":429,"title":"refused","code":"too_many_requests"}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Write([]byte("retry: 10\ndata: {\"seq\":1,\"type\":\"job.created\",\"created_at\":\"2026-12-03T00:00:00Z\"}\n\n"))
+	}))
+	t.Cleanup(srv.Close)
+	c := &Client{BaseURL: srv.URL}
+	var drops []error
+	errDone := errors.New("done")
+	err := c.Stream(context.Background(), nil, StreamOptions{Dropped: func(err error, _ time.Duration) { drops = append(drops, err) }},
+		func(e Event) error {
+			if e.Seq != 1 {
+				t.Errorf("event %+v, want seq 1", e)
+			}
+			return errDone
+		})
+	if !errors.Is(err, errDone) {
+		t.Fatalf("Stream: %v, want the callback's error", err)
+	}
+	var p *Problem
+	if len(drops) != 1 || !errors.As(drops[0], &p) || p.Status != http.StatusTooManyRequests {
+		t.Fatalf("drops reported %v, want the one 429", drops)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if requests != 2 {
+		t.Fatalf("%d requests, want 2", requests)
+	}
+}
